@@ -1,0 +1,25 @@
+"""Lazy, quiet imports of TensorFlow and Keras (3-5 s and ~500 MB; only train and convert need them)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+from typing import Any
+
+
+def import_tensorflow() -> ModuleType:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # same numerics on every run
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return tf
+
+
+def import_keras() -> Any:
+    import_tensorflow()
+    import keras
+
+    return keras

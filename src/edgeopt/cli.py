@@ -1,0 +1,265 @@
+"""The `edgeopt` command: one function per command that parses, builds a config, calls the API
+and prints. No logic lives here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
+from edgeopt.errors import ConfigError, EdgeoptError
+from edgeopt.objective import Objective
+
+app = typer.Typer(
+    help="Make a trained image classifier fit a small CPU device, and prove by measurement which version to ship.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+class RichProgress:
+    """Progress bars on stderr; one finished line per bar stays on screen."""
+
+    def __init__(self) -> None:
+        self._bar: RichBar | None = None
+        self._task: Any = None
+
+    def start(self, description: str, total: int) -> None:
+        self.finish()
+        self._bar = RichBar(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            console=err_console, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, info="")
+
+    def advance(self, steps: int = 1, info: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=steps, info=info)
+
+    def finish(self, summary: str = "") -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        if summary:
+            err_console.print(summary, highlight=False)
+
+
+def _read_config_file(path: Path | None, section: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot parse {path} ({exc}); use TOML or JSON") from None
+    return dict(raw.get(section, raw))
+
+
+def _build(cls: Any, file_values: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """defaults <- config file <- flags given on the command line; unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad config value: {exc}") from None
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from edgeopt.report import TABLE_HEADER, table_rows
+
+    title = "edgeopt variants"
+    if results["data"]["synthetic"]:
+        title += " — SYNTHETIC demo data"
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(TABLE_HEADER):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    out_console.print(table)
+    out_console.print(f"selected: [bold]{results['selected']}[/bold]")
+    for reason in results["reasons"]:
+        out_console.print(f"  - {reason}", highlight=False)
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="ImageFolder: DATA_DIR/<class>/*.jpg")],
+    out: Annotated[Path, typer.Option(help="Folder to write model.keras, labels.json, split.json, history.json")],
+    image_size: Annotated[int | None, typer.Option(help="Square input side in pixels [default: 224]")] = None,
+    alpha: Annotated[float | None, typer.Option(help="MobileNetV2 width multiplier [default: 1.0]")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a Keras weights file [default: imagenet]")] = None,
+    epochs_head: Annotated[int | None, typer.Option(help="Epochs training the new head [default: 8]")] = None,
+    epochs_finetune: Annotated[int | None, typer.Option(help="Epochs fine-tuning the top of the backbone [default: 6]")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split and the training [default: 0]")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images instead of skipping them")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [train] settings; flags override it")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """Transfer-train MobileNetV2 on your photos (80/20 split saved with the model)."""
+    from edgeopt.train import train as run_train
+
+    cfg = _build(TrainConfig, _read_config_file(config, "train"), {
+        "image_size": image_size, "alpha": alpha, "weights": weights, "epochs_head": epochs_head,
+        "epochs_finetune": epochs_finetune, "batch_size": batch_size, "seed": seed,
+        "augment": augment, "strict": strict,
+    })
+    result = run_train(data_dir, out, cfg, force=force, progress=RichProgress())
+    out_console.print(
+        f"wrote {result.folder}: {len(result.classes)} classes, {result.epochs_run} epochs, "
+        f"validation accuracy {100 * result.val_accuracy:.1f}%, test accuracy (Keras) "
+        f"{100 * result.test_accuracy:.1f}%, {result.seconds:.0f} s"
+    )
+
+
+def _optimize_config(
+    config: Path | None, methods: str | None, threads: int | None, rounds: int | None,
+    invocations: int | None, representative_samples: int | None, objective: str | None,
+    w_size: float | None, w_time: float | None, w_accuracy: float | None,
+    max_accuracy_drop: float | None, strict: bool | None, train_accuracy: bool | None,
+) -> OptimizeConfig:
+    file_values = _read_config_file(config, "optimize")
+    measure = _build(MeasureConfig, file_values.pop("measure", {}), {
+        "threads": threads, "rounds": rounds, "invocations": invocations, "train_accuracy": train_accuracy,
+    })
+    obj = _build(Objective, file_values.pop("objective", {}), {
+        "form": objective, "weight_size": w_size, "weight_time": w_time, "weight_metric": w_accuracy,
+        "max_metric_loss": max_accuracy_drop,
+    })
+    if "methods" in file_values:
+        file_values["methods"] = tuple(file_values["methods"])
+    return _build(OptimizeConfig, file_values, {
+        "methods": tuple(m.strip() for m in methods.split(",")) if methods else None,
+        "representative_samples": representative_samples, "strict": strict,
+        "measure": measure, "objective": obj,
+    })
+
+
+@app.command()
+def optimize(
+    model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train'")],
+    out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, selected model")],
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods, baseline first (see 'edgeopt methods')")] = None,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads [default: 1]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 5]")] = None,
+    invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 50]")] = None,
+    representative_samples: Annotated[int | None, typer.Option(help="Train images for calibration [default: 200]")] = None,
+    objective: Annotated[str | None, typer.Option(help="default (a loss of accuracy raises L) | paper (the study's sign)")] = None,
+    w_size: Annotated[float | None, typer.Option(help="Weight of the size term [default: 1]")] = None,
+    w_time: Annotated[float | None, typer.Option(help="Weight of the time term [default: 1]")] = None,
+    w_accuracy: Annotated[float | None, typer.Option(help="Weight of the accuracy term [default: 1]")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Exclude variants losing more than PP percentage points")] = None,
+    train_accuracy: Annotated[bool | None, typer.Option("--train-accuracy/--no-train-accuracy", help="Also evaluate the train split")] = None,
+    data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """Build every variant, measure it on this CPU, score it and choose one."""
+    from edgeopt.pipeline import optimize as run_optimize
+
+    cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
+                           objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_accuracy)
+    results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
+    _print_table(results)
+    out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the synthetic data, model and optimize results")] = Path("runs/demo"),
+    threads: Annotated[int, typer.Option(help="Interpreter threads")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """Everything on a SYNTHETIC bottles-and-cans set: generate, train, optimize, print the table."""
+    from edgeopt.demo import run_demo
+
+    started = time.perf_counter()
+    results = run_demo(out, threads=threads, force=force, progress=RichProgress())
+    _print_table(results)
+    out_console.print(
+        f"demo finished in {time.perf_counter() - started:.0f} s; report: {out / 'optimized' / 'report.md'}"
+    )
+
+
+@app.command(name="inspect")
+def inspect_cmd(model: Annotated[Path, typer.Argument(help="A .tflite (or .onnx) model file")]) -> None:
+    """Input/output types, what a device must feed, op histogram, QUANTIZE/DEQUANTIZE, weight dtypes."""
+    from edgeopt.graph import describe_model, render_summary
+
+    for line in render_summary(describe_model(model)):
+        out_console.print(line, highlight=False)
+
+
+@app.command()
+def classify(
+    model: Annotated[Path, typer.Argument(help="A .tflite (or .onnx) model")],
+    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    labels: Annotated[Path | None, typer.Option(help="labels.json or a text file, one label a line [default: labels.json beside the model]")] = None,
+    top_k: Annotated[int, typer.Option(help="How many labels to print per image")] = 3,
+    threads: Annotated[int, typer.Option()] = 1,
+    input_range: Annotated[str, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = "0,255",
+) -> None:
+    """Print the top-k labels with probabilities for each image."""
+    from edgeopt.classify import classify as run_classify
+
+    try:
+        lo, hi = (float(v) for v in input_range.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-range {input_range!r} must be two numbers, e.g. -1,1") from None
+    for pred in run_classify(model, images, labels, top_k, threads, (lo, hi)):
+        ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
+        out_console.print(f"{pred.image}: {ranked}", highlight=False)
+
+
+@app.command(name="methods")
+def methods_cmd() -> None:
+    """List the registered methods."""
+    from edgeopt.methods.registry import METHODS
+
+    for name, method in METHODS.items():
+        out_console.print(f"{name:<20} {method.backend:<12} {method.summary}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    try:
+        app(args=argv, standalone_mode=False)
+    except EdgeoptError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err_console.print("interrupted: nothing was written under a final output name")
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""ImageFolder layout: ROOT/<class>/<image>. Scan it, and decode images to model-sized pixels.
+
+Images are decoded once per command into one uint8 array (N, H, W, 3) of RGB pixels 0..255:
+that is what a camera gives a device, and what every edgeopt model takes as input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgeopt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_LAYOUT_HINT = "expected <folder>/<class>/*.jpg (jpg, jpeg, png, bmp)"
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The files of an ImageFolder tree, classes sorted by name."""
+
+    root: Path
+    classes: tuple[str, ...]
+    # (path relative to root, class index), sorted by path.
+    items: tuple[tuple[str, int], ...]
+
+    def count_per_class(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.classes, 0)
+        for _, label in self.items:
+            counts[self.classes[label]] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """Pixels of the images that decoded, with their labels and the ones that did not."""
+
+    pixels: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,)
+    paths: tuple[str, ...]  # relative paths of the N decoded images
+    skipped: tuple[tuple[str, str], ...]  # (relative path, reason) of images that failed
+
+
+def scan_image_folder(root: Path | str) -> ImageFolder:
+    """List the classes and images of an ImageFolder tree; refuse an empty class or folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; {_LAYOUT_HINT}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"found no class folders in {root}; {_LAYOUT_HINT}")
+    items: list[tuple[str, int]] = []
+    empty: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(
+            f
+            for f in class_dir.rglob("*")
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+        )
+        if not files:
+            empty.append(class_dir.name)
+        items.extend((f.relative_to(root).as_posix(), label) for f in files)
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(empty)} in {root} hold no images; add images "
+            f"(jpg, jpeg, png, bmp) or remove the folder(s)"
+        )
+    if len(class_dirs) < 2:
+        raise DataError(
+            f"found only one class folder ({class_dirs[0].name}) in {root}; a classifier needs "
+            f"at least two; {_LAYOUT_HINT}"
+        )
+    return ImageFolder(root=root, classes=tuple(d.name for d in class_dirs), items=tuple(items))
+
+
+def load_pixels(path: Path | str, size: tuple[int, int]) -> np.ndarray:
+    """Decode one image file to uint8 RGB pixels of size (height, width).
+
+    Greyscale and palette images are expanded to RGB; transparent images are composited on
+    white (a cut-out object on an empty background). Raises OSError or ValueError when the
+    file is not a readable image.
+    """
+    height, width = size
+    with Image.open(path) as img:
+        img.load()  # decode now so truncated files fail here
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
+        else:
+            rgb = img.convert("RGB")
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_images(
+    root: Path,
+    items: Sequence[tuple[str, int]],
+    size: tuple[int, int],
+    strict: bool = False,
+) -> DecodedImages:
+    """Decode the listed images in parallel. Unreadable ones are skipped and counted.
+
+    With strict=True the first unreadable image is an error instead.
+    """
+    def one(item: tuple[str, int]) -> np.ndarray | str:
+        try:
+            return load_pixels(root / item[0], size)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, items))
+    pixels, labels, paths, skipped = [], [], [], []
+    for (rel, label), result in zip(items, results, strict=True):
+        if isinstance(result, str):
+            if strict:
+                raise DataError(
+                    f"cannot read image {root / rel} ({result}); remove or replace it, "
+                    "or drop --strict to skip unreadable images"
+                )
+            skipped.append((rel, result))
+            continue
+        pixels.append(result)
+        labels.append(label)
+        paths.append(rel)
+    if skipped:
+        log.warning(
+            "skipped %d unreadable image(s) in %s, e.g. %s (%s); use --strict to stop on them",
+            len(skipped), root, skipped[0][0], skipped[0][1],
+        )
+    height, width = size
+    stacked = np.stack(pixels) if pixels else np.zeros((0, height, width, 3), np.uint8)
+    return DecodedImages(
+        pixels=stacked,
+        labels=np.asarray(labels, dtype=np.int64),
+        paths=tuple(paths),
+        skipped=tuple(skipped),
+    )

@@ -1,0 +1,77 @@
+"""Graph inspection: what a model file holds, what a device must feed it, and what a
+transformation changed against the baseline (the study showed this as pictures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt.errors import ModelError
+from edgeopt.runtimes.base import GraphSummary, feed_instructions
+from edgeopt.runtimes.registry import runtime_for
+
+
+def describe_model(path: Path) -> GraphSummary:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist; pass a model file (.tflite or .onnx)")
+    return runtime_for(path).describe(path)
+
+
+def _io_line(kind: str, spec_name: str, shape: tuple[int, ...], dtype: str, scale: float, zp: int) -> str:
+    quant = f", scale {scale:.6g}, zero point {zp}" if scale else ""
+    return f"{kind} {spec_name}: {dtype} {list(shape)}{quant}"
+
+
+def render_summary(summary: GraphSummary) -> list[str]:
+    """The lines `edgeopt inspect` prints."""
+    lines = [f"{summary.path} ({summary.format}, {summary.size_bytes:,} bytes = {summary.size_bytes / 1024:.0f} KB)"]
+    for spec in summary.inputs:
+        lines.append(_io_line("input", spec.name, spec.shape, spec.dtype, spec.scale, spec.zero_point))
+    for spec in summary.outputs:
+        lines.append(_io_line("output", spec.name, spec.shape, spec.dtype, spec.scale, spec.zero_point))
+    if summary.inputs and len(summary.inputs[0].shape) == 4:
+        lines.append(f"device feeds: {feed_instructions(summary.inputs[0])}")
+    total = sum(summary.op_counts.values())
+    lines.append(
+        f"ops: {total} in all; quantize {summary.quantize_ops}, dequantize {summary.dequantize_ops}"
+        + (f", hybrid (float compute on int8 weights) {summary.hybrid_ops}" if summary.hybrid_ops else "")
+    )
+    for op, n in summary.op_counts.items():
+        lines.append(f"  {op:<28} {n}")
+    lines.append("weights stored as:")
+    for dtype, (count, nbytes) in summary.weight_dtypes.items():
+        lines.append(f"  {dtype:<10} {count:>5} tensors {nbytes / 1024:>10.0f} KB")
+    lines.extend(summary.notes)
+    return lines
+
+
+def describe_change(variant: GraphSummary, baseline: GraphSummary) -> str:
+    """One sentence: what the transformation did to the graph, against the baseline."""
+    parts = []
+    vin, bin_ = variant.inputs[0], baseline.inputs[0]
+    if vin.dtype != bin_.dtype:
+        parts.append(f"input {bin_.dtype} -> {vin.dtype} (scale {vin.scale:.4g}, zero point {vin.zero_point})")
+    vout, bout = variant.outputs[0], baseline.outputs[0]
+    if vout.dtype != bout.dtype:
+        parts.append(f"output {bout.dtype} -> {vout.dtype}")
+    dq = variant.quantize_ops - baseline.quantize_ops
+    ddq = variant.dequantize_ops - baseline.dequantize_ops
+    if dq:
+        parts.append(f"{dq:+d} QUANTIZE")
+    if ddq:
+        parts.append(f"{ddq:+d} DEQUANTIZE")
+    if variant.hybrid_ops:
+        parts.append(f"{variant.hybrid_ops} hybrid ops (float activations x int8 weights)")
+    weights = ", ".join(
+        f"{dtype} {nbytes / 1024:.0f} KB" for dtype, (_, nbytes) in variant.weight_dtypes.items()
+    )
+    base_weights = ", ".join(
+        f"{dtype} {nbytes / 1024:.0f} KB" for dtype, (_, nbytes) in baseline.weight_dtypes.items()
+    )
+    if weights != base_weights:
+        parts.append(f"weights {base_weights} -> {weights}")
+    new_ops = sorted(set(variant.op_counts) - set(baseline.op_counts))
+    if new_ops:
+        parts.append("new op types: " + ", ".join(new_ops))
+    return "; ".join(parts) if parts else "graph unchanged"

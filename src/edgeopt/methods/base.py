@@ -1,0 +1,93 @@
+"""What a quantization method is: a model file in, a new model file out, described by a value."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A built model file and what made it."""
+
+    path: Path
+    format: str  # "tflite" or "onnx"
+    method: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass
+class BuildContext:
+    """What every method of one optimize run shares: the source model and calibration pixels.
+
+    The loaded Keras model is cached here so that five conversions load it once; methods
+    never modify it.
+    """
+
+    # The train output folder (with model.keras) or an .onnx file.
+    source: Path
+    # Train-split pixels for calibration, uint8 (N, H, W, 3).
+    representative: np.ndarray
+    # Where converter chatter goes.
+    log_path: Path | None = None
+    # Work files (e.g. an ONNX export) that more than one method needs.
+    work_dir: Path | None = None
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the registry."""
+
+    name: str
+    # The runtime that runs the result: "litert" or "onnxruntime".
+    backend: str
+    # What it needs as input: "keras" (a train folder) or "onnx" (an .onnx file or a Keras
+    # model exported to ONNX first).
+    source: str
+    suffix: str
+    # One line: what the transformation does to the graph.
+    summary: str
+    # Writes the new model to the given path. Never modifies the source.
+    build: Callable[[BuildContext, Path], None]
+    # The study's label (f0..f4), if it has one.
+    paper_label: str = ""
+    # Needs the representative dataset.
+    calibrated: bool = False
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_artifact(method: Method, ctx: BuildContext, out_dir: Path) -> Artifact:
+    """Run a method into out_dir/<name><suffix>, via a temporary name."""
+    final = out_dir / f"{method.name}{method.suffix}"
+    tmp = out_dir / f".{method.name}.partial{method.suffix}"
+    try:
+        method.build(ctx, tmp)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fmt = method.suffix.lstrip(".")
+    return Artifact(
+        path=final, format=fmt, method=method.name, sha256=sha256_of(final),
+        size_bytes=final.stat().st_size,
+    )

@@ -1,0 +1,146 @@
+"""LiteRT (TensorFlow Lite) runtime: ai_edge_litert's interpreter with XNNPACK on."""
+
+from __future__ import annotations
+
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt.errors import ModelError
+from edgeopt.quiet import captured_output
+from edgeopt.runtimes.base import (
+    PIXEL_RANGE,
+    GraphSummary,
+    TensorSpec,
+    decode_output,
+    encode_pixels,
+    to_probabilities,
+)
+
+# Images per invoke when evaluating accuracy (latency is always measured at batch 1).
+EVAL_BATCH = 16
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    signature = detail.get("shape_signature", detail["shape"])
+    return TensorSpec(
+        name=str(detail["name"]),
+        shape=tuple(int(d) for d in signature),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+def _interpreter(path: Path, threads: int, delegates: bool = True) -> Any:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist; pass a .tflite file")
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        return Interpreter(
+            model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
+        )
+    except ValueError as exc:
+        raise ModelError(f"{path} is not a valid .tflite model ({exc}); pass a TFLite flatbuffer") from None
+
+
+class LiteRTSession:
+    def __init__(self, path: Path, threads: int, float_range: tuple[float, float]) -> None:
+        self.path = path
+        self._interp = _interpreter(path, threads)
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self.input = _spec(self._in)
+        self.output = _spec(self._out)
+        if len(self.input.shape) != 4 or self.input.shape[-1] != 3:
+            raise ModelError(
+                f"{path} takes input of shape {self.input.shape}; edgeopt runs image classifiers "
+                "with one NHWC RGB input"
+            )
+        self._float_range = float_range
+        self._batch = 0
+        self._resizable = self.input.shape[0] == -1
+        self._set_batch(1)
+
+    def _set_batch(self, n: int) -> None:
+        if n == self._batch:
+            return
+        if n != 1 or self._batch != 0:
+            self._interp.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]])
+        with captured_output():  # "Created TensorFlow Lite XNNPACK delegate" on stderr
+            self._interp.allocate_tensors()
+        self._batch = n
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        x = encode_pixels(pixels, self.input, self._float_range)
+        step = EVAL_BATCH if self._resizable and len(x) > 1 else 1
+        outputs = []
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            real = len(chunk)
+            if real < step:  # pad the last chunk instead of reallocating for it
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
+            self._set_batch(step)
+            self._interp.set_tensor(self._in["index"], chunk)
+            self._interp.invoke()
+            outputs.append(self._interp.get_tensor(self._out["index"])[:real].copy())
+        values = decode_output(np.concatenate(outputs).reshape(len(x), -1), self.output)
+        return to_probabilities(values)
+
+
+class LiteRTRuntime:
+    name = "litert"
+    suffixes = (".tflite",)
+
+    def available(self) -> bool:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
+
+    def open(self, path: Path, threads: int = 1, float_range: tuple[float, float] = PIXEL_RANGE) -> LiteRTSession:
+        return LiteRTSession(path, threads, float_range)
+
+    def describe(self, path: Path) -> GraphSummary:
+        """The graph as stored, without delegates: ops, I/O and the dtypes the weights are in."""
+        interp = _interpreter(path, 1, delegates=False)
+        ops = interp._get_ops_details()  # the only graph listing ai_edge_litert offers
+        tensors = {t["index"]: t for t in interp.get_tensor_details()}
+        produced = {int(o) for op in ops for o in op["outputs"]}
+        graph_inputs = {d["index"] for d in interp.get_input_details()}
+        consumed = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0}
+        weights: Counter[str] = Counter()
+        weight_bytes: Counter[str] = Counter()
+        for idx in consumed - produced - graph_inputs:
+            t = tensors.get(idx)
+            if t is None:
+                continue
+            dtype = np.dtype(t["dtype"])
+            weights[dtype.name] += 1
+            weight_bytes[dtype.name] += int(np.prod(t["shape"])) * dtype.itemsize
+        hybrid = 0
+        for op in ops:
+            operand = {np.dtype(t).name for t in op.get("operand_types", [])}
+            result = {np.dtype(t).name for t in op.get("result_types", [])}
+            if op["op_name"] not in ("DEQUANTIZE", "QUANTIZE") and "float32" in result and operand & {"int8", "uint8"}:
+                hybrid += 1
+        return GraphSummary(
+            path=path,
+            format="tflite",
+            size_bytes=path.stat().st_size,
+            inputs=tuple(_spec(d) for d in interp.get_input_details()),
+            outputs=tuple(_spec(d) for d in interp.get_output_details()),
+            op_counts=dict(Counter(op["op_name"] for op in ops).most_common()),
+            weight_dtypes={k: (weights[k], weight_bytes[k]) for k in sorted(weights)},
+            hybrid_ops=hybrid,
+        )

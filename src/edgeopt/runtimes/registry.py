@@ -1,0 +1,38 @@
+"""The runtimes edgeopt can measure on, by name and by file suffix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt.errors import BackendUnavailableError, ModelError
+from edgeopt.runtimes.base import Runtime
+from edgeopt.runtimes.litert import LiteRTRuntime
+
+RUNTIMES: dict[str, Runtime] = {
+    "litert": LiteRTRuntime(),
+}
+
+
+def list_runtimes() -> list[str]:
+    return list(RUNTIMES)
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise BackendUnavailableError(f"unknown backend {name!r}; use one of: {', '.join(RUNTIMES)}")
+    runtime = RUNTIMES[name]
+    if not runtime.available():
+        raise BackendUnavailableError(
+            f"backend {name} is not installed; install it with: pip install 'edgeopt[{name}]'"
+        )
+    return runtime
+
+
+def runtime_for(path: Path) -> Runtime:
+    """The runtime that runs a model file, chosen by its suffix."""
+    suffix = Path(path).suffix.lower()
+    for name, runtime in RUNTIMES.items():
+        if suffix in runtime.suffixes:
+            return get_runtime(name)
+    known = sorted(s for r in RUNTIMES.values() for s in r.suffixes)
+    raise ModelError(f"{path} is not a model edgeopt can run; pass a file ending in {', '.join(known)}")
