@@ -17,13 +17,13 @@ from edgeopt.pipeline import optimize
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.train import train
 
-DEMO_IMAGES_PER_CLASS = 400
+DEMO_IMAGES_PER_CLASS = 600
 DEMO_IMAGE_SIZE = 48
 DEMO_TRAIN = TrainConfig(
     image_size=DEMO_IMAGE_SIZE,
     alpha=0.35,
     weights="none",  # no download; the demo trains the whole net
-    epochs_head=30,
+    epochs_head=20,
     epochs_finetune=0,
     batch_size=32,
     lr_min=3e-4,

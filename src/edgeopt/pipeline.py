@@ -19,6 +19,7 @@ from edgeopt.config import OptimizeConfig, to_jsonable, write_config
 from edgeopt.data.imagefolder import DecodedImages, decode_images
 from edgeopt.data.split import SPLIT_FILE, load_split
 from edgeopt.data.synthetic import is_synthetic
+from edgeopt.diagnose import diagnose
 from edgeopt.errors import DataError, ModelError
 from edgeopt.graph import describe_change, describe_model
 from edgeopt.machine import describe_machine
@@ -146,6 +147,7 @@ def optimize(
             model, root, test, train, config, artifacts, build_seconds, accuracy, latency, graphs,
             methods=[m.name for m in methods],
         )
+        results["diagnostics"] = diagnose(results)
         results["measure"]["decode_ms_median"] = measure_decode_ms(
             [root / p for p in test.paths], size
         )

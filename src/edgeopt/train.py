@@ -188,7 +188,7 @@ def _fit_phase(
         monitor="val_loss", patience=config.patience, restore_best_weights=True
     )
     history = model.fit(
-        datasets[0], validation_data=datasets[1], epochs=epochs, verbose=0,
+        datasets[0], validation_data=datasets[1], epochs=epochs, verbose=0, shuffle=False,  # shuffled in the dataset
         callbacks=[stop, _progress_callback(progress, phase, epochs, steps)],
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -39,7 +39,7 @@ def _bottle(draw: ImageDraw.ImageDraw, rng: np.random.Generator, s: int, pet: bo
         colour = [
             _rgb(rng, (40, 110, 45), 20, 230),  # green glass
             _rgb(rng, (110, 60, 20), 20, 230),  # brown glass
-            _rgb(rng, (185, 200, 190), 15, 200),  # flint glass
+            _rgb(rng, (30, 50, 140), 20, 230),  # cobalt glass (clear glass would pass for PET at 48 px)
         ][int(rng.integers(0, 3))]
     left, right = cx - body_w // 2, cx + body_w // 2
     draw.rounded_rectangle([left, body_top, right, body_bot], radius=body_w // 5, fill=colour)

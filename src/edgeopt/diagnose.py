@@ -1,0 +1,84 @@
+"""Why a variant is slow: evidence from its graph and from the CPU, in sentences for the report.
+
+Reads only the results dict (graph facts, latencies, machine), so it knows no framework.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# A quantized variant is "not faster" when it gains less than this over its float baseline.
+EXPECTED_INT8_SPEEDUP = 1.3
+# Below this baseline latency, fixed per-call costs are a large share of the time.
+SMALL_MODEL_MS = 1.0
+
+
+def _is_int8_compute(v: dict[str, Any]) -> bool:
+    g = v["graph"]
+    weights = g["weight_dtypes"]
+    biggest = max(weights, key=lambda k: weights[k]["bytes"]) if weights else ""
+    return biggest in ("int8", "uint8") and g["hybrid_ops"] == 0 and "ConvInteger" not in g["op_counts"]
+
+
+def _float_baseline(v: dict[str, Any], by_name: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """The float32 variant of the same backend, else the run's baseline."""
+    for other in by_name.values():
+        if other["backend"] == v["backend"] and other["graph"]["weight_dtypes"].keys() <= {"float32", "int32", "int64"}:
+            return other
+    return by_name[baseline]
+
+
+def diagnose(results: dict[str, Any]) -> list[str]:
+    """One sentence per finding, each naming its evidence."""
+    machine = results["machine"]
+    by_name = {v["name"]: v for v in results["variants"]}
+    findings: list[str] = []
+    no_dot = not machine.get("int8_dot_product")
+    for v in results["variants"]:
+        base = _float_baseline(v, by_name, results["baseline"])
+        if v is base:
+            continue
+        speedup = base["latency_ms_median"] / v["latency_ms_median"]
+        g = v["graph"]
+        ops = g["op_counts"]
+        ratio = f"{v['name']} runs at {speedup:.2f}x the speed of {base['name']} ({v['latency_ms_median']:.2f} vs {base['latency_ms_median']:.2f} ms)"
+        if g["hybrid_ops"]:
+            findings.append(
+                f"{ratio}: {g['hybrid_ops']} of its ops are hybrid (float activations x int8 weights, "
+                "quantized on the fly at every call); XNNPACK does not take hybrid ops, so they fall back to "
+                "the reference CPU kernels. Use full-integer int8 (calibrated) instead."
+            )
+        if "ConvInteger" in ops or "DynamicQuantizeLinear" in ops:
+            findings.append(
+                f"{ratio}: the graph has {ops.get('ConvInteger', 0)} ConvInteger and "
+                f"{ops.get('DynamicQuantizeLinear', 0)} DynamicQuantizeLinear nodes: activations are "
+                "quantized at run time and ConvInteger has no fused fast path on CPU. Use static QDQ quantization."
+            )
+        if ops.get("Cast", 0) >= 10 and "float16" in g["weight_dtypes"]:
+            findings.append(
+                f"{ratio}: {ops['Cast']} Cast nodes convert between float16 and float32 around the ops; "
+                "x86 CPUs compute in float32, so float16 only halves the file."
+            )
+        if "float16" in g["weight_dtypes"] and g["dequantize_ops"] and v["backend"] == "litert":
+            findings.append(
+                f"{v['name']} stores weights as float16 and has {g['dequantize_ops']} DEQUANTIZE ops turning them "
+                "into float32 before the convolutions: it halves the file, computes in float32, and so runs "
+                f"at the speed of {base['name']} ({speedup:.2f}x)."
+            )
+        if _is_int8_compute(v) and speedup < EXPECTED_INT8_SPEEDUP:
+            reasons = []
+            if no_dot:
+                reasons.append(
+                    f"this CPU ({machine['cpu']}) has no int8 dot-product instructions (no AVX512-VNNI, AVX-VNNI "
+                    "or Arm dot-product in its flags), so int8 convolutions widen to 16-bit multiplies and gain "
+                    "little over float32 FMA"
+                )
+            if base["latency_ms_median"] < SMALL_MODEL_MS:
+                reasons.append(
+                    f"the model is tiny ({base['latency_ms_median']:.2f} ms per image): fixed per-call costs "
+                    f"(input quantize, {g['quantize_ops']} QUANTIZE / {g['dequantize_ops']} DEQUANTIZE ops, "
+                    "dispatch) weigh as much as the arithmetic int8 saves"
+                )
+            if reasons:
+                findings.append(f"{ratio} although it computes in int8: " + "; ".join(reasons) + ".")
+    return findings

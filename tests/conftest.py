@@ -1,0 +1,66 @@
+"""Tiny fixtures built in code: synthetic images, a tiny trained MobileNetV2, one optimize run.
+
+The trained model and the optimize run are session-scoped: training and converting take
+seconds each, and every test that needs them reads them without modifying them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
+from edgeopt.data.synthetic import generate_synthetic
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TRASHNET = SHARED / "data" / "trashnet5"
+CORAL = SHARED / "models" / "coral"
+BACKBONE = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+
+TINY_TRAIN = TrainConfig(
+    image_size=32, alpha=0.35, weights="none", epochs_head=3, epochs_finetune=0, batch_size=16,
+    lr_min=5e-4, lr_max=3e-3, bn_momentum=0.5, augment=True, patience=5, seed=0,
+)
+TINY_OPTIMIZE = OptimizeConfig(
+    representative_samples=20,
+    measure=MeasureConfig(threads=1, rounds=2, invocations=5, warmup=2),
+)
+
+
+def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic", per_class=16, size=48, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_dir, tmp_path_factory) -> Path:
+    from edgeopt.train import train
+
+    out = tmp_path_factory.mktemp("model") / "m1"
+    train(synthetic_dir, out, TINY_TRAIN)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_optimized(tiny_model, tmp_path_factory) -> tuple[Path, dict]:
+    from edgeopt.pipeline import optimize
+
+    out = tmp_path_factory.mktemp("opt") / "m1-opt"
+    results = optimize(tiny_model, out, TINY_OPTIMIZE)
+    return out, results
+
+
+def needs(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data only on the dev/CI machine)")

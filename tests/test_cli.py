@@ -1,0 +1,133 @@
+"""The command line: a user's mistake is one line on stderr, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeopt.cli import main
+from tests.conftest import CORAL, needs, write_image
+
+
+def run(capsys, *args):
+    code = main(list(map(str, args)))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, fragment):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0]
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "train", tmp_path / "nope", "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "m").exists()
+
+
+def test_empty_data_folder(capsys, tmp_path):
+    (tmp_path / "data").mkdir()
+    code, _, err = run(capsys, "train", tmp_path / "data", "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "found no class folders")
+
+
+def test_class_folder_without_images(capsys, tmp_path):
+    write_image(tmp_path / "data" / "cans" / "a.jpg")
+    (tmp_path / "data" / "bottles").mkdir()
+    code, _, err = run(capsys, "train", tmp_path / "data", "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "bottles")
+
+
+def test_existing_output_is_refused_before_any_work(capsys, tmp_path, synthetic_dir):
+    (tmp_path / "m").mkdir()
+    code, _, err = run(capsys, "train", synthetic_dir, "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "--force")
+
+
+def test_weights_file_that_does_not_exist(capsys, tmp_path, synthetic_dir):
+    code, _, err = run(capsys, "train", synthetic_dir, "--out", tmp_path / "m", "--weights", tmp_path / "w.h5",
+                       "--image-size", "32", "--epochs-head", "1")
+    assert_one_line_error(code, err, "weights file")
+    assert not (tmp_path / "m").exists()
+
+
+def test_optimize_on_something_that_is_not_a_model_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "written by 'edgeopt train'")
+
+
+def test_inspect_and_classify_refuse_files_that_are_not_models(capsys, tmp_path):
+    jpg = write_image(tmp_path / "photo.jpg")
+    code, _, err = run(capsys, "inspect", jpg)
+    assert_one_line_error(code, err, "not a model edgeopt can run")
+    fake = tmp_path / "m.tflite"
+    fake.write_text("definitely not a flatbuffer")
+    code, _, err = run(capsys, "classify", fake, jpg)
+    assert_one_line_error(code, err, "not a valid .tflite")
+
+
+def test_bad_option_values_are_errors_not_tracebacks(capsys, tmp_path):
+    code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o", "--objective", "fastest")
+    assert_one_line_error(code, err, "unknown objective")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[optimize]\nrepresentative_sample = 5\n")
+    code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o", "--config", cfg)
+    assert_one_line_error(code, err, "unknown config key")
+
+
+def test_optimize_config_file_and_flags_layer(tmp_path):
+    from edgeopt.cli import _optimize_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[optimize]\nrepresentative_samples = 50\nmethods = ["f0_float32", "f2_int8"]\n'
+                   "[optimize.measure]\nthreads = 2\nrounds = 7\n")
+    resolved = _optimize_config(cfg, None, None, 9, None, None, "paper", None, None, None, 0.5, None, None)
+    assert resolved.representative_samples == 50 and resolved.methods == ("f0_float32", "f2_int8")
+    assert resolved.measure.threads == 2 and resolved.measure.rounds == 9  # the flag wins over the file
+    assert resolved.objective.form == "paper" and resolved.objective.max_metric_loss == 0.5
+
+
+def test_classify_prints_top_k_for_an_optimized_variant(capsys, tiny_optimized, synthetic_dir):
+    out, results = tiny_optimized
+    image = sorted((synthetic_dir / "carton").glob("*.jpg"))[0]
+    code, stdout, _ = run(capsys, "classify", out / "variants" / "f3_int8_uint8io.tflite", image, "--top-k", "2")
+    assert code == 0
+    labels = [part.split()[0] for part in stdout.split(": ", 1)[1].split(", ")]
+    assert len(labels) == 2 and set(labels) <= set(results["model"]["classes"])
+
+
+def test_inspect_says_what_a_device_must_feed_f3(capsys, tiny_optimized):
+    out, _ = tiny_optimized
+    code, stdout, _ = run(capsys, "inspect", out / "variants" / "f3_int8_uint8io.tflite")
+    assert code == 0
+    assert "input pixels: uint8" in stdout and "device feeds: raw camera bytes" in stdout
+    assert "QUANTIZE" in stdout and "int8" in stdout
+
+
+@needs(CORAL)
+def test_classify_a_coral_model_with_its_labels(capsys):
+    code, stdout, _ = run(capsys, "classify", CORAL / "mobilenet_v2_1.0_224_quant.tflite", CORAL / "cat.bmp",
+                          "--labels", CORAL / "imagenet_labels.txt", "--top-k", "1")
+    assert code == 0 and "cat" in stdout.lower()
+
+
+def test_help_and_the_objective_do_not_load_tensorflow():
+    code = (
+        "import sys; from edgeopt.cli import main; import edgeopt.objective, edgeopt.report;"
+        "main(['--help']); print(json.dumps(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("command", ["train", "optimize", "demo", "inspect", "classify", "methods"])
+def test_every_command_has_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and "Usage" in out
