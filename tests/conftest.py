@@ -20,10 +20,13 @@ TRASHNET = SHARED / "data" / "trashnet5"
 CORAL = SHARED / "models" / "coral"
 BACKBONE = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
 
+# Trained enough to mean something (int8 agreement tests need real logit margins), still seconds.
+SYNTHETIC_PER_CLASS = 60
 TINY_TRAIN = TrainConfig(
-    image_size=32, alpha=0.35, weights="none", epochs_head=3, epochs_finetune=0, batch_size=16,
-    lr_min=5e-4, lr_max=3e-3, bn_momentum=0.5, augment=True, patience=5, seed=0,
+    image_size=48, alpha=0.35, weights="none", epochs_head=28, epochs_finetune=0, batch_size=16,
+    lr_min=3e-4, lr_max=3e-3, bn_momentum=0.9, augment=False, patience=28, seed=0,
 )
+TINY_SIZE = (TINY_TRAIN.image_size, TINY_TRAIN.image_size)
 TINY_OPTIMIZE = OptimizeConfig(
     representative_samples=20,
     measure=MeasureConfig(threads=1, rounds=2, invocations=5, warmup=2),
@@ -41,7 +44,7 @@ def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30),
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
-    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic", per_class=16, size=48, seed=3)
+    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic", per_class=SYNTHETIC_PER_CLASS, size=48, seed=3)
 
 
 @pytest.fixture(scope="session")

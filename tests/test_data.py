@@ -12,7 +12,7 @@ from edgeopt.data.imagefolder import decode_images, load_pixels, scan_image_fold
 from edgeopt.data.split import build_split, load_split, save_split
 from edgeopt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic, is_synthetic
 from edgeopt.errors import DataError
-from tests.conftest import write_image
+from tests.conftest import SYNTHETIC_PER_CLASS, write_image
 
 
 def test_scan_lists_classes_sorted_and_images_of_every_accepted_kind(tmp_path):
@@ -77,7 +77,7 @@ def test_split_is_stratified_disjoint_and_seeded(synthetic_dir):
     folder = scan_image_folder(synthetic_dir)
     split = build_split(folder, test_fraction=0.25, val_fraction=0.1, seed=1)
     test_counts = np.bincount([c for _, c in split.test], minlength=5)
-    assert list(test_counts) == [4] * 5  # 16 per class, 25%
+    assert list(test_counts) == [round(SYNTHETIC_PER_CLASS * 0.25)] * 5
     sets = [set(p for p, _ in part) for part in (split.train, split.validation, split.test)]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert sum(len(s) for s in sets) == len(folder.items)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from edgeopt.data.split import load_split
 from edgeopt.graph import describe_model
 from edgeopt.methods.registry import get_method, list_methods
 from edgeopt.runtimes.registry import get_runtime
+from tests.conftest import TINY_SIZE
 
 LITERT = list_methods("litert")
 
@@ -17,7 +20,7 @@ LITERT = list_methods("litert")
 @pytest.fixture(scope="module")
 def test_pixels(tiny_model):
     split = load_split(tiny_model / "split.json")
-    decoded = decode_images(__import__("pathlib").Path(split.data_root), split.test, (32, 32))
+    decoded = decode_images(Path(split.data_root), split.test, TINY_SIZE)
     return decoded.pixels
 
 

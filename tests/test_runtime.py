@@ -8,7 +8,7 @@ import pytest
 from edgeopt.classify import classify
 from edgeopt.errors import ModelError
 from edgeopt.graph import describe_model, render_summary
-from edgeopt.runtimes.base import TensorSpec, encode_pixels, feed_instructions, to_probabilities
+from edgeopt.pixels import PixelTransform, TensorSpec, encode_pixels, feed_instructions, to_probabilities
 from edgeopt.runtimes.registry import runtime_for
 from tests.conftest import CORAL, needs
 
@@ -37,7 +37,18 @@ def test_normalising_quantization_gets_raw_bytes():
 def test_float_input_gets_pixel_values_or_the_range_asked_for():
     spec = TensorSpec("in", (1, 1, 1, 3), "float32")
     assert encode_pixels(PIXELS, spec).ravel().tolist() == [0.0, 128.0, 255.0]
-    assert encode_pixels(PIXELS, spec, (-1.0, 1.0)).ravel() == pytest.approx([-1.0, 0.00392, 1.0], abs=1e-4)
+    assert encode_pixels(PIXELS, spec, PixelTransform.from_range(-1, 1)).ravel() == pytest.approx(
+        [-1.0, 0.00392, 1.0], abs=1e-4
+    )
+    imagenet = PixelTransform.from_mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    expected = [(0 / 255 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (255 / 255 - 0.406) / 0.225]
+    assert encode_pixels(PIXELS, spec, imagenet).ravel() == pytest.approx(expected, abs=1e-5)
+
+
+def test_nchw_inputs_get_channels_first():
+    spec = TensorSpec("in", (1, 3, 1, 1), "float32", layout="NCHW")
+    assert spec.image_size == (1, 1)
+    assert encode_pixels(PIXELS, spec).shape == (1, 3, 1, 1)
 
 
 def test_quantized_softmax_is_renormalised_and_logits_get_a_softmax():

@@ -10,7 +10,7 @@ import pytest
 from edgeopt.config import TrainConfig
 from edgeopt.errors import ConfigError, ModelError
 from edgeopt.train import build_model, load_keras_model, triangular_lr
-from tests.conftest import BACKBONE, needs
+from tests.conftest import BACKBONE, TINY_SIZE, needs
 
 
 def test_train_writes_model_labels_split_history(tiny_model, synthetic_dir):
@@ -18,7 +18,7 @@ def test_train_writes_model_labels_split_history(tiny_model, synthetic_dir):
         assert (tiny_model / name).is_file(), name
     labels = json.loads((tiny_model / "labels.json").read_text())
     assert labels["classes"] == sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())
-    assert labels["synthetic_data"] is True and labels["image_size"] == 32
+    assert labels["synthetic_data"] is True and labels["image_size"] == TINY_SIZE[0]
     history = json.loads((tiny_model / "history.json").read_text())
     assert history["epochs_run"] >= 1 and "train" in history["phases"]
     assert not list(tiny_model.parent.glob(".*partial*"))
@@ -26,7 +26,7 @@ def test_train_writes_model_labels_split_history(tiny_model, synthetic_dir):
 
 def test_saved_model_takes_pixels_and_returns_probabilities(tiny_model):
     model = load_keras_model(tiny_model)
-    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, *TINY_SIZE, 3)).astype(np.float32)
     probs = model.predict(pixels, verbose=0)
     assert probs.shape == (4, 5)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeopt.data.imagefolder import load_pixels
 from edgeopt.errors import ConfigError, DataError, ModelError
-from edgeopt.runtimes.base import PIXEL_RANGE
+from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.runtimes.registry import runtime_for
 
 
@@ -47,14 +47,14 @@ def classify(
     labels_path: Path | None = None,
     top_k: int = 3,
     threads: int = 1,
-    float_range: tuple[float, float] = PIXEL_RANGE,
+    transform: PixelTransform = PIXELS,
 ) -> list[Prediction]:
     if not images:
         raise ConfigError("no images given; pass one or more image files after the model")
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be >= 1")
     runtime = runtime_for(model)
-    session = runtime.open(model, threads, float_range)
+    session = runtime.open(model, threads, transform)
     labels = load_labels(labels_path) if labels_path else _default_labels(model)
     size = session.input.image_size
     predictions = []

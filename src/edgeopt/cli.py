@@ -137,11 +137,25 @@ def train(
     )
 
 
+def _numbers(text: str | None, count: int, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ConfigError(f"{option} {text!r} needs {count} comma-separated numbers")
+    return values
+
+
 def _optimize_config(
     config: Path | None, methods: str | None, threads: int | None, rounds: int | None,
     invocations: int | None, representative_samples: int | None, objective: str | None,
     w_size: float | None, w_time: float | None, w_accuracy: float | None,
     max_accuracy_drop: float | None, strict: bool | None, train_accuracy: bool | None,
+    backends: str | None = None, calibration: str | None = None, input_range: str | None = None,
+    input_mean: str | None = None, input_std: str | None = None,
 ) -> OptimizeConfig:
     file_values = _read_config_file(config, "optimize")
     measure = _build(MeasureConfig, file_values.pop("measure", {}), {
@@ -151,20 +165,31 @@ def _optimize_config(
         "form": objective, "weight_size": w_size, "weight_time": w_time, "weight_metric": w_accuracy,
         "max_metric_loss": max_accuracy_drop,
     })
-    if "methods" in file_values:
-        file_values["methods"] = tuple(file_values["methods"])
+    for key in ("methods", "backends", "input_range", "input_mean", "input_std"):
+        if key in file_values:
+            file_values[key] = tuple(file_values[key])
     return _build(OptimizeConfig, file_values, {
         "methods": tuple(m.strip() for m in methods.split(",")) if methods else None,
+        "backends": tuple(b.strip() for b in backends.split(",")) if backends else None,
         "representative_samples": representative_samples, "strict": strict,
+        "calibration_method": calibration,
+        "input_range": _numbers(input_range, 2, "--input-range"),
+        "input_mean": _numbers(input_mean, 3, "--input-mean"),
+        "input_std": _numbers(input_std, 3, "--input-std"),
         "measure": measure, "objective": obj,
     })
 
 
 @app.command()
 def optimize(
-    model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train'")],
+    model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train', or an .onnx model (needs --data)")],
     out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, selected model")],
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods, baseline first (see 'edgeopt methods')")] = None,
+    backends: Annotated[str | None, typer.Option(help="litert,onnxruntime [default: every installed one]")] = None,
+    calibration: Annotated[str | None, typer.Option(help="ONNX Runtime static calibration: MinMax | Entropy | Percentile")] = None,
+    input_range: Annotated[str | None, typer.Option(help="For an .onnx model with float input: its pixel range, e.g. -1,1")] = None,
+    input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
+    input_std: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads [default: 1]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 5]")] = None,
     invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 50]")] = None,
@@ -184,7 +209,8 @@ def optimize(
     from edgeopt.pipeline import optimize as run_optimize
 
     cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
-                           objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_accuracy)
+                           objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_accuracy,
+                           backends, calibration, input_range, input_mean, input_std)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")
@@ -223,16 +249,19 @@ def classify(
     labels: Annotated[Path | None, typer.Option(help="labels.json or a text file, one label a line [default: labels.json beside the model]")] = None,
     top_k: Annotated[int, typer.Option(help="How many labels to print per image")] = 3,
     threads: Annotated[int, typer.Option()] = 1,
-    input_range: Annotated[str, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = "0,255",
+    input_range: Annotated[str | None, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = None,
+    input_mean: Annotated[str | None, typer.Option(help="For a foreign model: per-channel mean of pixel/255")] = None,
+    input_std: Annotated[str | None, typer.Option(help="For a foreign model: per-channel std of pixel/255")] = None,
 ) -> None:
     """Print the top-k labels with probabilities for each image."""
     from edgeopt.classify import classify as run_classify
 
-    try:
-        lo, hi = (float(v) for v in input_range.split(","))
-    except ValueError:
-        raise ConfigError(f"--input-range {input_range!r} must be two numbers, e.g. -1,1") from None
-    for pred in run_classify(model, images, labels, top_k, threads, (lo, hi)):
+    transform = OptimizeConfig(
+        input_range=_numbers(input_range, 2, "--input-range"),  # type: ignore[arg-type]
+        input_mean=_numbers(input_mean, 3, "--input-mean"),  # type: ignore[arg-type]
+        input_std=_numbers(input_std, 3, "--input-std"),  # type: ignore[arg-type]
+    ).pixel_transform()
+    for pred in run_classify(model, images, labels, top_k, threads, transform):
         ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
         out_console.print(f"{pred.image}: {ranked}", highlight=False)
 

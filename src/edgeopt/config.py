@@ -10,8 +10,8 @@ from typing import Any
 
 from edgeopt.errors import ConfigError
 from edgeopt.objective import Objective
+from edgeopt.pixels import PIXELS, PixelTransform
 
-DEFAULT_LITERT_METHODS = ("f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io", "f4_float16")
 
 
 @dataclass(frozen=True)
@@ -94,18 +94,50 @@ class OptimizeConfig:
     """What `edgeopt optimize` builds, how it measures and how it chooses."""
 
     # Method names from the registry, built in this order; the first is the baseline.
-    methods: tuple[str, ...] = DEFAULT_LITERT_METHODS
-    # Train-split images fed to calibration (f2, f3).
+    # None: every method of the chosen backends, in registry order (f0_float32 first).
+    methods: tuple[str, ...] | None = None
+    # Runtimes to build for: "litert", "onnxruntime". None: every one that is installed.
+    backends: tuple[str, ...] | None = None
+    # Train-split images fed to calibration (f2, f3, ort_int8_static).
     representative_samples: int = 200
+    # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
+    calibration_method: str = "MinMax"
+    # ONNX Runtime static int8 with 7-bit weights. On x86 without VNNI, ORT's u8s8 kernels use
+    # VPMADDUBSW, whose int16 pair sums saturate with full 8-bit weights (measured: 57% -> 33%
+    # accuracy on the test model). None: decide from this CPU's flags.
+    ort_reduce_range: bool | None = None
+    # For an .onnx input model with float input: pixel range it expects, e.g. (-1.0, 1.0);
+    # or torchvision-style per-channel mean and std (of pixel/255). None: pixels 0..255.
+    input_range: tuple[float, float] | None = None
+    input_mean: tuple[float, float, float] | None = None
+    input_std: tuple[float, float, float] | None = None
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     objective: Objective = field(default_factory=Objective)
     strict: bool = False
 
     def __post_init__(self) -> None:
-        if not self.methods:
+        if self.methods is not None and not self.methods:
             raise ConfigError("no methods given; name at least the baseline, e.g. f0_float32")
         if self.representative_samples < 1:
             raise ConfigError("--representative-samples must be >= 1")
+        if self.calibration_method not in ("MinMax", "Entropy", "Percentile"):
+            raise ConfigError(
+                f"--calibration {self.calibration_method!r} is unknown; use MinMax, Entropy or Percentile"
+            )
+        if self.input_range is not None and self.input_mean is not None:
+            raise ConfigError("give either --input-range or --input-mean/--input-std, not both")
+        if (self.input_mean is None) != (self.input_std is None):
+            raise ConfigError("--input-mean and --input-std go together")
+
+    def pixel_transform(self) -> PixelTransform:
+        if self.input_range is not None:
+            return PixelTransform.from_range(*self.input_range)
+        if self.input_mean is not None and self.input_std is not None:
+            try:
+                return PixelTransform.from_mean_std(self.input_mean, self.input_std)
+            except ValueError as exc:
+                raise ConfigError(f"--input-mean/--input-std: {exc}") from None
+        return PIXELS
 
 
 def to_jsonable(config: Any) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeopt.errors import ModelError
-from edgeopt.runtimes.base import GraphSummary, feed_instructions
+from edgeopt.pixels import feed_instructions
+from edgeopt.runtimes.base import GraphSummary
 from edgeopt.runtimes.registry import runtime_for
 
 

@@ -27,6 +27,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def has_int8_dot_product() -> bool:
+    """True when the CPU multiplies int8 pairs into int32 without saturation (VNNI, Arm dot product)."""
+    return bool(cpu_flags() & set(INT8_DOT_FLAGS))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

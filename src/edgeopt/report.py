@@ -106,6 +106,9 @@ def render_markdown(results: dict[str, Any], plot_name: str | None = PLOT_FILE) 
     header = ("variant", *classes)
     rows = [(v["name"], *(_pct(v["test_per_class"].get(c)) for c in classes)) for v in results["variants"]]
     lines += _markdown_table(header, rows)
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     diagnostics = results.get("diagnostics") or []
     if diagnostics:
         lines += ["", "## Diagnostics", "", *[f"- {d}" for d in diagnostics]]

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.pixels import PIXELS, PixelTransform
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -39,6 +41,12 @@ class BuildContext:
     log_path: Path | None = None
     # Work files (e.g. an ONNX export) that more than one method needs.
     work_dir: Path | None = None
+    # What a float-input source model takes (identity for edgeopt's own models).
+    pixel_transform: PixelTransform = PIXELS
+    # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
+    calibration_method: str = "MinMax"
+    # ONNX Runtime static int8: 7-bit weights (see OptimizeConfig.ort_reduce_range).
+    reduce_range: bool = False
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:

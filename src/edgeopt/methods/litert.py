@@ -25,8 +25,8 @@ def _concrete_function(ctx: BuildContext) -> Any:
         tf = import_tensorflow()
         model = load_keras_model(ctx.source)
         shape = [None, *model.input_shape[1:]]  # a free batch size lets evaluation batch
-        fn = tf.function(lambda x: model(x, training=False))
-        return model, fn.get_concrete_function(tf.TensorSpec(shape, tf.float32))
+        fn = tf.function(lambda pixels: model(pixels, training=False))
+        return model, fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="pixels"))
 
     return ctx.cached("keras_concrete_function", make)[1]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from edgeopt.errors import ConfigError
 from edgeopt.methods.base import Method
 from edgeopt.methods.litert import LITERT_METHODS
+from edgeopt.methods.onnx import ONNX_METHODS
 
 METHODS: dict[str, Method] = {
     **LITERT_METHODS,
+    **ONNX_METHODS,
 }
 
 

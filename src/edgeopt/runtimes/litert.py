@@ -11,14 +11,8 @@ import numpy as np
 
 from edgeopt.errors import ModelError
 from edgeopt.quiet import captured_output
-from edgeopt.runtimes.base import (
-    PIXEL_RANGE,
-    GraphSummary,
-    TensorSpec,
-    decode_output,
-    encode_pixels,
-    to_probabilities,
-)
+from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
+from edgeopt.runtimes.base import GraphSummary
 
 # Images per invoke when evaluating accuracy (latency is always measured at batch 1).
 EVAL_BATCH = 16
@@ -51,7 +45,7 @@ def _interpreter(path: Path, threads: int, delegates: bool = True) -> Any:
 
 
 class LiteRTSession:
-    def __init__(self, path: Path, threads: int, float_range: tuple[float, float]) -> None:
+    def __init__(self, path: Path, threads: int, transform: PixelTransform) -> None:
         self.path = path
         self._interp = _interpreter(path, threads)
         self._in = self._interp.get_input_details()[0]
@@ -63,7 +57,7 @@ class LiteRTSession:
                 f"{path} takes input of shape {self.input.shape}; edgeopt runs image classifiers "
                 "with one NHWC RGB input"
             )
-        self._float_range = float_range
+        self._transform = transform
         self._batch = 0
         self._resizable = self.input.shape[0] == -1
         self._set_batch(1)
@@ -78,7 +72,7 @@ class LiteRTSession:
         self._batch = n
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        x = encode_pixels(pixels, self.input, self._float_range)
+        x = encode_pixels(pixels, self.input, self._transform)
         step = EVAL_BATCH if self._resizable and len(x) > 1 else 1
         outputs = []
         for start in range(0, len(x), step):
@@ -108,8 +102,8 @@ class LiteRTRuntime:
     def version(self) -> str:
         return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
 
-    def open(self, path: Path, threads: int = 1, float_range: tuple[float, float] = PIXEL_RANGE) -> LiteRTSession:
-        return LiteRTSession(path, threads, float_range)
+    def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> LiteRTSession:
+        return LiteRTSession(path, threads, transform)
 
     def describe(self, path: Path) -> GraphSummary:
         """The graph as stored, without delegates: ops, I/O and the dtypes the weights are in."""

@@ -7,14 +7,18 @@ from pathlib import Path
 from edgeopt.errors import BackendUnavailableError, ModelError
 from edgeopt.runtimes.base import Runtime
 from edgeopt.runtimes.litert import LiteRTRuntime
+from edgeopt.runtimes.onnxruntime import OnnxRuntime
 
 RUNTIMES: dict[str, Runtime] = {
     "litert": LiteRTRuntime(),
+    "onnxruntime": OnnxRuntime(),
 }
+# What `pip install` names the extra that brings each optional backend.
+EXTRAS = {"onnxruntime": "onnx"}
 
 
-def list_runtimes() -> list[str]:
-    return list(RUNTIMES)
+def list_runtimes(installed_only: bool = False) -> list[str]:
+    return [name for name, r in RUNTIMES.items() if not installed_only or r.available()]
 
 
 def get_runtime(name: str) -> Runtime:
@@ -23,7 +27,7 @@ def get_runtime(name: str) -> Runtime:
     runtime = RUNTIMES[name]
     if not runtime.available():
         raise BackendUnavailableError(
-            f"backend {name} is not installed; install it with: pip install 'edgeopt[{name}]'"
+            f"backend {name} is not installed; install it with: pip install 'edgeopt[{EXTRAS.get(name, name)}]'"
         )
     return runtime
 

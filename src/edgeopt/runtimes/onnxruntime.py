@@ -1,0 +1,122 @@
+"""ONNX Runtime (CPU execution provider), the optional second backend: pip install 'edgeopt[onnx]'."""
+
+from __future__ import annotations
+
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt.errors import ModelError
+from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
+from edgeopt.runtimes.base import GraphSummary
+from edgeopt.runtimes.litert import EVAL_BATCH
+
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else -1 for d in node.shape)
+    nchw = len(shape) == 4 and shape[1] == 3 and shape[3] != 3
+    dtype = _ONNX_TYPES.get(node.type)
+    if dtype is None:
+        raise ModelError(f"input/output {node.name} has type {node.type}; edgeopt runs float or 8-bit image models")
+    return TensorSpec(name=node.name, shape=shape, dtype=dtype, layout="NCHW" if nchw else "NHWC")
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist; pass an .onnx file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}); pass an .onnx file") from None
+
+
+class OrtSession:
+    def __init__(self, path: Path, threads: int, transform: PixelTransform) -> None:
+        self._session = _session(path, threads)
+        self.input = _spec(self._session.get_inputs()[0])
+        self.output = _spec(self._session.get_outputs()[0])
+        if len(self.input.shape) != 4:
+            raise ModelError(f"{path} takes input of shape {self.input.shape}; edgeopt runs image classifiers")
+        self._transform = transform
+        self._resizable = self.input.shape[0] == -1
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        x = encode_pixels(pixels, self.input, self._transform)
+        step = EVAL_BATCH if self._resizable else 1
+        outputs = [
+            self._session.run([self.output.name], {self.input.name: x[i : i + step]})[0]
+            for i in range(0, len(x), step)
+        ]
+        values = decode_output(np.concatenate(outputs).reshape(len(x), -1), self.output)
+        return to_probabilities(values)
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    def available(self) -> bool:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        return f"onnxruntime {metadata.version('onnxruntime')}"
+
+    def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> OrtSession:
+        return OrtSession(path, threads, transform)
+
+    def describe(self, path: Path) -> GraphSummary:
+        """The graph as stored: op histogram, I/O, initializer dtypes; QDQ scales of the input."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        if not path.is_file():
+            raise ModelError(f"{path} does not exist; pass an .onnx file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise ModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}); pass an .onnx file") from None
+        graph = model.graph
+        initializers = {init.name: init for init in graph.initializer}
+        weights: Counter[str] = Counter()
+        weight_bytes: Counter[str] = Counter()
+        for init in graph.initializer:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+            weights[dtype.name] += 1
+            weight_bytes[dtype.name] += int(np.prod(init.dims)) * dtype.itemsize
+        session = _session(path, 1)
+        inputs = tuple(_spec(i) for i in session.get_inputs())
+        # a QDQ model keeps float I/O; the first QuantizeLinear on the input shows its scale
+        first_q = next((n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == inputs[0].name), None)
+        if first_q is not None and first_q.input[1] in initializers:
+            scale = float(numpy_helper.to_array(initializers[first_q.input[1]]).ravel()[0])
+            zp = int(numpy_helper.to_array(initializers[first_q.input[2]]).ravel()[0]) if len(first_q.input) > 2 else 0
+            notes: tuple[str, ...] = (f"input quantized inside the graph: scale {scale:.6g}, zero point {zp}",)
+        else:
+            notes = ()
+        return GraphSummary(
+            path=path,
+            format="onnx",
+            size_bytes=path.stat().st_size,
+            inputs=inputs,
+            outputs=tuple(_spec(o) for o in session.get_outputs()),
+            op_counts=dict(Counter(n.op_type for n in graph.node).most_common()),
+            weight_dtypes={k: (weights[k], weight_bytes[k]) for k in sorted(weights)},
+            notes=notes,
+        )

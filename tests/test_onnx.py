@@ -1,0 +1,202 @@
+"""ONNX Runtime backend: export, each ORT method, .onnx input, a missing backend, diagnostics."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+
+from edgeopt.cli import main  # noqa: E402
+from edgeopt.config import MeasureConfig, OptimizeConfig  # noqa: E402
+from edgeopt.data.imagefolder import decode_images  # noqa: E402
+from edgeopt.data.split import load_split  # noqa: E402
+from edgeopt.diagnose import diagnose  # noqa: E402
+from edgeopt.errors import BackendUnavailableError, ConfigError  # noqa: E402
+from edgeopt.graph import describe_model  # noqa: E402
+from edgeopt.methods.base import BuildContext, build_artifact  # noqa: E402
+from edgeopt.methods.registry import get_method, list_methods  # noqa: E402
+from edgeopt.pipeline import optimize  # noqa: E402
+from edgeopt.runtimes import registry as runtime_registry  # noqa: E402
+from edgeopt.runtimes.registry import get_runtime  # noqa: E402
+from tests.conftest import TINY_OPTIMIZE, TINY_SIZE  # noqa: E402
+
+ORT = list_methods("onnxruntime")
+
+
+def _file(tiny_optimized, name):
+    out, results = tiny_optimized
+    return out / next(v["file"] for v in results["variants"] if v["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def test_pixels(tiny_model):
+    from pathlib import Path
+
+    split = load_split(tiny_model / "split.json")
+    return decode_images(Path(split.data_root), split.test, TINY_SIZE).pixels
+
+
+def test_optimize_ranks_both_runtimes_in_one_table(tiny_optimized):
+    _, results = tiny_optimized
+    names = [v["name"] for v in results["variants"]]
+    assert ORT == ["ort_fp32", "ort_int8_static", "ort_int8_dynamic", "ort_fp16"]
+    assert names[5:] == ORT and results["baseline"] == "f0_float32"
+    assert {v["backend"] for v in results["variants"]} == {"litert", "onnxruntime"}
+    assert sorted(results["ranking"]) == sorted(names)
+
+
+def test_exported_onnx_matches_the_tflite_float_model(tiny_optimized, test_pixels):
+    ort_probs = get_runtime("onnxruntime").open(_file(tiny_optimized, "ort_fp32")).predict(test_pixels)
+    tfl_probs = get_runtime("litert").open(_file(tiny_optimized, "f0_float32")).predict(test_pixels)
+    np.testing.assert_allclose(ort_probs, tfl_probs, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name, must_have, weight_dtype",
+    [
+        ("ort_fp32", set(), "float32"),
+        ("ort_int8_static", {"QuantizeLinear", "DequantizeLinear"}, "int8"),
+        ("ort_int8_dynamic", {"ConvInteger", "DynamicQuantizeLinear"}, "int8"),
+        ("ort_fp16", {"Cast"}, "float16"),
+    ],
+)
+def test_each_ort_method_makes_the_graph_it_promises(tiny_optimized, test_pixels, name, must_have, weight_dtype):
+    path = _file(tiny_optimized, name)
+    g = describe_model(path)
+    assert must_have <= set(g.op_counts), g.op_counts
+    assert max(g.weight_dtypes, key=lambda k: g.weight_dtypes[k][1]) == weight_dtype
+    assert g.inputs[0].dtype == "float32"  # QDQ and fp16 keep float I/O
+    if name == "ort_fp32":
+        assert not {"QuantizeLinear", "ConvInteger", "Cast"} & set(g.op_counts)
+    probs = get_runtime("onnxruntime").open(path).predict(test_pixels)
+    reference = get_runtime("onnxruntime").open(_file(tiny_optimized, "ort_fp32")).predict(test_pixels)
+    assert np.isfinite(probs).all()
+    assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.7
+
+
+def test_static_quantization_records_uint8_activations_on_the_input(tiny_optimized):
+    notes = describe_model(_file(tiny_optimized, "ort_int8_static")).notes
+    assert notes and "input quantized inside the graph" in notes[0]
+
+
+def _build_static(tiny_optimized, out, **options):
+    rng = np.random.default_rng(0)
+    out.mkdir()
+    ctx = BuildContext(
+        source=_file(tiny_optimized, "ort_fp32"),
+        representative=rng.integers(0, 256, (8, *TINY_SIZE, 3), dtype=np.uint8),
+        work_dir=out / "work",
+        **options,
+    )
+    return build_artifact(get_method("ort_int8_static"), ctx, out)
+
+
+def test_calibration_method_is_selectable(tiny_optimized, tmp_path):
+    built = {m: _build_static(tiny_optimized, tmp_path / m, calibration_method=m) for m in ("MinMax", "Percentile", "Entropy")}
+    # percentile clipping gives other activation ranges, so other bytes
+    assert built["MinMax"].sha256 != built["Percentile"].sha256
+    # (ORT 1.32's entropy calibrator returns the MinMax ranges on this model; it must still build)
+    assert describe_model(built["Entropy"].path).op_counts["QuantizeLinear"] > 0
+    with pytest.raises(ConfigError, match="MinMax, Entropy or Percentile"):
+        _build_static(tiny_optimized, tmp_path / "bad", calibration_method="KL")
+
+
+def test_reduce_range_stores_7_bit_weights(tiny_optimized, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    def weight_range(artifact):
+        graph = onnx.load(str(artifact.path)).graph
+        int8 = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        return min(int(w.min()) for w in int8), max(int(w.max()) for w in int8)
+
+    assert weight_range(_build_static(tiny_optimized, tmp_path / "full", reduce_range=False)) == (-127, 127)
+    low, high = weight_range(_build_static(tiny_optimized, tmp_path / "seven", reduce_range=True))
+    assert -64 <= low and high <= 63
+
+
+def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_dir, tmp_path):
+    onnx_model = tmp_path / "from_pytorch.onnx"
+    onnx_model.write_bytes(_file(tiny_optimized, "ort_fp32").read_bytes())
+    out = tmp_path / "opt"
+    results = optimize(onnx_model, out, TINY_OPTIMIZE, data_dir=synthetic_dir)
+    assert [v["name"] for v in results["variants"]] == ORT
+    assert results["baseline"] == "ort_fp32" and results["model"]["kind"] == "onnx"
+    assert any("only ONNX Runtime variants were built" in n for n in results["notes"])
+    assert "only ONNX Runtime variants were built" in (out / "report.md").read_text()
+    assert (out / "selected.onnx").is_file() and (out / "split.json").is_file()
+    labels = json.loads((out / "labels.json").read_text())["classes"]
+    assert labels == sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())
+
+
+def test_an_onnx_model_needs_its_images(tiny_optimized, tmp_path):
+    with pytest.raises(ConfigError, match="--data DIR"):
+        optimize(_file(tiny_optimized, "ort_fp32"), tmp_path / "o", TINY_OPTIMIZE)
+
+
+def test_without_onnxruntime_everything_else_works_and_the_report_says_so(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime_registry.RUNTIMES["onnxruntime"], "available", lambda: False)
+    config = OptimizeConfig(representative_samples=10, measure=MeasureConfig(rounds=1, invocations=2, warmup=1))
+    results = optimize(tiny_model, tmp_path / "o", config)
+    assert {v["backend"] for v in results["variants"]} == {"litert"}
+    assert any("onnxruntime is not installed" in n and "edgeopt[onnx]" in n for n in results["notes"])
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'edgeopt\[onnx\]'"):
+        optimize(tiny_model, tmp_path / "o2", OptimizeConfig(backends=("onnxruntime",)))
+
+
+def _slowed(results, name, factor):
+    """The same graphs, with `name` made `factor` times slower than its float baseline."""
+    slowed = copy.deepcopy(results)
+    by_name = {v["name"]: v for v in slowed["variants"]}
+    base = "f0_float32" if by_name[name]["backend"] == "litert" else "ort_fp32"
+    by_name[name]["latency_ms_median"] = by_name[base]["latency_ms_median"] * factor
+    return slowed
+
+
+def test_diagnostics_stay_silent_about_variants_that_are_fast(tiny_optimized):
+    _, results = tiny_optimized
+    fast = _slowed(results, "f1_dynamic_range", 0.5)  # twice as fast as f0
+    assert not any(d.startswith("f1_dynamic_range") for d in diagnose(fast))
+
+
+def test_diagnostics_explain_a_slow_dynamic_range_variant_from_its_graph(tiny_optimized):
+    _, results = tiny_optimized
+    hybrid = next(v for v in results["variants"] if v["name"] == "f1_dynamic_range")["graph"]["hybrid_ops"]
+    assert hybrid > 0
+    text = " ".join(diagnose(_slowed(results, "f1_dynamic_range", 1.8)))
+    assert f"f1_dynamic_range runs at 0.56x the speed of f0_float32" in text
+    assert f"{hybrid} of its ops are hybrid" in text and "XNNPACK does not take hybrid ops" in text
+
+
+def test_diagnostics_explain_ort_dynamic_and_float16_slowness(tiny_optimized):
+    _, results = tiny_optimized
+    dynamic = " ".join(diagnose(_slowed(results, "ort_int8_dynamic", 3.0)))
+    assert "ConvInteger" in dynamic and "DynamicQuantizeLinear" in dynamic
+    fp16 = " ".join(diagnose(_slowed(results, "ort_fp16", 1.5)))
+    assert "Cast nodes" in fp16 and "float16 only halves the file" in fp16
+
+
+def test_diagnostics_name_the_missing_int8_instructions(tiny_optimized):
+    _, results = tiny_optimized
+    no_vnni = _slowed(results, "f2_int8", 1.0)
+    no_vnni["machine"]["int8_dot_product"] = []
+    assert any("no int8 dot-product instructions" in d for d in diagnose(no_vnni))
+    with_vnni = copy.deepcopy(no_vnni)
+    with_vnni["machine"]["int8_dot_product"] = ["avx512_vnni"]
+    assert not any("no int8 dot-product" in d for d in diagnose(with_vnni))
+
+
+def test_inspect_and_classify_accept_onnx(capsys, tiny_optimized, synthetic_dir):
+    path = _file(tiny_optimized, "ort_int8_static")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(onnx," in out and "QuantizeLinear" in out
+    image = sorted((synthetic_dir / "tin_can").glob("*.jpg"))[0]
+    assert main(["classify", str(path), str(image), "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.split(": ")[1].split()[0] in json.loads(
+        (path.parents[1] / "labels.json").read_text()
+    )["classes"]
