@@ -83,7 +83,7 @@ class _Printer:
             print(summary, flush=True)
 
 
-def check_targets(by_threads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def check_targets(by_threads: dict[str, dict[str, Any]], litert_only: dict[str, Any]) -> list[dict[str, Any]]:
     one = by_threads["1"]
     variants = {v["name"]: v for v in one["variants"]}
     f0 = variants[one["baseline"]]
@@ -98,8 +98,11 @@ def check_targets(by_threads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
          f"{one['selected']}: L = {chosen['L']:.2f} ({chosen['size_ratio']:.2f}x smaller, {chosen['speedup']:.2f}x faster)"),
         ("stretch: selected variant loses <= 0.3 pp", drop <= TARGETS["stretch_selected_accuracy_drop_pp_max"],
          f"{drop:+.2f} pp"),
-        ("optimize end to end <= 3 min (1 thread)", one["timings"]["total_s"] <= TARGETS["optimize_seconds_max"],
-         f"{one['timings']['total_s']:.0f} s"),
+        ("optimize end to end, 5 LiteRT variants, <= 3 min (1 thread)",
+         litert_only["timings"]["total_s"] <= TARGETS["optimize_seconds_max"],
+         f"{litert_only['timings']['total_s']:.0f} s (build {litert_only['timings']['build_s']:.0f}, "
+         f"accuracy {litert_only['timings']['evaluate_s']:.0f}, latency {litert_only['timings']['latency_s']:.0f}; "
+         f"with the 4 ONNX Runtime variants too: {one['timings']['total_s']:.0f} s)"),
     ]
     return [{"target": t, "met": bool(ok), "value": v} for t, ok, v in rows]
 
@@ -122,7 +125,7 @@ def render(reference: dict[str, Any]) -> str:
         "",
     ]
     for threads, run in reference["runs"].items():
-        lines += [f"## {threads} thread(s): study vs edgeopt", ""]
+        lines += [f"## {threads} thread(s): study vs edgeopt (LiteRT rows f0-f4 are the study's; ort_* rows are ONNX Runtime)", ""]
         header = ("variant", "study test %", "ours test %", "ours train %", "study ms", "ours ms (p90)",
                   "study KB", "ours KB", "size x", "speed x", "study L (paper)", "ours L paper", "ours L default")
         rows = []
@@ -156,6 +159,9 @@ def render(reference: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Targets", ""]
     lines += [f"- {'MET' if t['met'] else 'NOT MET'}: {t['target']} — {t['value']}" for t in reference["targets"]]
+    notes = reference["runs"].get("1", {}).get("notes") or []
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     diagnostics = reference["runs"].get("1", {}).get("diagnostics") or []
     if diagnostics:
         lines += ["", "## Diagnostics (1 thread, from the graphs and the CPU flags)", "", *[f"- {d}" for d in diagnostics]]
@@ -185,12 +191,18 @@ def main() -> int:
     stage_seconds = {("training (cached run)" if cached else "training"): train_s}
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # The study's five variants alone first: the end-to-end time target is for them.
+        config = OptimizeConfig(backends=("litert",), measure=MeasureConfig(threads=1, rounds=args.rounds, invocations=args.invocations))
+        t = time.perf_counter()
+        litert_only = optimize(model_dir, Path(tmp) / "opt-litert-1", config)
+        stage_seconds["optimize, 5 LiteRT variants, 1 thread"] = time.perf_counter() - t
+        print(f"optimize (5 LiteRT variants, 1 thread): {stage_seconds['optimize, 5 LiteRT variants, 1 thread']:.0f} s", flush=True)
         for threads in [int(t) for t in args.threads.split(",")]:
             config = OptimizeConfig(measure=MeasureConfig(threads=threads, rounds=args.rounds, invocations=args.invocations))
             t = time.perf_counter()
             runs[str(threads)] = optimize(model_dir, Path(tmp) / f"opt-{threads}", config)
-            stage_seconds[f"optimize at {threads} thread(s)"] = time.perf_counter() - t
-            print(f"optimize at {threads} thread(s): {stage_seconds[f'optimize at {threads} thread(s)']:.0f} s", flush=True)
+            stage_seconds[f"optimize, all backends, {threads} thread(s)"] = time.perf_counter() - t
+            print(f"optimize at {threads} thread(s): {stage_seconds[f'optimize, all backends, {threads} thread(s)']:.0f} s", flush=True)
     first = next(iter(runs.values()))
     reference = {
         "edgeopt_reference": 1,
@@ -205,7 +217,8 @@ def main() -> int:
         "total_seconds": time.perf_counter() - started,
         "runs": runs,
     }
-    reference["targets"] = check_targets(runs) if "1" in runs else []
+    reference["litert_only_1_thread"] = {k: litert_only[k] for k in ("selected", "timings", "reasons")}
+    reference["targets"] = check_targets(runs, litert_only) if "1" in runs else []
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reference.json").write_text(json.dumps(reference, indent=1))
     (args.out / "reference.md").write_text(render(reference))

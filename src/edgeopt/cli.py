@@ -275,6 +275,107 @@ def methods_cmd() -> None:
         out_console.print(f"{name:<20} {method.backend:<12} {method.summary}", highlight=False)
 
 
+keys_app = typer.Typer(help="Signing keys for releases.", no_args_is_help=True)
+device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(device_app, name="device")
+
+
+@keys_app.command("generate")
+def keys_generate(out: Annotated[Path, typer.Option(help="Folder for edgeopt-release.key (mode 0600) and .pub")]) -> None:
+    """Make an Ed25519 key pair: the private key signs releases, devices get the public key."""
+    from edgeopt.delivery.release import generate_keys
+
+    private, public = generate_keys(out)
+    out_console.print(f"wrote {private} (keep it secret) and {public} (copy it to every device)")
+
+
+@app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
+    repo: Annotated[Path, typer.Option(help="Release repository folder (served by 'edgeopt serve')")],
+    key: Annotated[Path, typer.Option(help="Private key from 'edgeopt keys generate'")],
+    channel: Annotated[str, typer.Option(help="Channel to point at the new release")] = "stable",
+) -> None:
+    """Add the selected model as a new signed release and point the channel at it."""
+    from edgeopt.delivery.release import publish as run_publish
+
+    release = run_publish(run_dir, repo, key, channel)
+    chosen = release.manifest["chosen_by"]
+    out_console.print(
+        f"published version {release.version} on {channel}: {chosen['method']} "
+        f"({release.manifest['model']['size_bytes']:,} bytes, sha256 {release.manifest['model']['sha256'][:12]}...)"
+    )
+
+
+@app.command()
+def serve(
+    repo: Annotated[Path, typer.Argument(help="Release repository folder")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8080,
+    rate: Annotated[float | None, typer.Option(help="Bandwidth limit per download, KB/s (experiments)")] = None,
+) -> None:
+    """Serve releases (Range, ETag) and take device status reports."""
+    from edgeopt.delivery.server import serve as run_serve
+
+    if not (repo / "channels").is_dir():
+        raise ConfigError(f"{repo} holds no releases; add one with 'edgeopt publish RUN --repo {repo} --key KEY'")
+    run_serve(repo, host, port, rate)
+
+
+@app.command()
+def fleet(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
+    """Show the devices' last reports."""
+    from edgeopt.delivery.server import fleet_status
+
+    table = Table(title=f"fleet of {repo}", title_justify="left")
+    for col in ("device", "active version", "latency ms", "last error", "reported"):
+        table.add_column(col)
+    for r in fleet_status(repo):
+        latency = f"{r['latency_ms']:.1f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
+        table.add_row(r["device_id"], str(r.get("active_version")), latency, r.get("last_error") or "-", r["received"])
+    out_console.print(table)
+
+
+@device_app.command("run")
+def device_run(
+    server: Annotated[str, typer.Option(help="Update server URL, e.g. http://127.0.0.1:8080")],
+    state: Annotated[Path, typer.Option(help="The device's state folder")],
+    pubkey: Annotated[Path, typer.Option(help="Public key that releases must be signed with")],
+    channel: Annotated[str, typer.Option()] = "stable",
+    device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between checks")] = 30.0,
+    latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
+    min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
+    once: Annotated[bool, typer.Option(help="Check once and exit")] = False,
+) -> None:
+    """Keep the newest signed, working model active (verify, resume, smoke-test, switch, roll back)."""
+    from edgeopt.delivery.agent import Agent, AgentConfig
+
+    config = AgentConfig(server=server, state=state, pubkey=pubkey, channel=channel, interval_s=interval,
+                         latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy,
+                         **({"device_id": device_id} if device_id else {}))
+    agent = Agent(config)
+    if once:
+        out_console.print(agent.check_once(), highlight=False)
+    else:
+        agent.run()
+
+
+@device_app.command("sort")
+def device_sort(
+    state: Annotated[Path, typer.Option(help="The device's state folder (its active model)")],
+    watch: Annotated[Path, typer.Option(help="Folder where the camera writes frames")],
+    threads: Annotated[int, typer.Option()] = 1,
+) -> None:
+    """Classify each new frame with the active model; one JSON line per frame on stdout."""
+    from edgeopt.delivery.sort import sort_frames
+
+    if not watch.is_dir():
+        raise ConfigError(f"frames folder {watch} does not exist; pass the folder the camera writes to")
+    sort_frames(state, watch, threads=threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
