@@ -144,7 +144,7 @@ def render(reference: dict[str, Any]) -> str:
             "",
             f"Winner, default objective: **{run['selected']}**; paper objective: "
             f"**{run['objective']['other_form_selected']}** (study: f4_float16, L = -0.50).",
-            f"Latency spread between rounds: "
+            "Latency spread between rounds: "
             + ", ".join(f"{v['name']} {100 * v['latency_spread']:.0f}%" for v in run["variants"]) + ".",
             f"optimize wall time: {run['timings']['total_s']:.0f} s "
             f"(build {run['timings']['build_s']:.0f} s, accuracy {run['timings']['evaluate_s']:.0f} s, "

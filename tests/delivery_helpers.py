@@ -3,8 +3,6 @@ that closes connections mid-transfer. Everything binds to 127.0.0.1 and stops by
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import threading
 import time
@@ -100,16 +98,3 @@ class CuttingProxy:
         self.stop.set()
         self.thread.join(timeout=5)
         self.listener.close()
-
-
-def make_run(src_run: Path, variant: str, dest: Path) -> Path:
-    """An optimize run folder whose selected model is `variant` of `src_run` (for distinct releases)."""
-    results = json.loads((src_run / "results.json").read_text())
-    entry = next(v for v in results["variants"] if v["name"] == variant)
-    dest.mkdir(parents=True)
-    results["selected"] = variant
-    (dest / "results.json").write_text(json.dumps(results))
-    shutil.copyfile(src_run / "labels.json", dest / "labels.json")
-    source = src_run / entry["file"]
-    shutil.copyfile(source, dest / f"selected{source.suffix}")
-    return dest

@@ -3,6 +3,7 @@ including the faults and attacks a device must survive. Servers run on 127.0.0.1
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,18 +21,18 @@ import numpy as np
 import pytest
 
 from edgeopt.delivery.agent import FAULT_PAUSE_ENV, Agent, AgentConfig, release_is_complete
+from edgeopt.delivery import release as release_module
 from edgeopt.delivery.release import (
     SignatureError,
     generate_keys,
     load_private_key,
     load_public_key,
-    publish,
     sign,
     verify,
 )
 from edgeopt.delivery.sort import sort_frames
 from edgeopt.errors import OutputExistsError
-from tests.delivery_helpers import CuttingProxy, ServerThread, make_run
+from tests.delivery_helpers import CuttingProxy, ServerThread
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,21 @@ def keys(tmp_path_factory):
     return generate_keys(tmp_path_factory.mktemp("keys"))
 
 
+class Run:
+    """An optimize run and the variant to publish from it: releases 1 and 2 differ in bytes."""
+
+    def __init__(self, folder: Path, variant: str) -> None:
+        self.folder, self.variant = folder, variant
+
+
 @pytest.fixture(scope="module")
-def runs(tiny_optimized, tmp_path_factory):
-    """Two optimize runs with different selected models: releases 1 and 2 differ in bytes."""
+def runs(tiny_optimized):
     out, _ = tiny_optimized
-    base = tmp_path_factory.mktemp("runs")
-    return make_run(out, "f0_float32", base / "a"), make_run(out, "f3_int8_uint8io", base / "b")
+    return Run(out, "f0_float32"), Run(out, "f3_int8_uint8io")
+
+
+def publish(run: Run, repo: Path, key: Path):
+    return release_module.publish(run.folder, repo, key, variant=run.variant)
 
 
 @pytest.fixture
@@ -171,16 +181,7 @@ def test_manifest_naming_a_path_outside_the_state_folder_is_rejected(runs, keys,
     repo = tmp_path / "repo"
     _activated(runs, keys, repo, device)
     release = publish(runs[1], repo, keys[0])
-    manifest = dict(release.manifest, model=dict(release.manifest["model"], file=evil_name))
-    data = json.dumps(manifest, sort_keys=True).encode()
-    private = load_private_key(keys[0])
-    (release.folder / "manifest.json").write_bytes(data)
-    (release.folder / "manifest.json.sig").write_bytes(sign(private, data))
-    pointer = json.loads((repo / "channels/stable.json").read_text())
-    pointer["manifest_sha256"] = __import__("hashlib").sha256(data).hexdigest()
-    pointer_bytes = json.dumps(pointer).encode()
-    (repo / "channels/stable.json").write_bytes(pointer_bytes)
-    (repo / "channels/stable.json.sig").write_bytes(sign(private, pointer_bytes))
+    resign(repo, release, dict(release.manifest, model=dict(release.manifest["model"], file=evil_name)), keys[0])
     with ServerThread(repo) as server:
         outcome = agent_for(server.url, device, keys).check_once()
     assert "not a plain file name" in outcome
@@ -204,19 +205,24 @@ def test_an_old_signed_release_cannot_be_replayed(runs, keys, tmp_path, device):
     assert any(json.loads(line)["event"] == "ignored" for line in (device / "agent.log").read_text().splitlines())
 
 
-def _publish_tampered_input_shape(runs, keys, repo):
-    """A release signed by the real key whose model does not take the input the manifest says."""
-    release = publish(runs[1], repo, keys[0])
-    manifest = dict(release.manifest, input=dict(release.manifest["input"], shape=[1, 96, 96, 3]))
+def resign(repo: Path, release, manifest: dict, private_key: Path) -> None:
+    """Replace a release's manifest with `manifest`, validly signed (a publisher's mistake, or a
+    stolen key): what the device must still refuse."""
     data = json.dumps(manifest, sort_keys=True).encode()
-    private = load_private_key(keys[0])
+    private = load_private_key(private_key)
     (release.folder / "manifest.json").write_bytes(data)
     (release.folder / "manifest.json.sig").write_bytes(sign(private, data))
     pointer = json.loads((repo / "channels/stable.json").read_text())
-    pointer["manifest_sha256"] = __import__("hashlib").sha256(data).hexdigest()
+    pointer["manifest_sha256"] = hashlib.sha256(data).hexdigest()
     pointer_bytes = json.dumps(pointer).encode()
     (repo / "channels/stable.json").write_bytes(pointer_bytes)
     (repo / "channels/stable.json.sig").write_bytes(sign(private, pointer_bytes))
+
+
+def _publish_tampered_input_shape(runs, keys, repo):
+    """A release signed by the real key whose model does not take the input the manifest says."""
+    release = publish(runs[1], repo, keys[0])
+    resign(repo, release, dict(release.manifest, input=dict(release.manifest["input"], shape=[1, 96, 96, 3])), keys[0])
 
 
 def test_a_model_failing_its_smoke_test_is_never_activated(runs, keys, tmp_path, device):

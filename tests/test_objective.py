@@ -47,8 +47,11 @@ def test_max_accuracy_drop_excludes_lossy_variants():
     small = choice.score_of("small")
     assert not small.eligible and "5.00 pp" in small.excluded_because
     assert any("small was excluded" in r for r in choice.reasons)
-    # without the limit the lossy but much smaller variant wins
-    assert select(cands, "f0", Objective()).selected == "small"
+    # without the limit the lossy but much smaller variant wins, with a warning about its loss
+    unguarded = select(cands, "f0", Objective())
+    assert unguarded.selected == "small"
+    assert any(r.startswith("Warning: small loses 5.00 pp") for r in unguarded.reasons)
+    assert not any(r.startswith("Warning") for r in choice.reasons)
 
 
 def test_ties_go_to_the_smaller_file():

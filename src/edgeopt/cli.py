@@ -296,11 +296,12 @@ def publish(
     repo: Annotated[Path, typer.Option(help="Release repository folder (served by 'edgeopt serve')")],
     key: Annotated[Path, typer.Option(help="Private key from 'edgeopt keys generate'")],
     channel: Annotated[str, typer.Option(help="Channel to point at the new release")] = "stable",
+    variant: Annotated[str | None, typer.Option(help="Publish this variant instead of the selected one")] = None,
 ) -> None:
     """Add the selected model as a new signed release and point the channel at it."""
     from edgeopt.delivery.release import publish as run_publish
 
-    release = run_publish(run_dir, repo, key, channel)
+    release = run_publish(run_dir, repo, key, channel, variant)
     chosen = release.manifest["chosen_by"]
     out_console.print(
         f"published version {release.version} on {channel}: {chosen['method']} "
@@ -345,6 +346,7 @@ def device_run(
     channel: Annotated[str, typer.Option()] = "stable",
     device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between checks")] = 30.0,
+    max_backoff: Annotated[float, typer.Option(help="Longest wait, seconds, while the server is unreachable")] = 600.0,
     latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
     min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
     once: Annotated[bool, typer.Option(help="Check once and exit")] = False,
@@ -353,6 +355,7 @@ def device_run(
     from edgeopt.delivery.agent import Agent, AgentConfig
 
     config = AgentConfig(server=server, state=state, pubkey=pubkey, channel=channel, interval_s=interval,
+                         max_backoff_s=max_backoff,
                          latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy,
                          **({"device_id": device_id} if device_id else {}))
     agent = Agent(config)

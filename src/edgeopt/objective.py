@@ -22,6 +22,9 @@ ObjectiveForm = Literal["default", "paper"]
 OBJECTIVE_FORMS: tuple[ObjectiveForm, ...] = ("default", "paper")
 # L values that agree to this many decimals (what the report prints) are a tie.
 TIE_DECIMALS = 2
+# A winner losing more than this (display units: pp for accuracy) gets a warning in its reasons:
+# with equal weights a 3x smaller file outweighs a loss of several points.
+WARN_METRIC_LOSS = 1.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,12 @@ def _reasons(
     for s in ranking:
         if not s.eligible:
             reasons.append(f"{s.name} was excluded: it {s.excluded_because}.")
+    if winner.metric_loss > WARN_METRIC_LOSS and objective.max_metric_loss is None:
+        reasons.append(
+            f"Warning: {winner.name} loses {winner.metric_loss:.2f} {unit} of {objective.metric.name} against "
+            f"{baseline_name}; the weights trade that for size and speed. If the loss matters, pass "
+            f"--max-accuracy-drop (e.g. 1) or a larger --w-accuracy."
+        )
     if objective.form == "paper":
         reasons.append(
             "Objective 'paper' uses the study's sign for the metric term, which rewards a loss "

@@ -150,8 +150,11 @@ def check_manifest(manifest: dict[str, Any]) -> None:
         raise SignatureError("manifest lacks version, model or labels entries") from None
 
 
-def publish(run_dir: Path, repo: Path, private_key_path: Path, channel: str = "stable") -> Release:
-    """Add the optimize run's selected model as the next release and point `channel` at it."""
+def publish(
+    run_dir: Path, repo: Path, private_key_path: Path, channel: str = "stable", variant: str | None = None
+) -> Release:
+    """Add the optimize run's selected model (or another of its variants) as the next release
+    and point `channel` at it."""
     if not CHANNEL_NAME.match(channel):
         raise ConfigError(f"channel {channel!r} must be lowercase letters, digits and '-' (e.g. stable)")
     key = load_private_key(private_key_path)
@@ -159,11 +162,15 @@ def publish(run_dir: Path, repo: Path, private_key_path: Path, channel: str = "s
     if not results_path.is_file():
         raise ModelError(f"{results_path} is missing; pass a folder written by 'edgeopt optimize'")
     results = json.loads(results_path.read_text())
-    model = next(run_dir.glob("selected.*"), None)
+    by_name = {v["name"]: v for v in results["variants"]}
+    name = variant or results["selected"]
+    if name not in by_name:
+        raise ConfigError(f"{run_dir} has no variant {name!r}; it has: {', '.join(by_name)}")
+    chosen = by_name[name]
+    model = run_dir / chosen["file"]
     labels = run_dir / "labels.json"
-    if model is None or not labels.is_file():
-        raise ModelError(f"{run_dir} has no selected model or labels.json; re-run 'edgeopt optimize'")
-    chosen = next(v for v in results["variants"] if v["name"] == results["selected"])
+    if not model.is_file() or not labels.is_file():
+        raise ModelError(f"{run_dir} lacks {chosen['file']} or labels.json; re-run 'edgeopt optimize'")
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "releases").mkdir(exist_ok=True)
     (repo / "channels").mkdir(exist_ok=True)

@@ -1,0 +1,49 @@
+"""End to end on real waste photos: a trashnet5 subset, the real ImageNet backbone, train then
+optimize. Runs where ../shared exists (the dev machine and CI); skipped with a reason elsewhere."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
+from edgeopt.pipeline import optimize
+from edgeopt.train import train
+from tests.conftest import BACKBONE, TRASHNET, needs
+
+PER_CLASS = 40
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata, needs(TRASHNET), needs(BACKBONE)]
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """The first PER_CLASS photos of each class, linked (never copied into the repository)."""
+    root = tmp_path_factory.mktemp("trashnet-subset")
+    for class_dir in sorted(p for p in TRASHNET.iterdir() if p.is_dir()):
+        (root / class_dir.name).mkdir()
+        for photo in sorted(class_dir.glob("*.jpg"))[:PER_CLASS]:
+            (root / class_dir.name / photo.name).symlink_to(photo)
+    return root
+
+
+def test_transfer_learning_on_real_photos_then_optimize(subset, tmp_path):
+    config = TrainConfig(image_size=96, alpha=1.0, weights=str(BACKBONE), epochs_head=4, epochs_finetune=1,
+                         batch_size=16, lr_min=1e-4, lr_max=2e-3, augment=True, seed=0)
+    trained = train(subset, tmp_path / "model", config)
+    assert trained.classes == ("cardboard", "glass", "metal", "paper", "plastic")
+    opt = OptimizeConfig(backends=("litert",), representative_samples=50,
+                         measure=MeasureConfig(rounds=2, invocations=10, warmup=3))
+    results = optimize(tmp_path / "model", tmp_path / "opt", opt)
+    by_name = {v["name"]: v for v in results["variants"]}
+    f0 = by_name["f0_float32"]
+    # ImageNet features on 32 photos a class: far above the 20% of chance
+    assert f0["test_accuracy"] >= 0.55, f0["test_accuracy"]
+    assert not results["data"]["synthetic"]
+    for name in ("f2_int8", "f3_int8_uint8io", "f4_float16"):
+        assert by_name[name]["test_accuracy"] >= f0["test_accuracy"] - 0.10, name
+    assert by_name["f2_int8"]["size_bytes"] < 0.35 * f0["size_bytes"]
+    report = (tmp_path / "opt" / "report.md").read_text()
+    assert "SYNTHETIC" not in report and "cardboard" in report
+    assert json.loads((tmp_path / "opt" / "labels.json").read_text())["classes"][0] == "cardboard"
