@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeopt.delivery.agent import FAULT_PAUSE_ENV, Agent, AgentConfig, release_is_complete
 from edgeopt.delivery import release as release_module
+from edgeopt.delivery.agent import FAULT_PAUSE_ENV, Agent, AgentConfig, release_is_complete
 from edgeopt.delivery.release import (
     SignatureError,
     generate_keys,

@@ -108,16 +108,25 @@ def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_model_whose_class_count_differs_from_the_data_is_refused(tiny_model, tmp_path):
+def _edited_copy(tiny_model, tmp_path, edit):
+    """A copy of the model folder whose split.json and labels.json went through `edit`."""
     m = tmp_path / "m"
     shutil.copytree(tiny_model, m)
     split = json.loads((m / "split.json").read_text())
     labels = json.loads((m / "labels.json").read_text())
-    for doc in (split, labels):
-        doc["classes"] = doc["classes"][:4]
-    split["test"] = [item for item in split["test"] if item[1] < 4]
+    edit(split, labels)
     (m / "split.json").write_text(json.dumps(split))
     (m / "labels.json").write_text(json.dumps(labels))
+    return m
+
+
+def test_a_model_whose_class_count_differs_from_the_data_is_refused(tiny_model, tmp_path):
+    def four_classes(split, labels):
+        for doc in (split, labels):
+            doc["classes"] = doc["classes"][:4]
+        split["test"] = [item for item in split["test"] if item[1] < 4]
+
+    m = _edited_copy(tiny_model, tmp_path, four_classes)
     config = TINY_OPTIMIZE.__class__(methods=("f0_float32",), measure=TINY_OPTIMIZE.measure)
     with pytest.raises(ModelError, match="outputs 5 classes but the data have 4"):
         optimize(m, tmp_path / "o", config)
@@ -125,11 +134,10 @@ def test_a_model_whose_class_count_differs_from_the_data_is_refused(tiny_model, 
 
 
 def test_moved_data_is_reported_with_the_fix(tiny_model, tmp_path):
-    m = tmp_path / "m"
-    shutil.copytree(tiny_model, m)
-    split = json.loads((m / "split.json").read_text())
-    split["data_root"] = str(tmp_path / "gone")
-    split["data_root_relative"] = "../gone"
-    (m / "split.json").write_text(json.dumps(split))
+    def data_gone(split, labels):
+        split["data_root"] = str(tmp_path / "gone")
+        split["data_root_relative"] = "../gone"
+
+    m = _edited_copy(tiny_model, tmp_path, data_gone)
     with pytest.raises(DataError, match="--data DIR"):
         optimize(m, tmp_path / "o", TINY_OPTIMIZE)

@@ -188,7 +188,7 @@ def optimize(
     backends: Annotated[str | None, typer.Option(help="litert,onnxruntime [default: every installed one]")] = None,
     calibration: Annotated[str | None, typer.Option(help="ONNX Runtime static calibration: MinMax | Entropy | Percentile")] = None,
     input_range: Annotated[str | None, typer.Option(help="For an .onnx model with float input: its pixel range, e.g. -1,1")] = None,
-    input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
+    input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
     input_std: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads [default: 1]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 5]")] = None,
@@ -199,7 +199,7 @@ def optimize(
     w_time: Annotated[float | None, typer.Option(help="Weight of the time term [default: 1]")] = None,
     w_accuracy: Annotated[float | None, typer.Option(help="Weight of the accuracy term [default: 1]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="Exclude variants losing more than PP percentage points")] = None,
-    train_accuracy: Annotated[bool | None, typer.Option("--train-accuracy/--no-train-accuracy", help="Also evaluate the train split")] = None,
+    train_accuracy: Annotated[bool | None, typer.Option("--train-accuracy/--no-train-accuracy", help="Evaluate the train split")] = None,
     data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
@@ -246,7 +246,7 @@ def inspect_cmd(model: Annotated[Path, typer.Argument(help="A .tflite (or .onnx)
 def classify(
     model: Annotated[Path, typer.Argument(help="A .tflite (or .onnx) model")],
     images: Annotated[list[Path], typer.Argument(help="Image files")],
-    labels: Annotated[Path | None, typer.Option(help="labels.json or a text file, one label a line [default: labels.json beside the model]")] = None,
+    labels: Annotated[Path | None, typer.Option(help="labels.json or a text file, one label a line [default: beside the model]")] = None,
     top_k: Annotated[int, typer.Option(help="How many labels to print per image")] = 3,
     threads: Annotated[int, typer.Option()] = 1,
     input_range: Annotated[str | None, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = None,
@@ -355,9 +355,9 @@ def device_run(
     from edgeopt.delivery.agent import Agent, AgentConfig
 
     config = AgentConfig(server=server, state=state, pubkey=pubkey, channel=channel, interval_s=interval,
-                         max_backoff_s=max_backoff,
-                         latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy,
-                         **({"device_id": device_id} if device_id else {}))
+                         max_backoff_s=max_backoff, latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy)
+    if device_id:
+        config = dataclasses.replace(config, device_id=device_id)
     agent = Agent(config)
     if once:
         out_console.print(agent.check_once(), highlight=False)

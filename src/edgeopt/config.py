@@ -13,7 +13,6 @@ from edgeopt.objective import Objective
 from edgeopt.pixels import PIXELS, PixelTransform
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """How `edgeopt train` builds and fits the classifier (the study's recipe)."""

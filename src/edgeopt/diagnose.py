@@ -45,7 +45,10 @@ def diagnose(results: dict[str, Any]) -> list[str]:
             continue
         g = v["graph"]
         ops = g["op_counts"]
-        ratio = f"{v['name']} runs at {speedup:.2f}x the speed of {base['name']} ({v['latency_ms_median']:.2f} vs {base['latency_ms_median']:.2f} ms)"
+        ratio = (
+            f"{v['name']} runs at {speedup:.2f}x the speed of {base['name']} "
+            f"({v['latency_ms_median']:.2f} vs {base['latency_ms_median']:.2f} ms)"
+        )
         if g["hybrid_ops"]:
             findings.append(
                 f"{ratio}: {g['hybrid_ops']} of its ops are hybrid (float activations x int8 weights, "

@@ -27,7 +27,7 @@ from edgeopt.machine import describe_machine, has_int8_dot_product
 from edgeopt.measure import measure_accuracy, measure_decode_ms, measure_latency
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
-from edgeopt.objective import Candidate, Objective, select
+from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
 from edgeopt.outputs import check_output_free, staged_output
 from edgeopt.pixels import PIXELS
 from edgeopt.progress import NullProgress, Progress
@@ -270,7 +270,7 @@ def _results(
     ]
     objective = config.objective
     choice = select(candidates, baseline, objective)
-    other_form = "paper" if objective.form == "default" else "default"
+    other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
     other = Objective(
         form=other_form, weight_size=objective.weight_size, weight_time=objective.weight_time,
         weight_metric=objective.weight_metric, max_metric_loss=objective.max_metric_loss,

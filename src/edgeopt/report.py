@@ -24,7 +24,7 @@ def _pct(value: float | None) -> str:
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     """The study's table (test acc, train acc, ms/image, KB, L) plus p90 and ratios to f0."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for v in results["variants"]:
         mark = " *" if v["name"] == results["selected"] else ""
         rows.append((

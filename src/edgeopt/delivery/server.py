@@ -59,7 +59,7 @@ def create_app(repo: Path, rate_kbps: float | None = None) -> Starlette:
         relative = request.path_params["path"]
         target = (repo / relative).resolve()
         if (
-            not relative.split("/", 1)[0] in SERVED_FOLDERS
+            relative.split("/", 1)[0] not in SERVED_FOLDERS
             or not target.is_relative_to(repo)
             or not target.is_file()
         ):

@@ -5,6 +5,7 @@ input tensors is in edgeopt.pixels.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -57,3 +58,8 @@ class Runtime(Protocol):
     def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> Session: ...
 
     def describe(self, path: Path) -> GraphSummary: ...
+
+
+def importable(*modules: str) -> bool:
+    """True when every module can be imported (without importing it: runtimes load lazily)."""
+    return all(importlib.util.find_spec(m) is not None for m in modules)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ModelError
-from edgeopt.quiet import captured_output
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
-from edgeopt.runtimes.base import GraphSummary
+from edgeopt.quiet import captured_output
+from edgeopt.runtimes.base import GraphSummary, importable
 
 # Images per invoke when evaluating accuracy (latency is always measured at batch 1).
 EVAL_BATCH = 16
@@ -89,15 +89,11 @@ class LiteRTSession:
 
 
 class LiteRTRuntime:
-    name = "litert"
-    suffixes = (".tflite",)
+    name: str = "litert"
+    suffixes: tuple[str, ...] = (".tflite",)
 
     def available(self) -> bool:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importable("ai_edge_litert")
 
     def version(self) -> str:
         return f"ai-edge-litert {metadata.version('ai-edge-litert')}"

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgeopt.errors import ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
-from edgeopt.runtimes.base import GraphSummary
+from edgeopt.runtimes.base import GraphSummary, importable
 from edgeopt.runtimes.litert import EVAL_BATCH
 
 _ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
@@ -64,16 +64,11 @@ class OrtSession:
 
 
 class OnnxRuntime:
-    name = "onnxruntime"
-    suffixes = (".onnx",)
+    name: str = "onnxruntime"
+    suffixes: tuple[str, ...] = (".onnx",)
 
     def available(self) -> bool:
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importable("onnx", "onnxruntime")
 
     def version(self) -> str:
         return f"onnxruntime {metadata.version('onnxruntime')}"
