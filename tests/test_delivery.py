@@ -286,6 +286,26 @@ def test_latency_budget_and_accuracy_floor_are_enforced(runs, keys, tmp_path, de
         assert "under 1.01" in agent_for(server.url, other, keys, min_accuracy=1.01).check_once()
 
 
+def test_smoke_test_accuracy_uses_only_labelled_samples_in_their_order(runs, keys, tmp_path, device, synthetic_dir):
+    from edgeopt.data.imagefolder import load_pixels
+    from edgeopt.delivery.agent import smoke_test
+    from edgeopt.runtimes.registry import runtime_for
+
+    repo = tmp_path / "repo"
+    release = publish(runs[0], repo, keys[0])
+    # an unlabelled frame that sorts before the class folders
+    (device / "samples" / "a_unlabelled.jpg").write_bytes(next((synthetic_dir / "pet_bottle").glob("*.jpg")).read_bytes())
+    config = AgentConfig(server="http://127.0.0.1:9", state=device, pubkey=keys[1], min_accuracy=0.0)
+    result = smoke_test(release.folder, release.manifest, device / "samples", config)
+    session = runtime_for(release.folder / "model.tflite").open(release.folder / "model.tflite")
+    classes = release.manifest["classes"]
+    labelled = sorted(p for p in (device / "samples").rglob("*.jpg") if p.parent.name in classes)
+    hits = [session.predict(load_pixels(p, session.input.image_size)[None])[0].argmax() == classes.index(p.parent.name)
+            for p in labelled]
+    assert result["samples"] == len(labelled) + 1
+    assert result["accuracy"] == pytest.approx(np.mean(hits))
+
+
 def test_server_down_keeps_the_device_classifying_and_backs_off(runs, keys, tmp_path, device, synthetic_dir):
     repo = tmp_path / "repo"
     _activated(runs, keys, repo, device)

@@ -52,7 +52,12 @@ class AgentConfig:
 
 
 class UpdateRejected(Exception):
-    """A release that must not be activated; the reason is logged and reported."""
+    """A release that must not be activated; the reason is logged and reported, and the
+    version is never tried again."""
+
+
+class RetryLater(Exception):
+    """A transient problem with a download; the next check starts it afresh."""
 
 
 def _pause(step: str) -> None:
@@ -114,10 +119,12 @@ def smoke_test(folder: Path, manifest: dict[str, Any], samples: Path, config: Ag
     if latency > config.latency_budget_ms:
         raise UpdateRejected(f"median latency {latency:.1f} ms exceeds the budget of {config.latency_budget_ms:g} ms")
     accuracy = None
-    labelled = [p for p in files[:32] if p.parent != samples and p.parent.name in classes]
+    # samples/<class>/*.jpg carry a label; frames directly in samples/ do not
+    labelled = [(i, classes.index(p.parent.name)) for i, p in enumerate(files[:32])
+                if p.parent != samples and p.parent.name in classes]
     if config.min_accuracy is not None and labelled:
-        truth = np.array([classes.index(p.parent.name) for p in labelled])
-        accuracy = float(np.mean(probs[: len(labelled)].argmax(1) == truth))
+        rows, truth = (np.array(v) for v in zip(*labelled, strict=True))
+        accuracy = float(np.mean(probs[rows].argmax(1) == truth))
         if accuracy < config.min_accuracy:
             raise UpdateRejected(f"accuracy {accuracy:.2f} on {len(labelled)} labelled samples is under {config.min_accuracy}")
     return {"latency_ms": latency, "accuracy": accuracy, "samples": len(frames)}
@@ -205,7 +212,7 @@ class Agent:
         with self.client.stream("GET", "/" + path, headers=headers) as response:
             if response.status_code == 416:
                 part.unlink(missing_ok=True)
-                raise UpdateRejected(f"server refused the range for {entry['file']}; restarting the download")
+                raise RetryLater(f"server refused the range for {entry['file']}; the download restarts")
             response.raise_for_status()
             mode = "ab" if response.status_code == 206 else "wb"  # 200: the server sent it all again
             with open(part, mode) as f:
@@ -266,6 +273,8 @@ class Agent:
             return self._fail(version, f"rejected: {exc}", permanent=False)
         except UpdateRejected as exc:
             return self._fail(version, f"rejected: {exc}", permanent=True)
+        except RetryLater as exc:
+            return self._fail(version, f"will retry: {exc}", permanent=False)
         except (httpx.HTTPError, OSError) as exc:
             self.last_error = f"server unreachable: {type(exc).__name__}"
             self.log("unreachable", error=str(exc)[:200])
@@ -274,7 +283,7 @@ class Agent:
     def _fail(self, version: int | None, reason: str, permanent: bool) -> str:
         self.last_error = reason
         self.log("rejected", version=version, reason=reason)
-        if permanent and version is not None and "restarting" not in reason:
+        if permanent and version is not None:
             self._reject(version, reason)
         self.report()
         return reason
