@@ -12,7 +12,7 @@ from edgeopt.pipeline import optimize
 from edgeopt.train import train
 from tests.conftest import BACKBONE, TRASHNET, needs
 
-PER_CLASS = 40
+PER_CLASS = 60
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata, needs(TRASHNET), needs(BACKBONE)]
 
@@ -29,8 +29,9 @@ def subset(tmp_path_factory):
 
 
 def test_transfer_learning_on_real_photos_then_optimize(subset, tmp_path):
-    config = TrainConfig(image_size=96, alpha=1.0, weights=str(BACKBONE), epochs_head=4, epochs_finetune=1,
-                         batch_size=16, lr_min=1e-4, lr_max=2e-3, augment=True, seed=0)
+    # head only, long enough for real margins: int8 must not be judged on a model that is still guessing
+    config = TrainConfig(image_size=96, alpha=1.0, weights=str(BACKBONE), epochs_head=10, epochs_finetune=0,
+                         batch_size=16, lr_min=1e-4, lr_max=2e-3, augment=True, seed=0, patience=10)
     trained = train(subset, tmp_path / "model", config)
     assert trained.classes == ("cardboard", "glass", "metal", "paper", "plastic")
     opt = OptimizeConfig(backends=("litert",), representative_samples=50,
@@ -38,8 +39,9 @@ def test_transfer_learning_on_real_photos_then_optimize(subset, tmp_path):
     results = optimize(tmp_path / "model", tmp_path / "opt", opt)
     by_name = {v["name"]: v for v in results["variants"]}
     f0 = by_name["f0_float32"]
-    # ImageNet features on 32 photos a class: far above the 20% of chance
-    assert f0["test_accuracy"] >= 0.55, f0["test_accuracy"]
+    # ImageNet features on 48 photos a class: far above the 20% of chance
+    assert f0["test_accuracy"] >= 0.6, f0["test_accuracy"]
+    print({n: round(v["test_accuracy"], 3) for n, v in by_name.items()})
     assert not results["data"]["synthetic"]
     for name in ("f2_int8", "f3_int8_uint8io", "f4_float16"):
         assert by_name[name]["test_accuracy"] >= f0["test_accuracy"] - 0.10, name
