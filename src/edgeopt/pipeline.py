@@ -6,6 +6,7 @@ data (the model's own test/train split) -> methods (build variants) -> runtimes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from edgeopt.machine import describe_machine, has_int8_dot_product
 from edgeopt.measure import measure_accuracy, measure_decode_ms, measure_latency
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
-from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
+from edgeopt.objective import Candidate, ObjectiveForm, select
 from edgeopt.outputs import check_output_free, staged_output
 from edgeopt.pixels import PIXELS
 from edgeopt.progress import NullProgress, Progress
@@ -253,10 +254,6 @@ def optimize(
     return results
 
 
-def _scores_under(objective: Objective, candidates: list[Candidate], baseline: str) -> dict[str, float]:
-    return {s.name: s.L for s in select(candidates, baseline, objective).ranking}
-
-
 def _results(
     source: Source, test: DecodedImages, train: DecodedImages | None,
     config: OptimizeConfig, artifacts: dict[str, Artifact], build_seconds: dict[str, float],
@@ -271,13 +268,8 @@ def _results(
     objective = config.objective
     choice = select(candidates, baseline, objective)
     other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
-    other = Objective(
-        form=other_form, weight_size=objective.weight_size, weight_time=objective.weight_time,
-        weight_metric=objective.weight_metric, max_metric_loss=objective.max_metric_loss,
-        metric=objective.metric,
-    )
-    l_other = _scores_under(other, candidates, baseline)
-    other_choice = select(candidates, baseline, other).selected
+    other_choice = select(candidates, baseline, dataclasses.replace(objective, form=other_form))
+    l_other = {s.name: s.L for s in other_choice.ranking}
     variants = []
     for name in methods:
         method = get_method(name)
@@ -341,7 +333,7 @@ def _results(
         "machine": describe_machine(),
         "measure": to_jsonable(config.measure),
         "representative_samples": config.representative_samples,
-        "objective": {**to_jsonable(objective), "other_form_selected": other_choice},
+        "objective": {**to_jsonable(objective), "other_form_selected": other_choice.selected},
         "baseline": baseline,
         "selected": choice.selected,
         "reasons": list(choice.reasons),

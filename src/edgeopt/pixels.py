@@ -14,6 +14,7 @@ pixels become the model's input is decided here, from the input tensor alone:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,11 @@ class TensorSpec:
         if self.layout == "NCHW":
             return int(self.shape[2]), int(self.shape[3])
         return int(self.shape[1]), int(self.shape[2])
+
+
+def image_layout(shape: tuple[int, ...] | list[Any]) -> str:
+    """"NCHW" for a 4-D shape with 3 channels second (most PyTorch exports), else "NHWC"."""
+    return "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
 
 
 def _real_range(spec: TensorSpec) -> tuple[float, float]:

@@ -66,16 +66,23 @@ def _pause(step: str) -> None:
         time.sleep(delay)
 
 
+def matches_entry(path: Path, entry: dict[str, Any]) -> bool:
+    """True when the file has exactly the size and sha256 its signed manifest entry gives."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return len(data) == entry["size_bytes"] and sha256_bytes(data) == entry["sha256"]
+
+
 def release_is_complete(folder: Path, public_key: Any) -> dict[str, Any] | None:
     """The release's manifest if its signature verifies and every file matches it, else None."""
     try:
         data = (folder / MANIFEST).read_bytes()
         manifest = verify(public_key, data, (folder / (MANIFEST + SIG_SUFFIX)).read_bytes())
         check_manifest(manifest)
-        for entry in (manifest["model"], manifest["labels"]):
-            content = (folder / entry["file"]).read_bytes()
-            if len(content) != entry["size_bytes"] or sha256_bytes(content) != entry["sha256"]:
-                return None
+        if not all(matches_entry(folder / e["file"], e) for e in (manifest["model"], manifest["labels"])):
+            return None
         return manifest
     except (OSError, SignatureError):
         return None
@@ -201,7 +208,7 @@ class Agent:
     def _download(self, path: str, entry: dict[str, Any], staging: Path) -> Path:
         """Fetch one file into staging, resuming a partial .part with a Range request."""
         final = staging / entry["file"]
-        if final.is_file() and final.stat().st_size == entry["size_bytes"] and sha256_bytes(final.read_bytes()) == entry["sha256"]:
+        if matches_entry(final, entry):
             return final
         part = staging / (entry["file"] + ".part")
         have = part.stat().st_size if part.exists() else 0
@@ -222,8 +229,7 @@ class Agent:
                         raise UpdateRejected(f"{entry['file']} is larger than its manifest says")
                 f.flush()
                 os.fsync(f.fileno())
-        data = part.read_bytes()
-        if len(data) != entry["size_bytes"] or sha256_bytes(data) != entry["sha256"]:
+        if not matches_entry(part, entry):
             part.unlink()
             raise UpdateRejected(f"{entry['file']} does not match the signed sha256/size (corrupt or tampered)")
         os.replace(part, final)

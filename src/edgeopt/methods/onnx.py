@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeopt.errors import BackendUnavailableError, ConfigError, ModelError
 from edgeopt.methods.base import BuildContext, Method
+from edgeopt.pixels import TensorSpec, encode_pixels, image_layout
 from edgeopt.quiet import captured_output
 
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
@@ -82,8 +83,7 @@ def _input_name_and_layout(path: Path) -> tuple[str, bool]:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
-    nchw = len(inp.shape) == 4 and inp.shape[1] == 3 and inp.shape[3] != 3
-    return inp.name, nchw
+    return inp.name, image_layout(inp.shape) == "NCHW"
 
 
 def build_fp32(ctx: BuildContext, out: Path) -> None:
@@ -101,7 +101,6 @@ def build_int8_static(ctx: BuildContext, out: Path) -> None:
         quantize_static,
     )
 
-    from edgeopt.pixels import TensorSpec, encode_pixels
 
     if ctx.calibration_method not in CALIBRATION_METHODS:
         raise ConfigError(

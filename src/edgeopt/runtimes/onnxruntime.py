@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ModelError
-from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
+from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, image_layout, to_probabilities
 from edgeopt.runtimes.base import GraphSummary, importable
 from edgeopt.runtimes.litert import EVAL_BATCH
 
@@ -19,11 +19,10 @@ _ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
 
 def _spec(node: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in node.shape)
-    nchw = len(shape) == 4 and shape[1] == 3 and shape[3] != 3
     dtype = _ONNX_TYPES.get(node.type)
     if dtype is None:
         raise ModelError(f"input/output {node.name} has type {node.type}; edgeopt runs float or 8-bit image models")
-    return TensorSpec(name=node.name, shape=shape, dtype=dtype, layout="NCHW" if nchw else "NHWC")
+    return TensorSpec(name=node.name, shape=shape, dtype=dtype, layout=image_layout(shape))
 
 
 def _session(path: Path, threads: int) -> Any:
