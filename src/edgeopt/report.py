@@ -160,9 +160,3 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
     render_plot(results, folder / PLOT_FILE)
     (folder / REPORT_FILE).write_text(render_markdown(results))
 
-
-def load_results(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    return json.loads(path.read_text())

@@ -23,7 +23,7 @@ import numpy as np
 from edgeopt._tf import import_keras, import_tensorflow
 from edgeopt.config import TrainConfig, write_config
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
-from edgeopt.data.split import SPLIT_FILE, Split, build_split, save_split
+from edgeopt.data.split import SPLIT_FILE, build_split, save_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.outputs import staged_output
@@ -282,8 +282,3 @@ def load_keras_model(folder: Path) -> Any:
     except Exception as exc:
         raise ModelError(f"cannot load {path} as a Keras model ({type(exc).__name__}: {exc})") from None
 
-
-def split_of(folder: Path) -> Split:
-    from edgeopt.data.split import load_split
-
-    return load_split(folder / SPLIT_FILE)

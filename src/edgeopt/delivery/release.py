@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ConfigError, ModelError, OutputExistsError
+from edgeopt.outputs import write_bytes_atomic
 
 PRIVATE_KEY_FILE = "edgeopt-release.key"
 PUBLIC_KEY_FILE = "edgeopt-release.pub"
@@ -211,16 +212,11 @@ def publish(
         "manifest_sha256": sha256_bytes(data),
     }
     pointer_bytes = json.dumps(pointer, indent=1, sort_keys=True).encode()
-    _write_atomic(repo / "channels" / f"{channel}.json{SIG_SUFFIX}.next", sign(key, pointer_bytes))
-    _write_atomic(repo / "channels" / f"{channel}.json.next", pointer_bytes)
+    write_bytes_atomic(repo / "channels" / f"{channel}.json{SIG_SUFFIX}.next", sign(key, pointer_bytes))
+    write_bytes_atomic(repo / "channels" / f"{channel}.json.next", pointer_bytes)
     # The pointer and its signature change together as far as a reader can tell: a reader that
     # sees a mismatched pair gets a failed verification and simply retries later.
     os.replace(repo / "channels" / f"{channel}.json.next", repo / "channels" / f"{channel}.json")
     os.replace(repo / "channels" / f"{channel}.json{SIG_SUFFIX}.next", repo / "channels" / f"{channel}.json{SIG_SUFFIX}")
     return Release(version, channel, repo / "releases" / str(version), manifest)
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
