@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 
 from edgeopt.delivery import release as release_module
-from edgeopt.delivery.agent import FAULT_PAUSE_ENV, Agent, AgentConfig, release_is_complete
+from edgeopt.delivery.agent import (
+    FAULT_POINTS,
+    FAULT_REPORT_ENV,
+    FAULT_STOP_ENV,
+    Agent,
+    AgentConfig,
+    release_is_complete,
+)
 from edgeopt.delivery.release import (
     SignatureError,
     generate_keys,
@@ -383,40 +390,48 @@ def test_sort_loop_picks_up_a_new_model_between_frames_without_dropping_one(runs
     assert all(set(line) == {"file", "class", "confidence", "model_version", "latency_ms"} for line in lines)
 
 
-def test_kill_9_at_random_moments_never_leaves_a_partial_active_model(runs, keys, tmp_path, device):
-    """>= 20 trials: kill -9 the agent during download and during activation, restart, check."""
+def test_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_model(runs, keys, tmp_path, device):
+    """30 trials: kill -9 the agent at each point of an update (it reports where it is), restart, check.
+
+    25 trials stop the agent at a named point (mid-download with a partial file, staged, renamed
+    into releases/, `previous` switched, `active` switched) and kill it there: 5 at each, always.
+    5 more kill it at a random moment and record where it was.
+    """
     repo = tmp_path / "repo"
-    publish(runs[0], repo, keys[0])
     rng = random.Random(1234)
-    env = {**os.environ, FAULT_PAUSE_ENV: "0.4"}
-    hits = {"download": 0, "activation": 0, "finished": 0}
-    published = 1
-    with ServerThread(repo, rate_kbps=250) as server:
+    report = tmp_path / "fault-points.txt"
+    aimed = {point: 0 for point in FAULT_POINTS}
+    random_hits = []
+    published = 0
+    with ServerThread(repo, rate_kbps=4000) as server:
         command = [sys.executable, "-m", "edgeopt", "device", "run", "--server", server.url, "--state", str(device),
                    "--pubkey", str(keys[1]), "--once", "--device-id", "killed"]
         for trial in range(30):
-            before = assert_active_is_signed_and_complete(device, keys[1]) or 0
-            if before == published:  # up to date: give it something new to fetch
-                publish(runs[published % 2], repo, keys[0])
-                published += 1
+            before = assert_active_is_signed_and_complete(device, keys[1])
+            publish(runs[trial % 2], repo, keys[0])  # always something new: every point is on its way
+            published += 1
+            report.write_text("")
+            target = FAULT_POINTS[trial % len(FAULT_POINTS)] if trial < 25 else None
+            env = {**os.environ, FAULT_REPORT_ENV: str(report), **({FAULT_STOP_ENV: target} if target else {})}
             proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if trial % 3 == 2:
-                # aim at activation: wait until the release was renamed into releases/ and kill then
-                deadline = time.monotonic() + 30
-                target = device / "releases" / str(published)
-                while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+            if target:
+                deadline = time.monotonic() + 60
+                while target not in report.read_text().split() and proc.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.005)
             else:
-                time.sleep(rng.uniform(0.3, 2.5))
-            phase = "finished" if proc.poll() is not None else (
-                "activation" if (device / "releases" / str(published)).exists() else "download")
+                time.sleep(rng.uniform(0.2, 2.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-            hits[phase] += 1
+            reached = report.read_text().split()
+            if target:
+                assert reached and reached[-1] == target, (trial, target, reached)
+                aimed[target] += 1
+            else:
+                random_hits.append(reached[-1] if reached else "before download")
             after = assert_active_is_signed_and_complete(device, keys[1])
-            assert after in (before or None, before, published), (trial, before, after)
-        final = subprocess.run(command, env={**os.environ}, capture_output=True, text=True, timeout=120)
+            assert after in (before, published), (trial, target, before, after)
+        final = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert final.returncode == 0, final.stderr
     assert assert_active_is_signed_and_complete(device, keys[1]) == published
-    assert hits["download"] >= 5 and hits["activation"] >= 3, hits
-    print(f"kill -9 trials: {hits}")
+    assert aimed == {point: 5 for point in FAULT_POINTS}
+    print(f"kill -9 trials: aimed {aimed}, random {random_hits}")

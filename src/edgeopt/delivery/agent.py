@@ -31,7 +31,14 @@ import numpy as np
 
 from edgeopt.delivery.release import MANIFEST, SIG_SUFFIX, SignatureError, check_manifest, load_public_key, sha256_bytes, verify
 
-FAULT_PAUSE_ENV = "EDGEOPT_FAULT_PAUSE_S"  # tests only: widen the activation window for kill -9 trials
+# Fault injection, for the kill -9 tests only. At each named point of an update the agent appends
+# the point's name to the file FAULT_REPORT_ENV names, so a test knows *where* it killed instead of
+# guessing from timing or folders; at the point FAULT_STOP_ENV names it then waits to be killed.
+FAULT_REPORT_ENV = "EDGEOPT_FAULT_REPORT"
+FAULT_STOP_ENV = "EDGEOPT_FAULT_STOP_AT"
+FAULT_STOP_S = 60.0
+# The points, in the order an update passes them.
+FAULT_POINTS = ("download", "staged", "renamed", "previous", "switched")
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,14 @@ class RetryLater(Exception):
     """A transient problem with a download; the next check starts it afresh."""
 
 
-def _pause(step: str) -> None:
-    delay = float(os.environ.get(FAULT_PAUSE_ENV, "0") or 0)
-    if delay > 0:
-        time.sleep(delay)
+def fault_point(name: str) -> None:
+    """Report reaching `name`, and stop there, when the fault-injection variables say so."""
+    report = os.environ.get(FAULT_REPORT_ENV)
+    if report:
+        with open(report, "a") as f:
+            f.write(name + "\n")
+    if os.environ.get(FAULT_STOP_ENV) == name:
+        time.sleep(FAULT_STOP_S)
 
 
 def matches_entry(path: Path, entry: dict[str, Any]) -> bool:
@@ -223,8 +234,13 @@ class Agent:
             response.raise_for_status()
             mode = "ab" if response.status_code == 206 else "wb"  # 200: the server sent it all again
             with open(part, mode) as f:
+                reported = False
                 for chunk in response.iter_bytes():
                     f.write(chunk)
+                    if not reported:  # a partial file exists from here on
+                        f.flush()
+                        fault_point("download")
+                        reported = True
                     if f.tell() > entry["size_bytes"]:
                         raise UpdateRejected(f"{entry['file']} is larger than its manifest says")
                 f.flush()
@@ -312,16 +328,16 @@ class Agent:
             except UpdateRejected:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            _pause("staged")
+            fault_point("staged")
             os.replace(staging, release)
         old = self.active_version()
-        _pause("renamed")
+        fault_point("renamed")
         if old:
             self._point("previous", old)
-        _pause("previous")
+        fault_point("previous")
         self._point("active", version)
         self.log("activated", version=version, previous=old or None)
-        _pause("switched")
+        fault_point("switched")
         try:
             check = smoke_test(self.state / "active", manifest, self.state / "samples", self.config)
         except UpdateRejected as exc:
