@@ -71,15 +71,78 @@ def test_inspect_and_classify_refuse_files_that_are_not_models(capsys, tmp_path)
     fake.write_text("definitely not a flatbuffer")
     code, _, err = run(capsys, "classify", fake, jpg)
     assert_one_line_error(code, err, "not a valid .tflite")
+    code, _, err = run(capsys, "inspect", tmp_path)
+    assert_one_line_error(code, err, "is a folder; pass a model file")
+
+
+def test_classify_with_zero_threads_blames_the_threads_not_the_model(capsys, tiny_optimized, synthetic_dir):
+    out, _ = tiny_optimized
+    image = sorted((synthetic_dir / "carton").glob("*.jpg"))[0]
+    code, _, err = run(capsys, "classify", out / "variants" / "f0_float32.tflite", image, "--threads", "0")
+    assert code == 2 and "--threads" in err and "not a valid" not in err
+    from edgeopt.classify import classify
+    from edgeopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--threads 0 must be >= 1"):
+        classify(out / "variants" / "f0_float32.tflite", [image], threads=0)
+
+
+def test_classify_reports_a_decompression_bomb_in_one_line(capsys, tiny_optimized, tmp_path):
+    from tests.test_images import png_bytes
+
+    out, _ = tiny_optimized
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bytes(14000, 14000, 8, 0, b"\x00" * 64))
+    code, _, err = run(capsys, "classify", out / "variants" / "f0_float32.tflite", bomb)
+    assert_one_line_error(code, err, "bomb.png")
 
 
 def test_bad_option_values_are_errors_not_tracebacks(capsys, tmp_path):
     code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o", "--objective", "fastest")
-    assert_one_line_error(code, err, "unknown objective")
+    assert_one_line_error(code, err, "--objective fastest: Input should be 'default' or 'paper'")
     cfg = tmp_path / "c.toml"
     cfg.write_text("[optimize]\nrepresentative_sample = 5\n")
     code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o", "--config", cfg)
-    assert_one_line_error(code, err, "unknown config key")
+    assert_one_line_error(code, err, f"{cfg} [optimize] representative_sample: unknown key; known keys: ")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[optimize.measure]\nthreads = 2.5\n", "[optimize] measure.threads: Input should be a valid integer (got 2.5)"),
+    ('[optimize.measure]\ntrain_accuracy = "no"\n', "[optimize] measure.train_accuracy: Input should be a valid boolean"),
+    ("[optimize]\nmeasure = 5\n", "[optimize] measure: Input should be a valid dictionary"),
+    ('[optimize]\nrepresentative_samples = "many"\n', "[optimize] representative_samples: Input should be a valid integer"),
+    ("[optimize.objective]\nweight_size = -1\n", "[optimize] objective.weight_size: Input should be greater than or equal to 0"),
+    ("[trian]\nepochs_head = 3\n", "unknown key"),
+])
+def test_config_values_are_typed_and_every_error_names_the_key_and_the_file(capsys, tmp_path, text, fragment):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    code, _, err = run(capsys, "optimize", tmp_path / "nowhere", "--out", tmp_path / "o", "--config", cfg)
+    assert_one_line_error(code, err, fragment)
+    assert str(cfg) in err
+
+
+def test_a_json_config_must_be_an_object_and_a_folder_is_not_a_config(capsys, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text("[1, 2]")
+    code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o", "--config", cfg)
+    assert_one_line_error(code, err, "holds a JSON list, not an object of settings")
+    code, _, err = run(capsys, "train", tmp_path, "--out", tmp_path / "m", "--config", tmp_path)
+    assert_one_line_error(code, err, "is a folder; pass a TOML or JSON file")
+
+
+def test_a_flag_overrides_the_file_and_a_bad_flag_is_named_as_a_flag(capsys, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[optimize.measure]\nrounds = 7\n")
+    code, _, err = run(capsys, "optimize", tmp_path, "--out", tmp_path / "o", "--config", cfg, "--rounds", "0")
+    assert_one_line_error(code, err, "--rounds 0: Input should be greater than or equal to 1")
+
+
+def test_help_shows_whole_option_names_and_literal_brackets(capsys):
+    code, out, _ = run(capsys, "optimize", "--help")
+    assert code == 0 and "--representative-samples" in out and "…" not in out
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0 and "[train]" in out
 
 
 def test_optimize_config_file_and_flags_layer(tmp_path):

@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeopt.data.imagefolder import decode_images, load_pixels, scan_image_folder
+from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.data.split import build_split, load_split, save_split
 from edgeopt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic, is_synthetic
 from edgeopt.errors import DataError
+from edgeopt.images import load_pixels
 from tests.conftest import SYNTHETIC_PER_CLASS, write_image
 
 
@@ -109,3 +110,12 @@ def test_synthetic_set_is_deterministic_labelled_and_marked(tmp_path):
     assert digest(a) == digest(b) != digest(c)
     assert scan_image_folder(a).classes == SYNTHETIC_CLASSES
     assert is_synthetic(a) and not is_synthetic(tmp_path)
+
+
+def test_images_in_subfolders_of_a_class_are_left_out_and_said(tmp_path, caplog):
+    write_image(tmp_path / "cans" / "a.jpg")
+    write_image(tmp_path / "cans" / "old" / "b.jpg")
+    write_image(tmp_path / "bottles" / "c.jpg")
+    folder = scan_image_folder(tmp_path)
+    assert [p for p, _ in folder.items] == ["bottles/c.jpg", "cans/a.jpg"]
+    assert "ignored 1 image(s) in subfolders" in caplog.text and "cans/old/b.jpg" in caplog.text

@@ -294,8 +294,8 @@ def test_latency_budget_and_accuracy_floor_are_enforced(runs, keys, tmp_path, de
 
 
 def test_smoke_test_accuracy_uses_only_labelled_samples_in_their_order(runs, keys, tmp_path, device, synthetic_dir):
-    from edgeopt.data.imagefolder import load_pixels
     from edgeopt.delivery.agent import smoke_test
+    from edgeopt.images import load_pixels
     from edgeopt.runtimes.registry import runtime_for
 
     repo = tmp_path / "repo"

@@ -1,6 +1,7 @@
 """The objective: the study's table reproduced, the default sign, constraints, ties, Pareto."""
 
 import pytest
+from pydantic import ValidationError
 
 from edgeopt.errors import ConfigError
 from edgeopt.objective import Candidate, Metric, Objective, pareto_front, select
@@ -87,7 +88,7 @@ def test_pareto_front_drops_dominated_variants():
 
 @pytest.mark.parametrize("bad", [dict(form="nope"), dict(weight_size=-1), dict(max_metric_loss=-0.5)])
 def test_bad_objective_settings_are_refused(bad):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValidationError, match=next(iter(bad))):
         Objective(**bad)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 
-from edgeopt.errors import DataError, ModelError, OutputExistsError
+from edgeopt.errors import ConfigError, DataError, ModelError, OutputExistsError
 from edgeopt.methods import litert as litert_methods
 from edgeopt.methods.base import sha256_of
 from edgeopt.objective import Candidate, Objective, select
@@ -70,16 +72,41 @@ def test_report_has_the_studys_table_reasons_graph_changes_and_plot(tiny_optimiz
     assert (out / "size_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_existing_output_is_refused_then_replaced_with_force(tiny_model, tmp_path):
+TWO_METHODS = TINY_OPTIMIZE.replaced(methods=("f0_float32", "f4_float16"))
+
+
+def test_existing_output_is_refused_and_force_replaces_only_what_edgeopt_wrote(tiny_model, tmp_path):
     out = tmp_path / "opt"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    config = TINY_OPTIMIZE.__class__(methods=("f0_float32", "f4_float16"), measure=TINY_OPTIMIZE.measure)
     with pytest.raises(OutputExistsError, match="--force"):
-        optimize(tiny_model, out, config)
+        optimize(tiny_model, out, TWO_METHODS)
+    with pytest.raises(OutputExistsError, match="not written by edgeopt"):
+        optimize(tiny_model, out, TWO_METHODS, force=True)
     assert (out / "keep.txt").read_text() == "mine"
-    optimize(tiny_model, out, config, force=True)
-    assert not (out / "keep.txt").exists() and (out / "results.json").is_file()
+    optimize(tiny_model, tmp_path / "opt2", TWO_METHODS)
+    (tmp_path / "opt2" / "stale.txt").write_text("from an older run")
+    optimize(tiny_model, tmp_path / "opt2", TWO_METHODS, force=True)
+    assert not (tmp_path / "opt2" / "stale.txt").exists() and (tmp_path / "opt2" / "results.json").is_file()
+
+
+def test_force_never_replaces_the_model_being_read_or_a_folder_holding_it(tiny_model, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_model, runs / "m")
+    (runs / "m" / ".edgeopt-output").write_text("{}")  # edgeopt wrote it: --force alone would allow it
+    before = sha256_of(runs / "m" / "model.keras")
+    for out in (runs / "m", runs, tmp_path):
+        with pytest.raises(ConfigError, match="which this command reads"):
+            optimize(runs / "m", out, TWO_METHODS, force=True)
+    assert sha256_of(runs / "m" / "model.keras") == before and sorted(p.name for p in runs.iterdir()) == ["m"]
+
+
+def test_outputs_are_as_readable_as_any_file_the_user_makes(tiny_model, tmp_path):
+    out = tmp_path / "opt"
+    optimize(tiny_model, out, TWO_METHODS)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
 
 
 def test_interruption_leaves_no_output_and_no_partial_files(tiny_model, tmp_path, monkeypatch):
@@ -141,3 +168,31 @@ def test_moved_data_is_reported_with_the_fix(tiny_model, tmp_path):
     m = _edited_copy(tiny_model, tmp_path, data_gone)
     with pytest.raises(DataError, match="--data DIR"):
         optimize(m, tmp_path / "o", TINY_OPTIMIZE)
+
+
+def _data_copy(tiny_model, tmp_path):
+    split = json.loads((tiny_model / "split.json").read_text())
+    copy = tmp_path / "data"
+    shutil.copytree(split["data_root"], copy)
+    return copy
+
+
+def test_data_with_more_classes_than_the_model_is_said_and_used_for_its_classes(tiny_model, tmp_path, caplog):
+    data = _data_copy(tiny_model, tmp_path)
+    shutil.copytree(data / "carton", data / "zz_extra")
+    results = optimize(tiny_model, tmp_path / "o", TWO_METHODS.replaced(methods=("f0_float32",)), data_dir=data)
+    assert "class folder(s) the model does not know (zz_extra)" in caplog.text
+    assert results["data"]["test_images"] > 0
+
+
+def test_data_that_is_another_dataset_is_refused_with_why(tiny_model, tmp_path):
+    data = _data_copy(tiny_model, tmp_path)
+    test_items = json.loads((tiny_model / "split.json").read_text())["test"]
+    victim = data / test_items[0][0]
+    victim.write_bytes(victim.read_bytes() + b"\x00" * 100)  # another image under the same name
+    with pytest.raises(DataError, match="1 of a different size"):
+        optimize(tiny_model, tmp_path / "o", TWO_METHODS, data_dir=data)
+    shutil.rmtree(data / "carton")
+    with pytest.raises(DataError, match="has no class folder.* carton"):
+        optimize(tiny_model, tmp_path / "o", TWO_METHODS, data_dir=data)
+    assert not (tmp_path / "o").exists()

@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edgeopt.config import TrainConfig
-from edgeopt.errors import ConfigError, ModelError
+from edgeopt.errors import ModelError
 from edgeopt.train import build_model, load_keras_model, triangular_lr
 from tests.conftest import BACKBONE, TINY_SIZE, needs
 
@@ -75,5 +76,5 @@ def test_local_imagenet_backbone_loads_into_the_model():
 
 @pytest.mark.parametrize("bad", [dict(image_size=8), dict(alpha=0), dict(epochs_head=0), dict(lr_min=1, lr_max=0.1)])
 def test_bad_train_settings_are_refused(bad):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValidationError):
         TrainConfig(**bad)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.data.imagefolder import load_pixels
-from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.errors import ConfigError, ModelError
+from edgeopt.images import load_pixels
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.runtimes.registry import runtime_for
 
@@ -59,10 +59,7 @@ def classify(
     size = session.input.image_size
     predictions = []
     for image in images:
-        try:
-            pixels = load_pixels(image, size)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {image} ({type(exc).__name__}); pass a jpg, png or bmp file") from None
+        pixels = load_pixels(image, size)
         probs = session.predict(pixels[None])[0]
         if labels is not None and len(labels) != len(probs):
             raise ModelError(

@@ -4,34 +4,47 @@ and prints. No logic lives here."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import signal
 import sys
 import time
-import tomllib
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
+from edgeopt import interrupts
+from edgeopt.config import OptimizeConfig, TrainConfig
 from edgeopt.errors import ConfigError, EdgeoptError
-from edgeopt.objective import Objective
+from edgeopt.settings import build_settings, describe_errors, read_config_file
 
 app = typer.Typer(
     help="Make a trained image classifier fit a small CPU device, and prove by measurement which version to ship.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich's tables cut long option names ("--representative-…") in narrow
+    # terminals and read "[train]" in a help text as markup.
+    rich_markup_mode=None,
 )
 # Piped output is not cut to 80 columns: the table is read in logs and CI output too.
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
+
+
+# The exit-code contract (README, "Exit codes"): every command, through this one function.
+EXIT_OK = 0
+EXIT_BUG = 1  # a bug in edgeopt: the traceback is shown
+EXIT_USAGE = 2  # a usage or input error: one line that says how to fix it
+EXIT_REFUSED = 3  # device run --once: an available release was refused
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class RichProgress:
@@ -61,31 +74,6 @@ class RichProgress:
             self._bar = None
         if summary:
             err_console.print(summary, highlight=False)
-
-
-def _read_config_file(path: Path | None, section: str) -> dict[str, Any]:
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot parse {path} ({exc}); use TOML or JSON") from None
-    return dict(raw.get(section, raw))
-
-
-def _build(cls: Any, file_values: dict[str, Any], flags: dict[str, Any]) -> Any:
-    """defaults <- config file <- flags given on the command line; unknown keys are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(file_values) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"bad config value: {exc}") from None
 
 
 def _print_table(results: dict[str, Any]) -> None:
@@ -124,11 +112,12 @@ def train(
     """Transfer-train MobileNetV2 on your photos (80/20 split saved with the model)."""
     from edgeopt.train import train as run_train
 
-    cfg = _build(TrainConfig, _read_config_file(config, "train"), {
-        "image_size": image_size, "alpha": alpha, "weights": weights, "epochs_head": epochs_head,
-        "epochs_finetune": epochs_finetune, "batch_size": batch_size, "seed": seed,
-        "augment": augment, "strict": strict,
-    })
+    cfg = build_settings(TrainConfig, read_config_file(config, "train"), {
+        "image_size": ("--image-size", image_size), "alpha": ("--alpha", alpha), "weights": ("--weights", weights),
+        "epochs_head": ("--epochs-head", epochs_head), "epochs_finetune": ("--epochs-finetune", epochs_finetune),
+        "batch_size": ("--batch-size", batch_size), "seed": ("--seed", seed),
+        "augment": ("--augment" if augment else "--no-augment", augment), "strict": ("--strict", strict),
+    }, config, "train")
     result = run_train(data_dir, out, cfg, force=force, progress=RichProgress())
     out_console.print(
         f"wrote {result.folder}: {len(result.classes)} classes, {result.epochs_run} epochs, "
@@ -157,27 +146,28 @@ def _optimize_config(
     backends: str | None = None, calibration: str | None = None, input_range: str | None = None,
     input_mean: str | None = None, input_std: str | None = None,
 ) -> OptimizeConfig:
-    file_values = _read_config_file(config, "optimize")
-    measure = _build(MeasureConfig, file_values.pop("measure", {}), {
-        "threads": threads, "rounds": rounds, "invocations": invocations, "train_accuracy": train_accuracy,
-    })
-    obj = _build(Objective, file_values.pop("objective", {}), {
-        "form": objective, "weight_size": w_size, "weight_time": w_time, "weight_metric": w_accuracy,
-        "max_metric_loss": max_accuracy_drop,
-    })
-    for key in ("methods", "backends", "input_range", "input_mean", "input_std"):
-        if key in file_values:
-            file_values[key] = tuple(file_values[key])
-    return _build(OptimizeConfig, file_values, {
-        "methods": tuple(m.strip() for m in methods.split(",")) if methods else None,
-        "backends": tuple(b.strip() for b in backends.split(",")) if backends else None,
-        "representative_samples": representative_samples, "strict": strict,
-        "calibration_method": calibration,
-        "input_range": _numbers(input_range, 2, "--input-range"),
-        "input_mean": _numbers(input_mean, 3, "--input-mean"),
-        "input_std": _numbers(input_std, 3, "--input-std"),
-        "measure": measure, "objective": obj,
-    })
+    def names(text: str | None) -> tuple[str, ...] | None:
+        return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
+
+    return build_settings(OptimizeConfig, read_config_file(config, "optimize"), {
+        "methods": ("--methods", names(methods)),
+        "backends": ("--backends", names(backends)),
+        "representative_samples": ("--representative-samples", representative_samples),
+        "strict": ("--strict", strict),
+        "calibration_method": ("--calibration", calibration),
+        "input_range": ("--input-range", _numbers(input_range, 2, "--input-range")),
+        "input_mean": ("--input-mean", _numbers(input_mean, 3, "--input-mean")),
+        "input_std": ("--input-std", _numbers(input_std, 3, "--input-std")),
+        "measure.threads": ("--threads", threads),
+        "measure.rounds": ("--rounds", rounds),
+        "measure.invocations": ("--invocations", invocations),
+        "measure.train_accuracy": ("--train-accuracy" if train_accuracy else "--no-train-accuracy", train_accuracy),
+        "objective.form": ("--objective", objective),
+        "objective.weight_size": ("--w-size", w_size),
+        "objective.weight_time": ("--w-time", w_time),
+        "objective.weight_metric": ("--w-accuracy", w_accuracy),
+        "objective.max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
+    }, config, "optimize")
 
 
 @app.command()
@@ -190,7 +180,7 @@ def optimize(
     input_range: Annotated[str | None, typer.Option(help="For an .onnx model with float input: its pixel range, e.g. -1,1")] = None,
     input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
     input_std: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
-    threads: Annotated[int | None, typer.Option(help="Interpreter threads [default: 1]")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Interpreter threads [default: 1]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 5]")] = None,
     invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 50]")] = None,
     representative_samples: Annotated[int | None, typer.Option(help="Train images for calibration [default: 200]")] = None,
@@ -219,7 +209,7 @@ def optimize(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic data, model and optimize results")] = Path("runs/demo"),
-    threads: Annotated[int, typer.Option(help="Interpreter threads")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads")] = 1,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
 ) -> None:
     """Everything on a SYNTHETIC bottles-and-cans set: generate, train, optimize, print the table."""
@@ -248,19 +238,22 @@ def classify(
     images: Annotated[list[Path], typer.Argument(help="Image files")],
     labels: Annotated[Path | None, typer.Option(help="labels.json or a text file, one label a line [default: beside the model]")] = None,
     top_k: Annotated[int, typer.Option(help="How many labels to print per image")] = 3,
-    threads: Annotated[int, typer.Option()] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads")] = 1,
     input_range: Annotated[str | None, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = None,
     input_mean: Annotated[str | None, typer.Option(help="For a foreign model: per-channel mean of pixel/255")] = None,
     input_std: Annotated[str | None, typer.Option(help="For a foreign model: per-channel std of pixel/255")] = None,
 ) -> None:
     """Print the top-k labels with probabilities for each image."""
     from edgeopt.classify import classify as run_classify
+    from edgeopt.pixels import PixelTransform
 
-    transform = OptimizeConfig(
-        input_range=_numbers(input_range, 2, "--input-range"),  # type: ignore[arg-type]
-        input_mean=_numbers(input_mean, 3, "--input-mean"),  # type: ignore[arg-type]
-        input_std=_numbers(input_std, 3, "--input-std"),  # type: ignore[arg-type]
-    ).pixel_transform()
+    try:
+        transform = PixelTransform.from_options(
+            _numbers(input_range, 2, "--input-range"), _numbers(input_mean, 3, "--input-mean"),
+            _numbers(input_std, 3, "--input-std"),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for pred in run_classify(model, images, labels, top_k, threads, transform):
         ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
         out_console.print(f"{pred.image}: {ranked}", highlight=False)
@@ -360,7 +353,10 @@ def device_run(
         config = dataclasses.replace(config, device_id=device_id)
     agent = Agent(config)
     if once:
-        out_console.print(agent.check_once(), highlight=False)
+        outcome = agent.check_once()
+        out_console.print(outcome, highlight=False)
+        if outcome.startswith(("rejected", "rolled back", "skipped")):
+            raise typer.Exit(EXIT_REFUSED)
     else:
         agent.run()
 
@@ -369,7 +365,7 @@ def device_run(
 def device_sort(
     state: Annotated[Path, typer.Option(help="The device's state folder (its active model)")],
     watch: Annotated[Path, typer.Option(help="Folder where the camera writes frames")],
-    threads: Annotated[int, typer.Option()] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads")] = 1,
 ) -> None:
     """Classify each new frame with the active model; one JSON line per frame on stdout."""
     from edgeopt.delivery.sort import sort_frames
@@ -379,20 +375,50 @@ def device_sort(
     sort_frames(state, watch, threads=threads)
 
 
+def _interrupted(signum: int | None) -> int:
+    name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    err_console.print(f"{name}: nothing was written under a final output name", highlight=False, markup=False)
+    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    previous = interrupts.install()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="edgeopt", standalone_mode=False)
     except EdgeoptError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        return 2
-    except click.ClickException as exc:
+        return EXIT_USAGE
+    except ValidationError as exc:  # settings built from a user's value outside build_settings
+        err_console.print(f"error: {describe_errors(exc, BaseModel)}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_USAGE
+    except NoArgsIsHelpError as exc:
         exc.show()
-        return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err_console.print("interrupted: nothing was written under a final output name")
-        return 130
-    return 0
+        return EXIT_USAGE
+    except ClickException as exc:  # typer's own click: a usage error (unknown option, missing --out, ...)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console.print(f"error: {exc.format_message()}{hint}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, typer.Abort):
+        return _interrupted(signal.SIGINT)
+    except interrupts.Terminated:
+        return _interrupted(signal.SIGTERM)
+    except Exception:
+        traceback.print_exc()
+        err_console.print(
+            "internal error: this is a bug in edgeopt, not something you did; please report it with the "
+            "traceback above", highlight=False, markup=False,
+        )
+        return EXIT_BUG
+    finally:
+        interrupts.restore(previous)
+    if interrupts.received() is not None or code == EXIT_INTERRUPTED:
+        # typer turns a KeyboardInterrupt into the return value 130; a library may have swallowed it
+        return _interrupted(interrupts.received() or signal.SIGINT)
+    return code if isinstance(code, int) else EXIT_OK
 
 
 def entry() -> None:

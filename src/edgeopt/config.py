@@ -1,148 +1,130 @@
-"""Typed, frozen configuration of each command, validated once where it is built."""
+"""Typed, frozen configuration of each command, validated once where it is built (pydantic;
+see edgeopt.settings for how a bad value is reported)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from edgeopt.errors import ConfigError
+from pydantic import Field, Strict, model_validator
+
 from edgeopt.objective import Objective
-from edgeopt.pixels import PIXELS, PixelTransform
+from edgeopt.pixels import PixelTransform
+from edgeopt.settings import Settings
+
+# Lists in a TOML/JSON file become these tuples.
+Names = Annotated[tuple[str, ...], Strict(False)]
+Pair = Annotated[tuple[float, float], Strict(False)]
+Triple = Annotated[tuple[float, float, float], Strict(False)]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """How `edgeopt train` builds and fits the classifier (the study's recipe)."""
 
     # Square input side in pixels; MobileNetV2's ImageNet weights exist for 96..224.
-    image_size: int = 224
+    image_size: int = Field(224, ge=32, le=512)
     # MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
-    alpha: float = 1.0
+    alpha: float = Field(1.0, gt=0)
     # "imagenet" (download), "none" (random init, trained from scratch) or a local weights file.
     weights: str = "imagenet"
     # Epochs of phase 1 (new head only; or the whole net when weights == "none").
-    epochs_head: int = 8
+    epochs_head: int = Field(8, ge=1)
     # Epochs of phase 2 (fine-tune the top of the backbone); 0 skips it.
-    epochs_finetune: int = 6
+    epochs_finetune: int = Field(6, ge=0)
     # How many of the backbone's last layers phase 2 unfreezes (BatchNorm stays frozen).
-    finetune_layers: int = 30
-    batch_size: int = 32
+    finetune_layers: int = Field(30, ge=0)
+    batch_size: int = Field(32, ge=1)
     # Triangular cyclical learning rate (Smith 2017): bounds for phase 1; phase 2 uses a tenth.
-    lr_min: float = 1e-4
-    lr_max: float = 2e-3
+    lr_min: float = Field(1e-4, gt=0)
+    lr_max: float = Field(2e-3, gt=0)
     # Half a cycle, in epochs (Smith suggests 2-8 x an epoch's steps).
-    lr_half_cycle_epochs: float = 2.0
+    lr_half_cycle_epochs: float = Field(2.0, gt=0)
     # Early stopping: epochs without a better validation loss before stopping.
-    patience: int = 3
-    dropout: float = 0.2
+    patience: int = Field(3, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
     # Fractions of each class held out: test (for optimize), then validation of the rest.
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     # Random flips, rotations, zoom, brightness and contrast while fitting (never exported).
     augment: bool = True
     # BatchNorm momentum override; a net trained from scratch for few steps needs ~0.9
     # (Keras's 0.999 leaves the moving statistics near their initial values).
-    bn_momentum: float | None = None
+    bn_momentum: float | None = Field(None, gt=0, lt=1)
     # Stop on unreadable images instead of skipping them.
     strict: bool = False
 
-    def __post_init__(self) -> None:
-        if not 32 <= self.image_size <= 512:
-            raise ConfigError(f"--image-size {self.image_size} is out of range; use 32..512 (e.g. 224)")
-        if self.alpha <= 0:
-            raise ConfigError(f"--alpha {self.alpha} must be > 0 (e.g. 0.35, 1.0)")
-        if self.epochs_head < 1 or self.epochs_finetune < 0:
-            raise ConfigError("--epochs-head must be >= 1 and --epochs-finetune >= 0")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size {self.batch_size} must be >= 1")
-        if not 0 < self.lr_min <= self.lr_max:
-            raise ConfigError(f"learning rates need 0 < lr_min ({self.lr_min}) <= lr_max ({self.lr_max})")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"validation fraction {self.val_fraction} must be in [0, 1)")
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"learning rates need lr_min ({self.lr_min}) <= lr_max ({self.lr_max})")
+        return self
 
 
-@dataclass(frozen=True)
-class MeasureConfig:
+class MeasureConfig(Settings):
     """The latency protocol and accuracy evaluation."""
 
     # Interpreter threads (the device's core count).
-    threads: int = 1
+    threads: int = Field(1, ge=1)
     # Interleaved rounds over all variants (f0 f1 ... f0 f1 ...); latency is the median of
     # the round medians, so a slow moment of the machine hits every variant alike.
-    rounds: int = 5
+    rounds: int = Field(5, ge=1)
     # Timed invocations per variant per round, after the warm-up.
-    invocations: int = 50
+    invocations: int = Field(50, ge=1)
     # Untimed invocations per variant before the first round.
-    warmup: int = 10
+    warmup: int = Field(10, ge=0)
     # Evaluate accuracy on the train split as well as the test split (the study reports both).
     train_accuracy: bool = True
 
-    def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ConfigError(f"--threads {self.threads} must be >= 1")
-        if self.rounds < 1 or self.invocations < 1 or self.warmup < 0:
-            raise ConfigError("--rounds and --invocations must be >= 1, --warmup >= 0")
 
-
-@dataclass(frozen=True)
-class OptimizeConfig:
+class OptimizeConfig(Settings):
     """What `edgeopt optimize` builds, how it measures and how it chooses."""
 
     # Method names from the registry, built in this order; the first is the baseline.
     # None: every method of the chosen backends, in registry order (f0_float32 first).
-    methods: tuple[str, ...] | None = None
+    methods: Names | None = None
     # Runtimes to build for: "litert", "onnxruntime". None: every one that is installed.
-    backends: tuple[str, ...] | None = None
+    backends: Names | None = None
     # Train-split images fed to calibration (f2, f3, ort_int8_static).
-    representative_samples: int = 200
+    representative_samples: int = Field(200, ge=1)
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
-    calibration_method: str = "MinMax"
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     # ONNX Runtime static int8 with 7-bit weights. On x86 without VNNI, ORT's u8s8 kernels use
     # VPMADDUBSW, whose int16 pair sums saturate with full 8-bit weights (measured: 57% -> 33%
     # accuracy on the test model). None: decide from this CPU's flags.
     ort_reduce_range: bool | None = None
     # For an .onnx input model with float input: pixel range it expects, e.g. (-1.0, 1.0);
     # or torchvision-style per-channel mean and std (of pixel/255). None: pixels 0..255.
-    input_range: tuple[float, float] | None = None
-    input_mean: tuple[float, float, float] | None = None
-    input_std: tuple[float, float, float] | None = None
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    objective: Objective = field(default_factory=Objective)
+    input_range: Pair | None = None
+    input_mean: Triple | None = None
+    input_std: Triple | None = None
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    objective: Objective = Field(default_factory=Objective)
     strict: bool = False
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> OptimizeConfig:
         if self.methods is not None and not self.methods:
-            raise ConfigError("no methods given; name at least the baseline, e.g. f0_float32")
-        if self.representative_samples < 1:
-            raise ConfigError("--representative-samples must be >= 1")
-        if self.calibration_method not in ("MinMax", "Entropy", "Percentile"):
-            raise ConfigError(
-                f"--calibration {self.calibration_method!r} is unknown; use MinMax, Entropy or Percentile"
-            )
-        if self.input_range is not None and self.input_mean is not None:
-            raise ConfigError("give either --input-range or --input-mean/--input-std, not both")
-        if (self.input_mean is None) != (self.input_std is None):
-            raise ConfigError("--input-mean and --input-std go together")
+            raise ValueError("no methods given; name at least the baseline, e.g. f0_float32")
+        self.pixel_transform()  # raises ValueError for a contradictory or incomplete normalisation
+        return self
 
     def pixel_transform(self) -> PixelTransform:
-        if self.input_range is not None:
-            return PixelTransform.from_range(*self.input_range)
-        if self.input_mean is not None and self.input_std is not None:
-            try:
-                return PixelTransform.from_mean_std(self.input_mean, self.input_std)
-            except ValueError as exc:
-                raise ConfigError(f"--input-mean/--input-std: {exc}") from None
-        return PIXELS
+        return PixelTransform.from_options(self.input_range, self.input_mean, self.input_std)
 
 
-def to_jsonable(config: Any) -> dict[str, Any]:
-    """A config (nested dataclasses) as plain JSON values, to write beside the outputs."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+def write_config(config: Settings, path: Path) -> None:
+    """The resolved config, beside the outputs it made."""
+    import json
+
+    path.write_text(json.dumps(config.to_jsonable(), indent=1))
 
 
-def write_config(config: Any, path: Path) -> None:
-    path.write_text(json.dumps(to_jsonable(config), indent=1))
+def to_jsonable(value: Any) -> Any:
+    """A config object or a frozen dataclass (e.g. a TensorSpec) as plain JSON values."""
+    import dataclasses
+    import json
+
+    if isinstance(value, Settings):
+        return value.to_jsonable()
+    return json.loads(json.dumps(dataclasses.asdict(value), default=str))

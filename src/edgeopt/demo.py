@@ -12,7 +12,7 @@ from typing import Any
 
 from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
 from edgeopt.data.synthetic import generate_synthetic
-from edgeopt.outputs import check_output_free, staged_output
+from edgeopt.outputs import check_output, mark_output, staged_output
 from edgeopt.pipeline import optimize
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.train import train
@@ -38,11 +38,12 @@ DEMO_TRAIN = TrainConfig(
 def run_demo(out: Path, threads: int = 1, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     progress = progress or NullProgress()
     out = Path(out)
-    check_output_free(out, force)
+    check_output(out, force)
     # With --force an old demo is replaced stage by stage, each only once its new one is whole.
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "demo")
     data = out / "data"
-    with staged_output(data, force=True) as staging:
+    with staged_output(data, force=True, command="demo") as staging:
         progress.start("generating SYNTHETIC images", 1)
         generate_synthetic(staging, per_class=DEMO_IMAGES_PER_CLASS, size=64, seed=0)
         progress.finish(f"generated {5 * DEMO_IMAGES_PER_CLASS} SYNTHETIC images in {data}")

@@ -14,6 +14,8 @@ from edgeopt.runtimes.registry import runtime_for
 
 def describe_model(path: Path) -> GraphSummary:
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder; pass a model file (.tflite or .onnx), e.g. {path}/selected.tflite")
     if not path.is_file():
         raise ModelError(f"{path} does not exist; pass a model file (.tflite or .onnx)")
     return runtime_for(path).describe(path)

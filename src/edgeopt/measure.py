@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.config import MeasureConfig
-from edgeopt.data.imagefolder import load_pixels
+from edgeopt.images import load_pixels
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.runtimes.base import Session
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import Field
+
 from edgeopt.errors import ConfigError
+from edgeopt.settings import Settings
 
 ObjectiveForm = Literal["default", "paper"]
 OBJECTIVE_FORMS: tuple[ObjectiveForm, ...] = ("default", "paper")
@@ -27,8 +30,7 @@ TIE_DECIMALS = 2
 WARN_METRIC_LOSS = 1.0
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(Settings):
     """The quality measure the objective trades against size and time."""
 
     name: str = "test_accuracy"
@@ -44,38 +46,19 @@ class Metric:
 ACCURACY = Metric()
 
 
-@dataclass(frozen=True)
-class Objective:
+class Objective(Settings):
     """How variants are scored and which may be chosen."""
 
     # "default" penalises a worse metric; "paper" is the study's sign (see module doc).
     form: ObjectiveForm = "default"
     # Weights of the size, time and metric terms.
-    weight_size: float = 1.0
-    weight_time: float = 1.0
-    weight_metric: float = 1.0
+    weight_size: float = Field(1.0, ge=0)
+    weight_time: float = Field(1.0, ge=0)
+    weight_metric: float = Field(1.0, ge=0)
     # Exclude variants whose metric is worse than the baseline's by more than this, in the
     # metric's display unit (percentage points for accuracy). None: no limit.
-    max_metric_loss: float | None = None
+    max_metric_loss: float | None = Field(None, ge=0)
     metric: Metric = ACCURACY
-
-    def __post_init__(self) -> None:
-        if self.form not in OBJECTIVE_FORMS:
-            raise ConfigError(
-                f"unknown objective {self.form!r}; use one of: {', '.join(OBJECTIVE_FORMS)}"
-            )
-        for field, value in (
-            ("size", self.weight_size),
-            ("time", self.weight_time),
-            ("metric", self.weight_metric),
-        ):
-            if value < 0:
-                raise ConfigError(f"weight for {field} is {value}; weights must be >= 0")
-        if self.max_metric_loss is not None and self.max_metric_loss < 0:
-            raise ConfigError(
-                f"--max-accuracy-drop is {self.max_metric_loss}; give a value >= 0 "
-                f"({self.metric.loss_unit})"
-            )
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ data (the model's own test/train split) -> methods (build variants) -> runtimes 
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeopt.config import OptimizeConfig, to_jsonable, write_config
 from edgeopt.data.imagefolder import DecodedImages, decode_images, scan_image_folder
-from edgeopt.data.split import SPLIT_FILE, Split, build_split, load_split, save_split
+from edgeopt.data.split import SPLIT_FILE, Split, build_split, check_data_matches, load_split, save_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
@@ -29,7 +29,7 @@ from edgeopt.measure import measure_accuracy, measure_decode_ms, measure_latency
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
 from edgeopt.objective import Candidate, ObjectiveForm, select
-from edgeopt.outputs import check_output_free, staged_output
+from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
@@ -37,6 +37,7 @@ from edgeopt.runtimes.registry import EXTRAS, get_runtime, list_runtimes
 from edgeopt.train import write_labels
 
 LABELS_FILE = "labels.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ def load_model_folder(path: Path, data_dir: Path | None) -> Source:
     root = Path(data_dir) if data_dir else Path(split.data_root)
     if not root.is_dir():
         raise DataError(f"the model's data folder {root} is gone; pass it with --data DIR")
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    lacking = [c for c in classes if c not in folders]
+    if lacking:
+        raise DataError(
+            f"{root} has no class folder(s) {', '.join(lacking)} of this model ({', '.join(classes)}); "
+            "pass the data folder the model was trained on with --data"
+        )
+    extra = sorted(folders - set(classes))
+    if extra:
+        log.warning("%s has class folder(s) the model does not know (%s); they are not used", root, ", ".join(extra))
     return Source(path, "keras", classes, (size, size), split, root,
                   bool(labels.get("synthetic_data", False)) or is_synthetic(root))
 
@@ -163,11 +174,13 @@ def optimize(
         source = load_model_folder(model, data_dir)
     else:
         raise ModelError(f"{model} is neither a folder written by 'edgeopt train' nor an .onnx file")
-    check_output_free(out, force)
+    reads = (source.path, source.data_root)
+    check_output(out, force, reads)
     methods, method_notes = resolve_methods(config, source)
     runtimes = {m.backend: get_runtime(m.backend) for m in methods}
     split, root, size = source.split, source.data_root, source.image_size
 
+    check_data_matches(split, root, split.test)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     test = decode_images(root, split.test, size, strict=config.strict)
@@ -178,7 +191,7 @@ def optimize(
     timings["decode_s"] = time.perf_counter() - t
     transform = config.pixel_transform() if source.kind == "onnx" else PIXELS
 
-    with staged_output(out, force) as staging:
+    with staged_output(out, force, reads, command="optimize") as staging:
         variants_dir = staging / "variants"
         variants_dir.mkdir()
         ctx = BuildContext(
@@ -268,7 +281,7 @@ def _results(
     objective = config.objective
     choice = select(candidates, baseline, objective)
     other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
-    other_choice = select(candidates, baseline, dataclasses.replace(objective, form=other_form))
+    other_choice = select(candidates, baseline, objective.replaced(form=other_form))
     l_other = {s.name: s.L for s in other_choice.ranking}
     variants = []
     for name in methods:

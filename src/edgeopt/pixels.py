@@ -37,11 +37,26 @@ class PixelTransform:
     def from_mean_std(cls, mean: tuple[float, ...], std: tuple[float, ...]) -> PixelTransform:
         """torchvision-style (pixel/255 - mean) / std, mean and std per RGB channel."""
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError("mean and std need three values each, std > 0")
+            raise ValueError("--input-mean and --input-std need three values each, std > 0")
         return cls(
             tuple(1.0 / (255.0 * s) for s in std),  # type: ignore[arg-type]
             tuple(-m / s for m, s in zip(mean, std, strict=True)),  # type: ignore[arg-type]
         )
+
+    @classmethod
+    def from_options(
+        cls, input_range: tuple[float, ...] | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+    ) -> PixelTransform:
+        """From --input-range or --input-mean/--input-std (at most one of the two); identity without."""
+        if input_range is not None and (mean is not None or std is not None):
+            raise ValueError("give either --input-range or --input-mean/--input-std, not both")
+        if input_range is not None:
+            return cls.from_range(input_range[0], input_range[1])
+        if mean is not None or std is not None:
+            if mean is None or std is None:
+                raise ValueError("--input-mean and --input-std go together")
+            return cls.from_mean_std(mean, std)
+        return cls()
 
     @property
     def is_identity(self) -> bool:

@@ -208,18 +208,24 @@ def train(
     """Split the data, fit the model and write model.keras, labels, split and history to `out`."""
     progress = progress or NullProgress()
     started = time.perf_counter()
+    if config.weights not in ("imagenet", "none") and not Path(config.weights).is_file():
+        raise ModelError(
+            f"weights file {config.weights} does not exist; pass a Keras .weights.h5 file, 'imagenet' (needs "
+            "internet) or 'none'"
+        )
     folder = scan_image_folder(data_dir)
     split = build_split(folder, config.test_fraction, config.val_fraction, config.seed)
     size = (config.image_size, config.image_size)
-    subsets = {
-        name: decode_images(folder.root, items, size, strict=config.strict)
-        for name, items in (("train", split.train), ("validation", split.validation), ("test", split.test))
-    }
-    if len(subsets["train"].labels) == 0:
-        raise DataError(f"no readable training images in {data_dir}; check the files")
-    keras = import_keras()
-    keras.utils.set_random_seed(config.seed)
-    with staged_output(out, force) as staging:
+    # The output is staged before any work: an unwritable --out fails here, not after decoding.
+    with staged_output(out, force, reads=(folder.root,), command="train") as staging:
+        subsets = {
+            name: decode_images(folder.root, items, size, strict=config.strict)
+            for name, items in (("train", split.train), ("validation", split.validation), ("test", split.test))
+        }
+        if len(subsets["train"].labels) == 0:
+            raise DataError(f"no readable training images in {data_dir}; check the files")
+        keras = import_keras()
+        keras.utils.set_random_seed(config.seed)
         model, backbone = build_model(config, len(folder.classes))
         train_xy = (subsets["train"].pixels, subsets["train"].labels)
         val = subsets["validation"] if len(subsets["validation"].labels) else subsets["train"]
@@ -241,6 +247,9 @@ def train(
             )
         val_acc = _accuracy(model, val.pixels, val.labels, config.batch_size)
         test_acc = _accuracy(model, subsets["test"].pixels, subsets["test"].labels, config.batch_size)
+        # Saved with a stock optimizer: the cyclical schedule is edgeopt's class, and a model that
+        # names it cannot be loaded by plain keras.models.load_model.
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.save(staging / MODEL_FILE)
         write_labels(staging / LABELS_FILE, folder.classes, config.image_size, is_synthetic(folder.root))
         save_split(split, staging / SPLIT_FILE)

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from edgeopt.errors import DataError
+from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _LAYOUT_HINT = "expected <folder>/<class>/*.jpg (jpg, jpeg, png, bmp)"
 
 
@@ -60,15 +59,21 @@ def scan_image_folder(root: Path | str) -> ImageFolder:
         raise DataError(f"found no class folders in {root}; {_LAYOUT_HINT}")
     items: list[tuple[str, int]] = []
     empty: list[str] = []
+    nested: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(
-            f
-            for f in class_dir.rglob("*")
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-        )
+        files = sorted(f for f in class_dir.iterdir() if f.is_file() and _is_image_name(f))
+        nested += [
+            f.relative_to(root).as_posix() for sub in class_dir.iterdir() if sub.is_dir() and not sub.name.startswith(".")
+            for f in sub.rglob("*") if f.is_file() and _is_image_name(f)
+        ]
         if not files:
             empty.append(class_dir.name)
         items.extend((f.relative_to(root).as_posix(), label) for f in files)
+    if nested:
+        log.warning(
+            "ignored %d image(s) in subfolders of class folders in %s, e.g. %s; a class's images go "
+            "directly in <folder>/<class>/", len(nested), root, nested[0],
+        )
     if empty:
         raise DataError(
             f"class folder(s) {', '.join(empty)} in {root} hold no images; add images "
@@ -80,27 +85,6 @@ def scan_image_folder(root: Path | str) -> ImageFolder:
             f"at least two; {_LAYOUT_HINT}"
         )
     return ImageFolder(root=root, classes=tuple(d.name for d in class_dirs), items=tuple(items))
-
-
-def load_pixels(path: Path | str, size: tuple[int, int]) -> np.ndarray:
-    """Decode one image file to uint8 RGB pixels of size (height, width).
-
-    Greyscale and palette images are expanded to RGB; transparent images are composited on
-    white (a cut-out object on an empty background). Raises OSError or ValueError when the
-    file is not a readable image.
-    """
-    height, width = size
-    with Image.open(path) as img:
-        img.load()  # decode now so truncated files fail here
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
-        else:
-            rgb = img.convert("RGB")
-        if rgb.size != (width, height):
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
 
 
 def decode_images(
@@ -116,8 +100,8 @@ def decode_images(
     def one(item: tuple[str, int]) -> np.ndarray | str:
         try:
             return load_pixels(root / item[0], size)
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except ImageError as exc:
+            return str(exc)
 
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -126,10 +110,7 @@ def decode_images(
     for (rel, label), result in zip(items, results, strict=True):
         if isinstance(result, str):
             if strict:
-                raise DataError(
-                    f"cannot read image {root / rel} ({result}); remove or replace it, "
-                    "or drop --strict to skip unreadable images"
-                )
+                raise DataError(f"{result}; remove or replace it, or drop --strict to skip unreadable images")
             skipped.append((rel, result))
             continue
         pixels.append(result)
@@ -148,3 +129,7 @@ def decode_images(
         paths=tuple(paths),
         skipped=tuple(skipped),
     )
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeopt.data.imagefolder import ImageFolder
@@ -29,6 +29,9 @@ class Split:
     train: tuple[tuple[str, int], ...]
     validation: tuple[tuple[str, int], ...]
     test: tuple[tuple[str, int], ...]
+    # Size in bytes of every listed file when the split was made (empty for splits written
+    # before edgeopt recorded them): tells whether --data holds the same images.
+    sizes: dict[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def train_all(self) -> tuple[tuple[str, int], ...]:
@@ -66,6 +69,7 @@ def build_split(
         train=tuple(sorted(train)),
         validation=tuple(sorted(val)),
         test=tuple(sorted(test)),
+        sizes={path: (folder.root / path).stat().st_size for path, _ in folder.items},
     )
 
 
@@ -81,6 +85,7 @@ def save_split(split: Split, path: Path) -> None:
         "train": [list(i) for i in split.train],
         "validation": [list(i) for i in split.validation],
         "test": [list(i) for i in split.test],
+        "sizes": split.sizes,
     }
     path.write_text(json.dumps(payload, indent=1))
 
@@ -100,6 +105,7 @@ def load_split(path: Path) -> Split:
             train=tuple((p, int(c)) for p, c in raw["train"]),
             validation=tuple((p, int(c)) for p, c in raw["validation"]),
             test=tuple((p, int(c)) for p, c in raw["test"]),
+            sizes={str(p): int(n) for p, n in raw.get("sizes", {}).items()},
         )
     except FileNotFoundError:
         raise DataError(
@@ -107,3 +113,18 @@ def load_split(path: Path) -> Split:
         ) from None
     except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"{path} is not a valid split file ({exc}); re-run 'edgeopt train'") from None
+
+
+def check_data_matches(split: Split, root: Path, items: tuple[tuple[str, int], ...]) -> None:
+    """Refuse a data folder that does not hold the images the split was made from: a --data
+    that points at another dataset would otherwise be measured silently, or fail image by image."""
+    missing = [p for p, _ in items if not (root / p).is_file()]
+    changed = [p for p, _ in items if p in split.sizes and p not in missing and (root / p).stat().st_size != split.sizes[p]]
+    if missing or changed:
+        example = (missing or changed)[0]
+        what = f"{len(missing)} missing" if missing else ""
+        what += (", " if what else "") + (f"{len(changed)} of a different size" if changed else "")
+        raise DataError(
+            f"{root} does not hold the images this model's split was made from: of its {len(items)} test images "
+            f"{what} (e.g. {example}); pass the data folder the model was trained on with --data"
+        )

@@ -101,8 +101,8 @@ def release_is_complete(folder: Path, public_key: Any) -> dict[str, Any] | None:
 
 def smoke_test(folder: Path, manifest: dict[str, Any], samples: Path, config: AgentConfig) -> dict[str, Any]:
     """Load the model and run it on the sample images; raise UpdateRejected on any failure."""
-    from edgeopt.data.imagefolder import IMAGE_SUFFIXES, load_pixels
     from edgeopt.errors import EdgeoptError
+    from edgeopt.images import IMAGE_SUFFIXES, load_pixels
     from edgeopt.runtimes.registry import runtime_for
 
     model_path = folder / manifest["model"]["file"]

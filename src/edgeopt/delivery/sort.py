@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgeopt.data.imagefolder import IMAGE_SUFFIXES, load_pixels
+from edgeopt.images import IMAGE_SUFFIXES, load_pixels
 
 
 class ActiveModel:

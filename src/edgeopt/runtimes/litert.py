@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ModelError
+from edgeopt.errors import ConfigError, ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
 from edgeopt.quiet import captured_output
 from edgeopt.runtimes.base import GraphSummary, importable
@@ -99,6 +99,8 @@ class LiteRTRuntime:
         return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
 
     def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> LiteRTSession:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads} must be >= 1")
         return LiteRTSession(path, threads, transform)
 
     def describe(self, path: Path) -> GraphSummary:

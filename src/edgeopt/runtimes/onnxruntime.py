@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ModelError
+from edgeopt.errors import ConfigError, ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, image_layout, to_probabilities
 from edgeopt.runtimes.base import GraphSummary, importable
 from edgeopt.runtimes.litert import EVAL_BATCH
@@ -73,6 +73,8 @@ class OnnxRuntime:
         return f"onnxruntime {metadata.version('onnxruntime')}"
 
     def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> OrtSession:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads} must be >= 1")
         return OrtSession(path, threads, transform)
 
     def describe(self, path: Path) -> GraphSummary:
