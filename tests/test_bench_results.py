@@ -1,4 +1,5 @@
-"""The committed benchmark results are well-formed and agree with their own tables."""
+"""The committed benchmark results are well-formed, come from committed code, and agree with
+their own tables: every choice in them is what edgeopt's chooser makes from their figures."""
 
 from __future__ import annotations
 
@@ -7,52 +8,55 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.objective import Candidate, Objective, select
+from edgeopt.choose import decide
+from edgeopt.objective import Objective
+from edgeopt.results import Results
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 REFERENCE = RESULTS / "reference.json"
 UPDATE = RESULTS / "update.json"
-VARIANT_KEYS = {"name", "file", "size_bytes", "latency_ms_median", "latency_ms_p90", "test_accuracy", "train_accuracy", "L"}
 
 
-def _reference():
+def _reference() -> dict:
     if not REFERENCE.is_file():
         pytest.skip("bench/results/reference.json has not been produced (python bench/reference.py)")
     return json.loads(REFERENCE.read_text())
 
 
-def test_reference_runs_use_the_keys_of_optimize_results():
+def _runs(reference: dict) -> dict[str, Results]:
+    return {name: Results.model_validate(run) for name, run in reference["runs"].items()}
+
+
+def test_reference_runs_are_results_of_committed_code():
     reference = _reference()
     assert reference["commit"] and "+uncommitted" not in reference["commit"]
-    assert "1" in reference["runs"]
-    for run in reference["runs"].values():
-        assert {"baseline", "selected", "objective", "variants", "machine"} <= set(run)
-        for v in run["variants"]:
-            assert VARIANT_KEYS <= set(v)
-            assert set(v["test_per_class"]) == set(run["model"]["classes"])
+    runs = _runs(reference)
+    assert "1 thread" in runs
+    for run in runs.values():
+        assert run.choice is not None
+        for v in run.variants:
+            assert v.test is not None and set(v.test.per_class) == set(run.model.classes)
+            assert v.predictions is not None and len(v.predictions.test) == len(run.data.test_items)
 
 
-def test_reference_L_and_winners_follow_from_the_stored_figures():
-    for run in _reference()["runs"].values():
-        cands = [Candidate(v["name"], v["size_bytes"], v["latency_ms_median"], v["test_accuracy"]) for v in run["variants"]]
-        default = select(cands, run["baseline"], Objective())
-        paper = select(cands, run["baseline"], Objective(form="paper"))
-        assert default.selected == run["selected"]
-        assert paper.selected == run["objective"]["other_form_selected"]
-        for v in run["variants"]:
-            assert v["L_default"] == pytest.approx(default.score_of(v["name"]).L)
-            assert v["L_paper"] == pytest.approx(paper.score_of(v["name"]).L)
-            assert v["size_ratio"] == pytest.approx(run["variants"][0]["size_bytes"] / v["size_bytes"])
+def test_reference_choices_follow_from_the_stored_figures():
+    for run in _runs(_reference()).values():
+        objective = Objective.model_validate(run.choice.objective)
+        redone = decide(run.model_copy(update={"choice": None}), objective, tuple(run.choice.target))
+        assert redone.choice == run.choice
+        for v, w in zip(redone.variants, run.variants, strict=True):
+            assert v.score == w.score and v.paired == w.paired
 
 
 def test_reference_markdown_shows_the_stored_numbers_and_every_target():
     reference = _reference()
     text = (RESULTS / "reference.md").read_text()
     assert reference["commit"] in text
-    for run in reference["runs"].values():
-        for v in run["variants"]:
-            assert f"| {v['L_default']:.2f} |" in text
-            assert f"{100 * v['test_accuracy']:.2f}" in text
+    for run in _runs(reference).values():
+        for v in run.variants:
+            if v.score is not None:
+                assert f"{v.score.L:.2f} [{v.score.L_low:.2f},{v.score.L_high:.2f}]" in text
+            assert f"{100 * v.test.accuracy:.2f}" in text
     for target in reference["targets"]:
         assert f"{'MET' if target['met'] else 'NOT MET'}: {target['target']}" in text
 
@@ -61,7 +65,7 @@ def test_update_benchmark_is_well_formed():
     if not UPDATE.is_file():
         pytest.skip("bench/results/update.json has not been produced (python bench/update.py)")
     update = json.loads(UPDATE.read_text())
-    base, selected = update["deliveries"]
+    base, selected = update["deliveries"][:2]
     assert update["bytes_ratio"] == pytest.approx(base["bytes"] / selected["bytes"])
     assert update["seconds_ratio"] == pytest.approx(base["seconds_median"] / selected["seconds_median"])
     for row in update["deliveries"]:

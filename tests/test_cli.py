@@ -108,7 +108,8 @@ def test_bad_option_values_are_errors_not_tracebacks(capsys, tmp_path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("[optimize.measure]\nthreads = 2.5\n", "[optimize] measure.threads: Input should be a valid integer (got 2.5)"),
-    ('[optimize.measure]\ntrain_accuracy = "no"\n', "[optimize] measure.train_accuracy: Input should be a valid boolean"),
+    ('[optimize.measure]\ntrain_images = "some"\n', "[optimize] measure.train_images: Input should be a valid integer"),
+    ('[optimize]\nstrict = "no"\n', "[optimize] strict: Input should be a valid boolean"),
     ("[optimize]\nmeasure = 5\n", "[optimize] measure: Input should be a valid dictionary"),
     ('[optimize]\nrepresentative_samples = "many"\n', "[optimize] representative_samples: Input should be a valid integer"),
     ("[optimize.objective]\nweight_size = -1\n", "[optimize] objective.weight_size: Input should be greater than or equal to 0"),
@@ -151,10 +152,14 @@ def test_optimize_config_file_and_flags_layer(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[optimize]\nrepresentative_samples = 50\nmethods = ["f0_float32", "f2_int8"]\n'
                    "[optimize.measure]\nthreads = 2\nrounds = 7\n")
-    resolved = _optimize_config(cfg, None, None, 9, None, None, "paper", None, None, None, 0.5, None, None)
+    resolved = _optimize_config(cfg, None, None, 9, None, None, "paper", None, None, None, 0.5, None, "all")
     assert resolved.representative_samples == 50 and resolved.methods == ("f0_float32", "f2_int8")
     assert resolved.measure.threads == 2 and resolved.measure.rounds == 9  # the flag wins over the file
     assert resolved.objective.form == "paper" and resolved.objective.max_metric_loss == 0.5
+    assert resolved.measure.train_images is None  # 'all'
+    assert _optimize_config(None, None, None, None, None, None, None, None, None, None, None, None, None,
+                            no_guard=True).objective.max_metric_loss is None
+    assert _optimize_config(None, None, None, None, None, None, None, None, None, None, None, None, None).objective.max_metric_loss == 1.0
 
 
 def test_classify_prints_top_k_for_an_optimized_variant(capsys, tiny_optimized, synthetic_dir):
@@ -163,7 +168,7 @@ def test_classify_prints_top_k_for_an_optimized_variant(capsys, tiny_optimized, 
     code, stdout, _ = run(capsys, "classify", out / "variants" / "f3_int8_uint8io.tflite", image, "--top-k", "2")
     assert code == 0
     labels = [part.split()[0] for part in stdout.split(": ", 1)[1].split(", ")]
-    assert len(labels) == 2 and set(labels) <= set(results["model"]["classes"])
+    assert len(labels) == 2 and set(labels) <= set(results.model.classes)
 
 
 def test_inspect_says_what_a_device_must_feed_f3(capsys, tiny_optimized):

@@ -26,8 +26,7 @@ def test_pixels(tiny_model):
 
 def _variant(tiny_optimized, name):
     out, results = tiny_optimized
-    entry = next(v for v in results["variants"] if v["name"] == name)
-    return out / entry["file"]
+    return out / results.variant(name).file
 
 
 def test_registry_holds_the_studys_five_transformations():
@@ -68,7 +67,7 @@ def test_f3_takes_raw_camera_bytes(tiny_optimized):
 
 def test_float16_halves_and_int8_quarters_the_weights(tiny_optimized):
     _, results = tiny_optimized
-    size = {v["name"]: v["size_bytes"] for v in results["variants"]}
+    size = {v.name: v.size_bytes for v in results.variants}
     assert size["f4_float16"] < 0.6 * size["f0_float32"]
     assert size["f2_int8"] < 0.4 * size["f0_float32"]
 

@@ -41,27 +41,86 @@ def test_paper_and_default_differ_only_in_the_accuracy_sign():
         assert p.delta_metric < 0 < d.delta_metric
 
 
-def test_max_accuracy_drop_excludes_lossy_variants():
+def test_without_intervals_the_guard_judges_the_point_loss():
     cands = [Candidate("f0", 1000, 10, 0.90), Candidate("small", 250, 4, 0.85), Candidate("ok", 500, 6, 0.899)]
     choice = select(cands, "f0", Objective(max_metric_loss=1.0))
     assert choice.selected == "ok"
     small = choice.score_of("small")
-    assert not small.eligible and "5.00 pp" in small.excluded_because
+    assert not small.eligible and "5.00 pp" in small.excluded_because and small.guard == "clearly worse"
     assert any("small was excluded" in r for r in choice.reasons)
-    # without the limit the lossy but much smaller variant wins, with a warning about its loss
-    unguarded = select(cands, "f0", Objective())
+    # without a guard the lossy but much smaller variant wins, with a warning about its loss
+    unguarded = select(cands, "f0", Objective(max_metric_loss=None))
     assert unguarded.selected == "small"
     assert any(r.startswith("Warning: small loses 5.00 pp") for r in unguarded.reasons)
-    assert not any(r.startswith("Warning") for r in choice.reasons)
 
 
-def test_ties_go_to_the_smaller_file():
-    # same L to two decimals: -0.5 for both
-    cands = [Candidate("f0", 1000, 10, 0.9), Candidate("a", 600, 9, 0.9), Candidate("b", 500, 10, 0.9)]
-    choice = select(cands, "f0", Objective())
-    assert round(choice.score_of("a").L, 2) == round(choice.score_of("b").L, 2)
+# The reference run's shape: 478 photos, f0 90.17%; intervals as edgeopt.stats gives them.
+F0 = Candidate("f0", 8706e3, 10.66, 0.9017, backend="litert")
+
+
+def reference(*others: Candidate) -> list[Candidate]:
+    return [F0, *others]
+
+
+def test_default_guard_excludes_an_8_6_point_loss_and_keeps_a_5_photo_loss():
+    ort = Candidate("ort_int8", 2603e3, 10.58, 0.8159, metric_delta_interval=(-0.1136, -0.0602), discordant=49)
+    f2 = Candidate("f2", 2677e3, 14.10, 0.8912, metric_delta_interval=(-0.0178, 0.0038), discordant=9)
+    choice = select(reference(ort, f2), "f0", Objective())
+    assert choice.score_of("ort_int8").guard == "clearly worse" and not choice.score_of("ort_int8").eligible
+    # its point loss (1.05 pp) is above the tolerance, its interval reaches below it: not thrown out for noise
+    f2s = choice.score_of("f2")
+    assert f2s.eligible and f2s.guard == "not clearly worse"
+    assert f2s.metric_loss_low == pytest.approx(-0.38) and f2s.metric_loss_high == pytest.approx(1.78)
+    assert choice.selected == "f2"
+    assert "clearly more than the allowed 1 pp" in choice.score_of("ort_int8").excluded_because
+    assert any("f2 loses 1.05 pp [-0.38, 1.78]" in r and "stays eligible" in r for r in choice.reasons)
+    assert "whole 95% interval" in choice.guard_rule
+
+
+def test_L_interval_adds_the_latency_rounds_and_the_accuracy_interval():
+    f2 = Candidate("f2", 2677e3, 14.10, 0.8912, latency_ratio_interval=(1.10, 1.50), metric_delta_interval=(-0.0178, 0.0038))
+    s = select(reference(f2), "f0", Objective()).score_of("f2")
+    d_size = 2677 / 8706 - 1
+    assert s.L_low == pytest.approx(d_size + 0.10 + (-0.0038 / 0.9017))
+    assert s.L_high == pytest.approx(d_size + 0.50 + 0.0178 / 0.9017)
+    assert s.L_low < s.L < s.L_high
+
+
+def test_overlapping_L_intervals_are_a_tie_broken_by_the_better_metric():
+    # f2 has the lowest L, but f4's interval overlaps it and f4 loses nothing
+    f2 = Candidate("f2", 2677e3, 14.10, 0.8912, latency_ratio_interval=(1.10, 1.50), metric_delta_interval=(-0.0178, 0.0038))
+    f4 = Candidate("f4", 4418e3, 13.08, 0.9017, latency_ratio_interval=(1.00, 1.40), metric_delta_interval=(0.0, 0.0))
+    choice = select(reference(f2, f4), "f0", Objective())
+    assert choice.score_of("f2").L < choice.score_of("f4").L
+    assert set(choice.tie) == {"f2", "f4"} and choice.tie_broken_by == "metric"
+    assert choice.selected == "f4"
+    assert any(r.startswith("Tie within measurement noise") and "better test_accuracy" in r for r in choice.reasons)
+
+
+def test_a_tie_between_equally_accurate_variants_goes_to_the_smaller_file():
+    a = Candidate("a", 600, 9, 0.9, latency_ratio_interval=(0.8, 1.0))
+    b = Candidate("b", 500, 10, 0.9, latency_ratio_interval=(0.9, 1.1))
+    choice = select([Candidate("f0", 1000, 10, 0.9), a, b], "f0", Objective())
+    assert set(choice.tie) == {"a", "b"} and choice.tie_broken_by == "size"
     assert choice.selected == "b"
-    assert any("tie goes to the smaller file" in r for r in choice.reasons)
+    assert any("the smaller file" in r for r in choice.reasons)
+
+
+def test_separate_intervals_are_no_tie():
+    a = Candidate("a", 300, 5, 0.9, latency_ratio_interval=(0.45, 0.55))
+    b = Candidate("b", 600, 9, 0.9, latency_ratio_interval=(0.85, 0.95))
+    choice = select([Candidate("f0", 1000, 10, 0.9), a, b], "f0", Objective())
+    assert choice.selected == "a" and choice.tie == ()
+    assert any(r.startswith("Runner-up: b") for r in choice.reasons)
+
+
+def test_a_variant_for_another_runtime_is_measured_but_not_chosen():
+    ort = Candidate("ort", 2000e3, 5.0, 0.9017, backend="onnxruntime")
+    f4 = Candidate("f4", 4418e3, 13.08, 0.9017, backend="litert")
+    choice = select(reference(ort, f4), "f0", Objective(), target_backends=("litert",))
+    assert choice.selected == "f4"
+    assert "the target runtime is litert" in choice.score_of("ort").excluded_because
+    assert select(reference(ort, f4), "f0", Objective(), target_backends=("litert", "onnxruntime")).selected == "ort"
 
 
 def test_lower_is_better_metric_uses_the_same_code():

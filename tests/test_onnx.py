@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -29,7 +28,7 @@ ORT = list_methods("onnxruntime")
 
 def _file(tiny_optimized, name):
     out, results = tiny_optimized
-    return out / next(v["file"] for v in results["variants"] if v["name"] == name)
+    return out / results.variant(name).file
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +41,15 @@ def test_pixels(tiny_model):
 
 def test_optimize_ranks_both_runtimes_in_one_table(tiny_optimized):
     _, results = tiny_optimized
-    names = [v["name"] for v in results["variants"]]
+    names = [v.name for v in results.variants]
     assert ORT == ["ort_fp32", "ort_int8_static", "ort_int8_dynamic", "ort_fp16"]
-    assert names[5:] == ORT and results["baseline"] == "f0_float32"
-    assert {v["backend"] for v in results["variants"]} == {"litert", "onnxruntime"}
-    assert sorted(results["ranking"]) == sorted(names)
+    assert names[5:] == ORT and results.baseline.name == "f0_float32"
+    assert {v.backend for v in results.variants} == {"litert", "onnxruntime"}
+    assert sorted(results.choice.ranking) == sorted(names)
+    # measured in the same table, not chosen: the default target is the baseline's runtime
+    assert results.choice.target == ["litert"] and results.selected.backend == "litert"
+    for name in ORT:
+        assert results.variant(name).score.excluded_because.endswith("the target runtime is litert")
 
 
 def test_exported_onnx_matches_the_tflite_float_model(tiny_optimized, test_pixels):
@@ -124,9 +127,11 @@ def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_
     onnx_model.write_bytes(_file(tiny_optimized, "ort_fp32").read_bytes())
     out = tmp_path / "opt"
     results = optimize(onnx_model, out, TINY_OPTIMIZE, data_dir=synthetic_dir)
-    assert [v["name"] for v in results["variants"]] == ORT
-    assert results["baseline"] == "ort_fp32" and results["model"]["kind"] == "onnx"
-    assert any("only ONNX Runtime variants were built" in n for n in results["notes"])
+    assert [v.name for v in results.variants] == ORT
+    assert results.baseline.name == "ort_fp32" and results.model.kind == "onnx"
+    assert results.choice.target == ["onnxruntime"]
+    assert any("only ONNX Runtime variants were built" in n for n in results.notes)
+    assert results.data.split_note.startswith("drawn by edgeopt")
     assert "only ONNX Runtime variants were built" in (out / "report.md").read_text()
     assert (out / "selected.onnx").is_file() and (out / "split.json").is_file()
     labels = json.loads((out / "labels.json").read_text())["classes"]
@@ -142,19 +147,19 @@ def test_without_onnxruntime_everything_else_works_and_the_report_says_so(tiny_m
     monkeypatch.setattr(runtime_registry.RUNTIMES["onnxruntime"], "available", lambda: False)
     config = OptimizeConfig(representative_samples=10, measure=MeasureConfig(rounds=1, invocations=2, warmup=1))
     results = optimize(tiny_model, tmp_path / "o", config)
-    assert {v["backend"] for v in results["variants"]} == {"litert"}
-    assert any("onnxruntime is not installed" in n and "edgeopt[onnx]" in n for n in results["notes"])
+    assert {v.backend for v in results.variants} == {"litert"}
+    assert any("onnxruntime is not installed" in n and "edgeopt[onnx]" in n for n in results.notes)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'edgeopt\[onnx\]'"):
         optimize(tiny_model, tmp_path / "o2", OptimizeConfig(backends=("onnxruntime",)))
 
 
-def _slowed(results, name, factor):
+def _slowed(results, name, factor, machine=None):
     """The same graphs, with `name` made `factor` times slower than its float baseline."""
-    slowed = copy.deepcopy(results)
-    by_name = {v["name"]: v for v in slowed["variants"]}
-    base = "f0_float32" if by_name[name]["backend"] == "litert" else "ort_fp32"
-    by_name[name]["latency_ms_median"] = by_name[base]["latency_ms_median"] * factor
-    return slowed
+    base = "f0_float32" if results.variant(name).backend == "litert" else "ort_fp32"
+    slow = results.variant(base).latency.median_ms * factor
+    variants = [v.model_copy(update={"latency": v.latency.model_copy(update={"median_ms": slow})}) if v.name == name else v
+                for v in results.variants]
+    return results.model_copy(update={"variants": variants, "machine": {**results.machine, **(machine or {})}})
 
 
 def test_diagnostics_stay_silent_about_variants_that_are_fast(tiny_optimized):
@@ -165,7 +170,7 @@ def test_diagnostics_stay_silent_about_variants_that_are_fast(tiny_optimized):
 
 def test_diagnostics_explain_a_slow_dynamic_range_variant_from_its_graph(tiny_optimized):
     _, results = tiny_optimized
-    hybrid = next(v for v in results["variants"] if v["name"] == "f1_dynamic_range")["graph"]["hybrid_ops"]
+    hybrid = results.variant("f1_dynamic_range").graph.hybrid_ops
     assert hybrid > 0
     text = " ".join(diagnose(_slowed(results, "f1_dynamic_range", 1.8)))
     assert "f1_dynamic_range runs at 0.56x the speed of f0_float32" in text
@@ -182,11 +187,9 @@ def test_diagnostics_explain_ort_dynamic_and_float16_slowness(tiny_optimized):
 
 def test_diagnostics_name_the_missing_int8_instructions(tiny_optimized):
     _, results = tiny_optimized
-    no_vnni = _slowed(results, "f2_int8", 1.0)
-    no_vnni["machine"]["int8_dot_product"] = []
+    no_vnni = _slowed(results, "f2_int8", 1.0, {"int8_dot_product": []})
     assert any("no int8 dot-product instructions" in d for d in diagnose(no_vnni))
-    with_vnni = copy.deepcopy(no_vnni)
-    with_vnni["machine"]["int8_dot_product"] = ["avx512_vnni"]
+    with_vnni = _slowed(results, "f2_int8", 1.0, {"int8_dot_product": ["avx512_vnni"]})
     assert not any("no int8 dot-product" in d for d in diagnose(with_vnni))
 
 

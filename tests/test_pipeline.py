@@ -8,71 +8,60 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edgeopt.choose import decide
 from edgeopt.errors import ConfigError, DataError, ModelError, OutputExistsError
 from edgeopt.methods import litert as litert_methods
 from edgeopt.methods.base import sha256_of
-from edgeopt.objective import Candidate, Objective, select
+from edgeopt.objective import Objective
 from edgeopt.pipeline import optimize
+from edgeopt.results import load_results
+from edgeopt.stats import paired_difference
 from tests.conftest import TINY_OPTIMIZE
-
-REQUIRED_VARIANT_KEYS = {
-    "name", "file", "size_bytes", "latency_ms_median", "latency_ms_p90", "test_accuracy", "train_accuracy", "L",
-}
 
 
 def test_results_json_has_every_figure_and_the_files_exist(tiny_optimized):
     out, results = tiny_optimized
-    stored = json.loads((out / "results.json").read_text())
-    assert stored["baseline"] == "f0_float32"
-    assert {"baseline", "selected", "objective", "variants", "machine"} <= set(stored)
-    assert [v["name"] for v in stored["variants"]][:5] == [
+    stored = load_results(out)
+    assert stored == results
+    assert stored.baseline.name == "f0_float32" and stored.kind == "optimize"
+    assert [v.name for v in stored.variants][:5] == [
         "f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io", "f4_float16",
     ]
-    for v in stored["variants"]:
-        assert REQUIRED_VARIANT_KEYS <= set(v)
-        assert (out / v["file"]).stat().st_size == v["size_bytes"]
-        assert 0.0 <= v["test_accuracy"] <= 1.0 and 0.0 <= v["train_accuracy"] <= 1.0
-        assert v["latency_ms_p90"] >= min(v["latency_round_medians_ms"])
-        assert set(v["test_per_class"]) == set(stored["model"]["classes"])
-    split = json.loads((Path(stored["model"]["source"]) / "split.json").read_text())
-    assert stored["data"]["test_images"] == len(split["test"])  # exactly the held-out images
-    assert stored["data"]["train_images"] == len(split["train"]) + len(split["validation"])
-    assert stored["data"]["synthetic"] is True
-    assert "libraries" in stored["machine"] and stored["measure"]["threads"] == 1
+    test_count = len(stored.data.test_items)
+    for v in stored.variants:
+        assert (out / v.file).stat().st_size == v.size_bytes
+        assert 0.0 <= v.test.accuracy <= 1.0 and 0.0 <= v.train.accuracy <= 1.0
+        assert v.latency.p90_ms >= min(v.latency.round_medians_ms)
+        assert set(v.test.per_class) == set(stored.model.classes)
+        # every test image's prediction is kept, so paired statistics can be redone later
+        assert len(v.predictions.test) == len(v.predictions.test_confidence) == test_count
+        assert v.graph.op_versions and v.input.tensor.shape[1:3] == [48, 48]
+    split = json.loads((Path(stored.model.source) / "split.json").read_text())
+    assert [list(item) for item in stored.data.test_items] == split["test"]  # exactly the held-out images
+    assert stored.data.train_images == 240 and stored.data.train_total == len(split["train"]) + len(split["validation"])
+    assert stored.data.synthetic is True
+    assert "libraries" in stored.machine and stored.measure["threads"] == 1
 
 
-def test_L_and_the_choice_follow_from_the_stored_figures(tiny_optimized):
+def test_paired_figures_and_the_choice_follow_from_the_stored_predictions(tiny_optimized):
     _, results = tiny_optimized
-    cands = [Candidate(v["name"], v["size_bytes"], v["latency_ms_median"], v["test_accuracy"]) for v in results["variants"]]
-    recomputed = select(cands, "f0_float32", Objective())
-    assert recomputed.selected == results["selected"]
-    for v in results["variants"]:
-        assert v["L"] == pytest.approx(recomputed.score_of(v["name"]).L)
-        assert v["L_paper"] == pytest.approx(select(cands, "f0_float32", Objective(form="paper")).score_of(v["name"]).L)
+    labels = np.array([label for _, label in results.data.test_items])
+    base_right = np.array(results.baseline.predictions.test) == labels
+    for v in results.variants[1:]:
+        right = np.array(v.predictions.test) == labels
+        assert v.test.accuracy == pytest.approx(right.mean())
+        expected = paired_difference(base_right, right, results.choice.objective["confidence"])
+        assert (v.paired.baseline_only, v.paired.variant_only) == (expected.baseline_only, expected.variant_only)
+        assert (v.paired.low, v.paired.high) == pytest.approx((expected.low, expected.high))
+    redone = decide(results.model_copy(update={"choice": None}), Objective(), None)
+    assert redone.choice == results.choice
+    assert results.selected.score.eligible and results.selected.backend == "litert"
 
 
-def test_selected_model_and_labels_are_delivered(tiny_optimized):
-    out, results = tiny_optimized
-    chosen = next(v for v in results["variants"] if v["name"] == results["selected"])
-    assert sha256_of(out / "selected.tflite") == chosen["sha256"]
-    assert json.loads((out / "labels.json").read_text())["classes"] == results["model"]["classes"]
-
-
-def test_report_has_the_studys_table_reasons_graph_changes_and_plot(tiny_optimized):
-    out, results = tiny_optimized
-    report = (out / "report.md").read_text()
-    assert "| variant | test acc % | train acc % | ms/image |" in report
-    assert f"Selected: **{results['selected']}**" in report
-    assert "SYNTHETIC" in report
-    assert "## Why the winner won" in report and "lowest L" in report
-    assert "input float32 -> uint8" in report  # what f3 changed against f0
-    assert "DEQUANTIZE" in report
-    assert (out / "size_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-TWO_METHODS = TINY_OPTIMIZE.replaced(methods=("f0_float32", "f4_float16"))
+TWO_METHODS = TWO_METHODS = TINY_OPTIMIZE.replaced(methods=("f0_float32", "f4_float16"))
 
 
 def test_existing_output_is_refused_and_force_replaces_only_what_edgeopt_wrote(tiny_model, tmp_path):
@@ -182,7 +171,7 @@ def test_data_with_more_classes_than_the_model_is_said_and_used_for_its_classes(
     shutil.copytree(data / "carton", data / "zz_extra")
     results = optimize(tiny_model, tmp_path / "o", TWO_METHODS.replaced(methods=("f0_float32",)), data_dir=data)
     assert "class folder(s) the model does not know (zz_extra)" in caplog.text
-    assert results["data"]["test_images"] > 0
+    assert len(results.data.test_items) > 0
 
 
 def test_data_that_is_another_dataset_is_refused_with_why(tiny_model, tmp_path):

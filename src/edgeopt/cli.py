@@ -4,13 +4,14 @@ and prints. No logic lives here."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,9 @@ from edgeopt import interrupts
 from edgeopt.config import OptimizeConfig, TrainConfig
 from edgeopt.errors import ConfigError, EdgeoptError
 from edgeopt.settings import build_settings, describe_errors, read_config_file
+
+if TYPE_CHECKING:
+    from edgeopt.results import Results
 
 app = typer.Typer(
     help="Make a trained image classifier fit a small CPU device, and prove by measurement which version to ship.",
@@ -76,11 +80,11 @@ class RichProgress:
             err_console.print(summary, highlight=False)
 
 
-def _print_table(results: dict[str, Any]) -> None:
+def _print_table(results: Results) -> None:
     from edgeopt.report import TABLE_HEADER, table_rows
 
     title = "edgeopt variants"
-    if results["data"]["synthetic"]:
+    if results.data.synthetic:
         title += " — SYNTHETIC demo data"
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(TABLE_HEADER):
@@ -88,9 +92,10 @@ def _print_table(results: dict[str, Any]) -> None:
     for row in table_rows(results):
         table.add_row(*row)
     out_console.print(table)
-    out_console.print(f"selected: [bold]{results['selected']}[/bold]")
-    for reason in results["reasons"]:
-        out_console.print(f"  - {reason}", highlight=False)
+    if results.choice is not None:
+        out_console.print(f"selected: [bold]{results.choice.selected}[/bold] (for {', '.join(results.choice.target)})")
+        for reason in results.choice.reasons:
+            out_console.print(f"  - {reason}", highlight=False, markup=False)
 
 
 @app.command()
@@ -142,14 +147,35 @@ def _optimize_config(
     config: Path | None, methods: str | None, threads: int | None, rounds: int | None,
     invocations: int | None, representative_samples: int | None, objective: str | None,
     w_size: float | None, w_time: float | None, w_accuracy: float | None,
-    max_accuracy_drop: float | None, strict: bool | None, train_accuracy: bool | None,
+    max_accuracy_drop: float | None, strict: bool | None, train_images: str | None,
     backends: str | None = None, calibration: str | None = None, input_range: str | None = None,
-    input_mean: str | None = None, input_std: str | None = None,
+    input_mean: str | None = None, input_std: str | None = None, target: str | None = None,
+    confidence: float | None = None, no_guard: bool = False,
 ) -> OptimizeConfig:
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
 
-    return build_settings(OptimizeConfig, read_config_file(config, "optimize"), {
+    def count_or_all(text: str | None) -> int | str | None:
+        if text is None or text == "all":
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--train-images {text!r} must be a count (0 skips) or 'all'") from None
+
+    train_count = count_or_all(train_images)
+    if no_guard and max_accuracy_drop is not None:
+        raise ConfigError("give --max-accuracy-drop or --no-guard, not both")
+    file_values = read_config_file(config, "optimize")
+    if train_count == "all" or no_guard:  # None in the settings, which a flag value of None cannot say
+        file_values = json.loads(json.dumps(file_values))
+        if train_count == "all":
+            file_values.setdefault("measure", {})["train_images"] = None
+            train_count = None
+        if no_guard:
+            file_values.setdefault("objective", {})["max_metric_loss"] = None
+
+    return build_settings(OptimizeConfig, file_values, {
         "methods": ("--methods", names(methods)),
         "backends": ("--backends", names(backends)),
         "representative_samples": ("--representative-samples", representative_samples),
@@ -161,7 +187,9 @@ def _optimize_config(
         "measure.threads": ("--threads", threads),
         "measure.rounds": ("--rounds", rounds),
         "measure.invocations": ("--invocations", invocations),
-        "measure.train_accuracy": ("--train-accuracy" if train_accuracy else "--no-train-accuracy", train_accuracy),
+        "measure.train_images": ("--train-images", train_count),
+        "target": ("--target", names(target)),
+        "objective.confidence": ("--confidence", confidence),
         "objective.form": ("--objective", objective),
         "objective.weight_size": ("--w-size", w_size),
         "objective.weight_time": ("--w-time", w_time),
@@ -188,8 +216,14 @@ def optimize(
     w_size: Annotated[float | None, typer.Option(help="Weight of the size term [default: 1]")] = None,
     w_time: Annotated[float | None, typer.Option(help="Weight of the time term [default: 1]")] = None,
     w_accuracy: Annotated[float | None, typer.Option(help="Weight of the accuracy term [default: 1]")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(help="Exclude variants losing more than PP percentage points")] = None,
-    train_accuracy: Annotated[bool | None, typer.Option("--train-accuracy/--no-train-accuracy", help="Evaluate the train split")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(
+        help="The accuracy guard's tolerance, PP: a variant clearly losing more is not eligible [default: 1.0]")] = None,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard: any loss is traded by the weights")] = False,
+    confidence: Annotated[float | None, typer.Option(help="Confidence of the accuracy and L intervals [default: 0.95]")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Runtimes the chosen variant must run on, e.g. litert [default: the baseline's]")] = None,
+    train_images: Annotated[str | None, typer.Option(
+        help="Train accuracy (a study figure) on a seeded sample of N train images, 'all', or 0 [default: 300]")] = None,
     data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
@@ -199,8 +233,8 @@ def optimize(
     from edgeopt.pipeline import optimize as run_optimize
 
     cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
-                           objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_accuracy,
-                           backends, calibration, input_range, input_mean, input_std)
+                           objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
+                           backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")

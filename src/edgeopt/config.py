@@ -73,8 +73,9 @@ class MeasureConfig(Settings):
     invocations: int = Field(50, ge=1)
     # Untimed invocations per variant before the first round.
     warmup: int = Field(10, ge=0)
-    # Evaluate accuracy on the train split as well as the test split (the study reports both).
-    train_accuracy: bool = True
+    # Train accuracy is a study figure, not an input to the choice: measured on a seeded sample
+    # of this many train images (None: all of them; 0: not measured).
+    train_images: int | None = Field(300, ge=0)
 
 
 class OptimizeConfig(Settings):
@@ -100,6 +101,9 @@ class OptimizeConfig(Settings):
     input_std: Triple | None = None
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     objective: Objective = Field(default_factory=Objective)
+    # The runtimes the chosen variant must run on. None: the baseline's (LiteRT for a Keras
+    # model, as the study did); a variant of another runtime is measured and shown, not chosen.
+    target: Names | None = None
     strict: bool = False
 
     @model_validator(mode="after")

@@ -8,13 +8,13 @@ whole (data/, model/, optimized/), so an interrupted demo leaves only complete s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
 from edgeopt.data.synthetic import generate_synthetic
 from edgeopt.outputs import check_output, mark_output, staged_output
 from edgeopt.pipeline import optimize
 from edgeopt.progress import NullProgress, Progress
+from edgeopt.results import Results
 from edgeopt.train import train
 
 DEMO_IMAGES_PER_CLASS = 600
@@ -35,7 +35,7 @@ DEMO_TRAIN = TrainConfig(
 )
 
 
-def run_demo(out: Path, threads: int = 1, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def run_demo(out: Path, threads: int = 1, force: bool = False, progress: Progress | None = None) -> Results:
     progress = progress or NullProgress()
     out = Path(out)
     check_output(out, force)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeopt.config import to_jsonable
 from edgeopt.errors import ModelError
-from edgeopt.pixels import feed_instructions
+from edgeopt.pixels import PixelTransform, TensorSpec, feed_instructions
+from edgeopt.results import Graph, InputContract, Tensor, WeightBytes
 from edgeopt.runtimes.base import GraphSummary
 from edgeopt.runtimes.registry import runtime_for
 
@@ -40,8 +42,14 @@ def render_summary(summary: GraphSummary) -> list[str]:
         f"ops: {total} in all; quantize {summary.quantize_ops}, dequantize {summary.dequantize_ops}"
         + (f", hybrid (float compute on int8 weights) {summary.hybrid_ops}" if summary.hybrid_ops else "")
     )
+    if summary.op_versions:
+        lines.append("  op                           count  versions (an older runtime may lack a newer version)")
     for op, n in summary.op_counts.items():
-        lines.append(f"  {op:<28} {n}")
+        versions = summary.op_versions.get(op)
+        lines.append(f"  {op:<28} {n:>5}" + (f"  v{', v'.join(map(str, versions))}" if versions else ""))
+    for key, versions in summary.op_versions.items():
+        if key.startswith("opset:"):
+            lines.append(f"  {key:<28}        {', '.join(map(str, versions))}")
     lines.append("weights stored as:")
     for dtype, (count, nbytes) in summary.weight_dtypes.items():
         lines.append(f"  {dtype:<10} {count:>5} tensors {nbytes / 1024:>10.0f} KB")
@@ -78,3 +86,26 @@ def describe_change(variant: GraphSummary, baseline: GraphSummary) -> str:
     if new_ops:
         parts.append("new op types: " + ", ".join(new_ops))
     return "; ".join(parts) if parts else "graph unchanged"
+
+
+def _tensor(spec: TensorSpec) -> Tensor:
+    return Tensor(**to_jsonable(spec))
+
+
+def graph_record(summary: GraphSummary) -> Graph:
+    """The graph facts a results file keeps."""
+    return Graph(
+        input=_tensor(summary.inputs[0]), output=_tensor(summary.outputs[0]), op_counts=summary.op_counts,
+        op_versions=summary.op_versions, quantize_ops=summary.quantize_ops, dequantize_ops=summary.dequantize_ops,
+        hybrid_ops=summary.hybrid_ops,
+        weight_dtypes={k: WeightBytes(tensors=c, bytes=b) for k, (c, b) in summary.weight_dtypes.items()},
+    )
+
+
+def input_contract(spec: TensorSpec, transform: PixelTransform) -> InputContract:
+    """What a device feeds: the tensor, the pixel normalisation a float input expects, in words."""
+    feed = feed_instructions(spec)
+    if not transform.is_identity:
+        feed += (f"; float input normalised per channel as pixel * {list(transform.scale)} + {list(transform.offset)}"
+                 " (the --input-range / --input-mean/--input-std given to optimize)")
+    return InputContract(tensor=_tensor(spec), pixel_scale=list(transform.scale), pixel_offset=list(transform.offset), feed=feed)

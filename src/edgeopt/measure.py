@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.config import MeasureConfig
+from edgeopt.errors import ModelError
 from edgeopt.images import load_pixels
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.runtimes.base import Session
@@ -31,6 +32,9 @@ class AccuracyResult:
     count: int
     # confusion[i][j]: images of class i predicted as class j
     confusion: tuple[tuple[int, ...], ...]
+    # per image: the top-1 class and its probability (as the runtime returned it)
+    predicted: np.ndarray
+    confidence: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -42,18 +46,28 @@ class LatencyResult:
     invocations: int
 
 
-def measure_accuracy(
-    session: Session, pixels: np.ndarray, labels: np.ndarray, classes: Sequence[str]
-) -> AccuracyResult:
+def predict_top1(session: Session, pixels: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class, its probability) per image."""
     probs = session.predict(pixels)
     if probs.shape[1] != len(classes):
-        from edgeopt.errors import ModelError
-
         raise ModelError(
             f"the model outputs {probs.shape[1]} classes but the data have {len(classes)} "
             f"({', '.join(classes)}); use the data the model was trained on"
         )
     predicted = probs.argmax(axis=1)
+    return predicted, probs[np.arange(len(predicted)), predicted]
+
+
+def measure_accuracy(
+    session: Session, pixels: np.ndarray, labels: np.ndarray, classes: Sequence[str]
+) -> AccuracyResult:
+    predicted, confidence = predict_top1(session, pixels, classes)
+    return accuracy_of(predicted, confidence, labels, classes)
+
+
+def accuracy_of(predicted: np.ndarray, confidence: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> AccuracyResult:
+    """Accuracy, per class and the confusion matrix of top-1 predictions."""
+    labels = np.asarray(labels)[: len(predicted)]
     n = len(classes)
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -66,6 +80,8 @@ def measure_accuracy(
         per_class=per_class,
         count=int(len(labels)),
         confusion=tuple(tuple(int(v) for v in row) for row in confusion),
+        predicted=np.asarray(predicted),
+        confidence=np.asarray(confidence, dtype=np.float32),
     )
 
 

@@ -1,4 +1,5 @@
-"""The objective L, constraints, the Pareto front and the choice of a variant.
+"""The objective L, the accuracy guard, ties within measurement noise, the Pareto front and the
+choice of a variant.
 
 Knows nothing of TensorFlow or of any runtime: it works on plain numbers, so the study's own
 table can be fed to it in a test.
@@ -9,10 +10,18 @@ L(f) = w_s*dS + w_t*dT + w_m*dM, every term a relative change against the baseli
   lower-is-better one (MSE), so that a worse model always raises L ("default" form).
 The "paper" form reproduces the study's arithmetic, dM = (M - M0)/M0, which rewards a loss
 of accuracy; it exists to reproduce the study's table, not to choose models.
+
+Measurement noise is part of the choice:
+- the guard: a variant is excluded when its *whole* interval of metric loss (paired, against
+  the baseline, at `confidence`) lies above the allowed loss -- clearly worse -- and kept when
+  only its point estimate does (its loss may be within the tolerance; the test set cannot tell);
+- L carries an interval from the latency rounds and the metric interval; the candidates whose
+  L intervals overlap the lowest L's are a tie, broken by the better metric, then the smaller file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,11 +31,7 @@ from edgeopt.errors import ConfigError
 from edgeopt.settings import Settings
 
 ObjectiveForm = Literal["default", "paper"]
-OBJECTIVE_FORMS: tuple[ObjectiveForm, ...] = ("default", "paper")
-# L values that agree to this many decimals (what the report prints) are a tie.
-TIE_DECIMALS = 2
-# A winner losing more than this (display units: pp for accuracy) gets a warning in its reasons:
-# with equal weights a 3x smaller file outweighs a loss of several points.
+# A winner losing more than this (display units: pp for accuracy) without a guard gets a warning.
 WARN_METRIC_LOSS = 1.0
 
 
@@ -55,37 +60,55 @@ class Objective(Settings):
     weight_size: float = Field(1.0, ge=0)
     weight_time: float = Field(1.0, ge=0)
     weight_metric: float = Field(1.0, ge=0)
-    # Exclude variants whose metric is worse than the baseline's by more than this, in the
-    # metric's display unit (percentage points for accuracy). None: no limit.
-    max_metric_loss: float | None = Field(None, ge=0)
+    # The guard's tolerance: a variant whose metric is *clearly* worse than the baseline's by
+    # more than this (display unit: percentage points for accuracy) is not eligible. None: no guard.
+    max_metric_loss: float | None = Field(1.0, ge=0)
+    # Two-sided confidence of the metric and L intervals (guard and ties).
+    confidence: float = Field(0.95, ge=0.5, lt=1.0)
     metric: Metric = ACCURACY
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One variant's measured figures."""
+    """One variant's measured figures, and how sure they are."""
 
     name: str
     size_bytes: float
     latency_ms: float
     metric: float
+    # The runtime that runs it ("litert", "onnxruntime"); "" when it does not matter.
+    backend: str = ""
+    # Interval of its latency / the baseline's (from paired rounds); None: exact.
+    latency_ratio_interval: tuple[float, float] | None = None
+    # Interval of metric - baseline metric (paired, stored units); None: exact.
+    metric_delta_interval: tuple[float, float] | None = None
+    # Images on which it and the baseline disagree about being right (None: not paired).
+    discordant: int | None = None
 
 
 @dataclass(frozen=True)
 class Score:
-    """A candidate's terms of L and whether it may be chosen."""
+    """A candidate's terms of L, their intervals, and whether it may be chosen."""
 
     name: str
     delta_size: float
     delta_time: float
     delta_metric: float
     L: float
-    # How much worse than the baseline the metric is, in display units (negative: better).
+    L_low: float
+    L_high: float
+    # How much worse than the baseline the metric is, in display units (negative: better),
+    # with its interval.
     metric_loss: float
+    metric_loss_low: float
+    metric_loss_high: float
     eligible: bool
     # Why an ineligible candidate was excluded; empty when eligible.
     excluded_because: str
     on_pareto_front: bool
+    # The guard's word on it: "baseline", "no guard", "within tolerance", "not clearly worse",
+    # "clearly worse".
+    guard: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,12 @@ class Choice:
     selected: str
     ranking: tuple[Score, ...]
     reasons: tuple[str, ...]
+    # The candidates tied with the lowest L within noise (empty when the lowest L stands alone),
+    # and what broke the tie: "metric" or "size".
+    tie: tuple[str, ...] = ()
+    tie_broken_by: str = ""
+    # The guard's rule in one sentence, with its numbers.
+    guard_rule: str = ""
 
     def score_of(self, name: str) -> Score:
         return next(s for s in self.ranking if s.name == name)
@@ -113,24 +142,32 @@ def metric_loss(value: float, base: float, metric: Metric) -> float:
     return worse_by * metric.display_scale
 
 
-def score(candidate: Candidate, baseline: Candidate, objective: Objective) -> tuple[float, ...]:
-    """Return (dS, dT, dM, L) of one candidate against the baseline."""
+def score(candidate: Candidate, baseline: Candidate, objective: Objective) -> tuple[float, float, float, float]:
+    """Return (dS, dT, dM, L) of one candidate against the baseline (point values)."""
     d_size = _relative(candidate.size_bytes, baseline.size_bytes, "size")
     d_time = _relative(candidate.latency_ms, baseline.latency_ms, "latency")
-    worse = _relative(candidate.metric, baseline.metric, objective.metric.name)
-    if objective.metric.higher_is_better:
-        worse = -worse
-    # The study's form keeps the sign of (M - M0)/M0 for accuracy: a loss lowers L.
-    d_metric = -worse if objective.form == "paper" else worse
-    total = (
-        objective.weight_size * d_size
-        + objective.weight_time * d_time
-        + objective.weight_metric * d_metric
-    )
+    d_metric = _metric_term(candidate.metric - baseline.metric, baseline.metric, objective)
+    total = objective.weight_size * d_size + objective.weight_time * d_time + objective.weight_metric * d_metric
     return d_size, d_time, d_metric, total
 
 
-def pareto_front(candidates: list[Candidate], metric: Metric = ACCURACY) -> set[str]:
+def _metric_term(delta: float, base: float, objective: Objective) -> float:
+    """dM for a metric that moved by `delta` (candidate - baseline, stored units)."""
+    worse = _relative(base + delta, base, objective.metric.name)
+    if objective.metric.higher_is_better:
+        worse = -worse
+    # The study's form keeps the sign of (M - M0)/M0 for accuracy: a loss lowers L.
+    return -worse if objective.form == "paper" else worse
+
+
+def _interval(point: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    if bounds is None:
+        return point, point
+    low, high = sorted(bounds)
+    return min(low, point), max(high, point)
+
+
+def pareto_front(candidates: Sequence[Candidate], metric: Metric = ACCURACY) -> set[str]:
     """Names of candidates no other candidate beats on size, latency and metric at once."""
 
     def at_least_as_good(a: Candidate, b: Candidate) -> bool:
@@ -138,20 +175,61 @@ def pareto_front(candidates: list[Candidate], metric: Metric = ACCURACY) -> set[
         return a.size_bytes <= b.size_bytes and a.latency_ms <= b.latency_ms and metric_ok
 
     def dominates(a: Candidate, b: Candidate) -> bool:
-        return at_least_as_good(a, b) and (
-            a.size_bytes,
-            a.latency_ms,
-            a.metric,
-        ) != (b.size_bytes, b.latency_ms, b.metric)
+        return at_least_as_good(a, b) and (a.size_bytes, a.latency_ms, a.metric) != (b.size_bytes, b.latency_ms, b.metric)
 
     return {c.name for c in candidates if not any(dominates(o, c) for o in candidates)}
 
 
-def select(candidates: list[Candidate], baseline_name: str, objective: Objective) -> Choice:
-    """Score every candidate against the baseline and choose the eligible argmin of L.
+def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: set[str], is_baseline: bool,
+           target_backends: tuple[str, ...] | None) -> Score:
+    d_size, d_time, d_metric, total = score(cand, baseline, objective)
+    ratio = _interval(cand.latency_ms / baseline.latency_ms, cand.latency_ratio_interval)
+    t_low, t_high = ratio[0] - 1, ratio[1] - 1
+    delta = cand.metric - baseline.metric
+    delta_low, delta_high = _interval(delta, cand.metric_delta_interval)
+    terms = sorted((_metric_term(delta_low, baseline.metric, objective), _metric_term(delta_high, baseline.metric, objective)))
+    m_low, m_high = min(terms[0], d_metric), max(terms[1], d_metric)
+    w = objective
+    L_low = w.weight_size * d_size + w.weight_time * t_low + w.weight_metric * m_low
+    L_high = w.weight_size * d_size + w.weight_time * t_high + w.weight_metric * m_high
+    metric = objective.metric
+    loss = metric_loss(cand.metric, baseline.metric, metric)
+    losses = sorted((metric_loss(baseline.metric + delta_high, baseline.metric, metric),
+                     metric_loss(baseline.metric + delta_low, baseline.metric, metric)))
+    loss_low, loss_high = min(losses[0], loss), max(losses[1], loss)
+    limit = objective.max_metric_loss
+    unit = metric.loss_unit
+    excluded = ""
+    if is_baseline:
+        guard = "baseline"
+    elif limit is None:
+        guard = "no guard"
+    elif loss_low > limit + 1e-12:
+        guard = "clearly worse"
+        sure = "" if cand.metric_delta_interval is None else f" [{loss_low:.2f}, {loss_high:.2f}]"
+        excluded = (f"loses {loss:.2f}{sure} {unit} of {metric.name}, clearly more than the allowed {limit:g} {unit}")
+    elif loss > limit + 1e-12:
+        guard = "not clearly worse"
+    else:
+        guard = "within tolerance"
+    if target_backends is not None and cand.backend and cand.backend not in target_backends and not is_baseline:
+        excluded = excluded or f"runs on {cand.backend}, and the target runtime is {', '.join(target_backends)}"
+    return Score(
+        name=cand.name, delta_size=d_size, delta_time=d_time, delta_metric=d_metric, L=total,
+        L_low=min(L_low, total), L_high=max(L_high, total), metric_loss=loss, metric_loss_low=loss_low,
+        metric_loss_high=loss_high, eligible=not excluded, excluded_because=excluded,
+        on_pareto_front=cand.name in front, guard=guard,
+    )
 
-    Ties (equal L at the printed precision) go to the smaller file. The baseline is always
-    eligible, so there is always a winner.
+
+def select(
+    candidates: Sequence[Candidate], baseline_name: str, objective: Objective,
+    target_backends: tuple[str, ...] | None = None,
+) -> Choice:
+    """Score every candidate against the baseline and choose (see module doc).
+
+    `target_backends`: the runtimes the target runs; a candidate for another runtime is not
+    eligible (None: any). The baseline is always eligible, so there is always a winner.
     """
     by_name = {c.name: c for c in candidates}
     if baseline_name not in by_name:
@@ -161,76 +239,101 @@ def select(candidates: list[Candidate], baseline_name: str, objective: Objective
         )
     baseline = by_name[baseline_name]
     front = pareto_front(candidates, objective.metric)
-    scores = []
-    for cand in candidates:
-        d_size, d_time, d_metric, total = score(cand, baseline, objective)
-        loss = metric_loss(cand.metric, baseline.metric, objective.metric)
-        limit = objective.max_metric_loss
-        too_lossy = cand.name != baseline_name and limit is not None and loss > limit + 1e-12
-        excluded = (
-            f"loses {loss:.2f} {objective.metric.loss_unit} of {objective.metric.name}, "
-            f"more than the allowed {limit:g}"
-            if too_lossy
-            else ""
-        )
-        scores.append(
-            Score(
-                name=cand.name,
-                delta_size=d_size,
-                delta_time=d_time,
-                delta_metric=d_metric,
-                L=total,
-                metric_loss=loss,
-                eligible=not too_lossy,
-                excluded_because=excluded,
-                on_pareto_front=cand.name in front,
-            )
-        )
-    ranking = sorted(
-        scores,
-        key=lambda s: (not s.eligible, round(s.L, TIE_DECIMALS), by_name[s.name].size_bytes),
+    scores = [_score(c, baseline, objective, front, c.name == baseline_name, target_backends) for c in candidates]
+    eligible = sorted((s for s in scores if s.eligible), key=lambda s: (s.L, by_name[s.name].size_bytes))
+    best = eligible[0]
+    tied = [s for s in eligible if s.L_low <= best.L_high and best.L_low <= s.L_high]
+
+    def better_metric(s: Score) -> float:
+        m = by_name[s.name].metric
+        return -m if objective.metric.higher_is_better else m
+
+    winner = min(tied, key=lambda s: (better_metric(s), by_name[s.name].size_bytes, s.L))
+    broken_by = ""
+    if len(tied) > 1:
+        metrics = {by_name[s.name].metric for s in tied}
+        broken_by = "metric" if len(metrics) > 1 and better_metric(winner) < max(better_metric(s) for s in tied) else "size"
+        if broken_by == "metric" and sum(better_metric(s) == better_metric(winner) for s in tied) > 1:
+            broken_by = "metric, then size"
+    ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
+        (s for s in scores if not s.eligible), key=lambda s: s.L
     )
-    winner = ranking[0]
+    rule = _guard_rule(objective)
     return Choice(
         baseline=baseline_name,
         selected=winner.name,
         ranking=tuple(ranking),
-        reasons=tuple(_reasons(winner, ranking, by_name, baseline_name, objective)),
+        reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule)),
+        tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
+        tie_broken_by=broken_by,
+        guard_rule=rule,
     )
 
 
+def _guard_rule(objective: Objective) -> str:
+    if objective.max_metric_loss is None:
+        return "No accuracy guard (--no-guard): every variant is eligible whatever it loses."
+    unit = objective.metric.loss_unit
+    return (
+        f"Accuracy guard: a variant is excluded when its whole {objective.confidence:.0%} interval of "
+        f"{objective.metric.name} loss against the baseline (paired, exact McNemar) lies above the allowed "
+        f"{objective.max_metric_loss:g} {unit} -- it is then clearly worse than allowed. A variant whose "
+        f"interval reaches below {objective.max_metric_loss:g} {unit} may be within the tolerance and stays "
+        "eligible, even if its point estimate is above it: the test set cannot tell."
+    )
+
+
+def _fmt_loss(s: Score, unit: str) -> str:
+    return f"{-s.metric_loss:+.2f} {unit} [{-s.metric_loss_high:+.2f}, {-s.metric_loss_low:+.2f}]"
+
+
 def _reasons(
-    winner: Score,
-    ranking: list[Score],
-    by_name: dict[str, Candidate],
-    baseline_name: str,
-    objective: Objective,
+    winner: Score, best: Score, tied: list[Score], broken_by: str, ranking: list[Score],
+    by_name: dict[str, Candidate], baseline_name: str, objective: Objective, rule: str,
 ) -> list[str]:
     unit = objective.metric.loss_unit
     eligible = [s for s in ranking if s.eligible]
+    cand = by_name[winner.name]
+    discordant = f", {cand.discordant} discordant image(s)" if cand.discordant is not None else ""
     reasons = [
-        f"{winner.name} has the lowest L among {len(eligible)} eligible variants: "
-        f"L = {winner.L:.2f} (size {winner.delta_size:+.1%}, time {winner.delta_time:+.1%}, "
-        f"{objective.metric.name} {-winner.metric_loss:+.2f} {unit} against {baseline_name})."
+        f"{winner.name}: L = {winner.L:.2f} [{winner.L_low:.2f}, {winner.L_high:.2f}] (size {winner.delta_size:+.1%}, "
+        f"time {winner.delta_time:+.1%}, {objective.metric.name} {_fmt_loss(winner, unit)}{discordant} against "
+        f"{baseline_name}); {len(eligible)} of {len(ranking)} variants were eligible."
     ]
-    if len(eligible) > 1:
-        runner = eligible[1]
-        tie = round(runner.L, TIE_DECIMALS) == round(winner.L, TIE_DECIMALS)
-        if tie:
-            reasons.append(
-                f"{runner.name} ties at L = {runner.L:.2f}; the tie goes to the smaller file "
-                f"({by_name[winner.name].size_bytes:,.0f} vs {by_name[runner.name].size_bytes:,.0f} bytes)."
-            )
+    if len(tied) > 1:
+        members = ", ".join(f"{s.name} {s.L:.2f} [{s.L_low:.2f}, {s.L_high:.2f}]" for s in tied)
+        if broken_by.startswith("metric"):
+            how = (f"the better {objective.metric.name} ({winner.name} "
+                   f"{by_name[winner.name].metric * objective.metric.display_scale:.2f}"
+                   + (f" vs {best.name} {by_name[best.name].metric * objective.metric.display_scale:.2f}"
+                      if best is not winner else "") + ")")
+            if broken_by == "metric, then size":
+                how += ", then the smaller file"
         else:
-            reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f}.")
+            how = f"the smaller file ({by_name[winner.name].size_bytes:,.0f} bytes; equal {objective.metric.name})"
+        reasons.append(
+            f"Tie within measurement noise: the L intervals of {members} overlap the lowest L ({best.name}), so "
+            f"none of them is measurably better; the tie is broken by {how}."
+        )
+    elif len(eligible) > 1:
+        runner = eligible[1]
+        reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f} [{runner.L_low:.2f}, {runner.L_high:.2f}]; "
+                       "the intervals do not overlap.")
+    if objective.max_metric_loss is not None:
+        reasons.append(rule)
+    for s in ranking:
+        if s.guard == "not clearly worse" and s.eligible:
+            reasons.append(
+                f"{s.name} loses {s.metric_loss:.2f} {unit} [{s.metric_loss_low:.2f}, {s.metric_loss_high:.2f}]: more than "
+                f"the allowed {objective.max_metric_loss:g} {unit} at its point estimate, not clearly; it stays eligible."
+            )
     for s in ranking:
         if not s.eligible:
             reasons.append(f"{s.name} was excluded: it {s.excluded_because}.")
     if winner.metric_loss > WARN_METRIC_LOSS and objective.max_metric_loss is None:
         reasons.append(
             f"Warning: {winner.name} loses {winner.metric_loss:.2f} {unit} of {objective.metric.name} against "
-            f"{baseline_name}; the weights trade that for size and speed. If the loss matters, pass "
-            f"--max-accuracy-drop (e.g. 1) or a larger --w-accuracy."
+            f"{baseline_name}, and no guard is set; the weights trade that for size and speed."
         )
     if objective.form == "paper":
         reasons.append(
@@ -243,4 +346,3 @@ def _reasons(
             f"{objective.metric.name}; the weights favour it anyway."
         )
     return reasons
-

@@ -13,26 +13,28 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from edgeopt.config import OptimizeConfig, to_jsonable, write_config
-from edgeopt.data.imagefolder import DecodedImages, decode_images, scan_image_folder
+from edgeopt import __version__ as edgeopt_version
+from edgeopt.choose import decide
+from edgeopt.config import OptimizeConfig, write_config
+from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.data.split import SPLIT_FILE, Split, build_split, check_data_matches, load_split, save_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
-from edgeopt.graph import describe_change, describe_model
+from edgeopt.graph import describe_change, describe_model, graph_record, input_contract
 from edgeopt.machine import describe_machine, has_int8_dot_product
-from edgeopt.measure import measure_accuracy, measure_decode_ms, measure_latency
+from edgeopt.measure import AccuracyResult, LatencyResult, measure_accuracy, measure_decode_ms, measure_latency
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
-from edgeopt.objective import Candidate, ObjectiveForm, select
 from edgeopt.outputs import check_output, staged_output
-from edgeopt.pixels import PIXELS
+from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
+from edgeopt.results import Accuracy, Data, Latency, ModelInfo, Predictions, Results, Variant
+from edgeopt.runtimes.base import GraphSummary
 from edgeopt.runtimes.registry import EXTRAS, get_runtime, list_runtimes
 from edgeopt.train import write_labels
 
@@ -52,6 +54,8 @@ class Source:
     data_root: Path
     synthetic: bool
     notes: tuple[str, ...] = ()
+    # Where the test split came from, for the report.
+    split_note: str = "the model's own split"
 
 
 def load_model_folder(path: Path, data_dir: Path | None) -> Source:
@@ -101,7 +105,8 @@ def load_onnx_source(path: Path, data_dir: Path | None, seed: int = 0) -> Source
         f"The test split was drawn by edgeopt (20% of each class of {data_dir}, seed {seed}); edgeopt cannot "
         "know which images trained this model, so accuracies are optimistic if these were among them.",
     )
-    return Source(path, "onnx", folder.classes, spec.image_size, split, folder.root, is_synthetic(folder.root), notes)
+    return Source(path, "onnx", folder.classes, spec.image_size, split, folder.root, is_synthetic(folder.root), notes,
+                  split_note=f"drawn by edgeopt: 20% of each class, seed {seed}")
 
 
 def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method], list[str]]:
@@ -146,12 +151,6 @@ def _reduce_range(config: OptimizeConfig) -> bool:
     return not has_int8_dot_product()
 
 
-def _representative(pixels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pixels))[: min(count, len(pixels))]
-    return pixels[np.sort(order)]
-
-
 def optimize(
     model: Path,
     out: Path,
@@ -159,7 +158,7 @@ def optimize(
     force: bool = False,
     data_dir: Path | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> Results:
     """Build, measure, score and choose; write variants/, results.json, report.md, the plot,
     selected.<ext> and labels.json to `out`. Returns the results as written.
 
@@ -184,10 +183,13 @@ def optimize(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     test = decode_images(root, split.test, size, strict=config.strict)
-    train = decode_images(root, split.train_all, size, strict=config.strict) if config.measure.train_accuracy else None
-    calibration = decode_images(root, split.train, size, strict=config.strict) if train is None else train
     if len(test.labels) == 0:
         raise DataError(f"none of the {len(split.test)} test images in {root} could be read")
+    train_items = _sample(split.train_all, config.measure.train_images, split.seed)
+    train = decode_images(root, train_items, size, strict=config.strict) if train_items else None
+    # Calibration draws from the train part only (never validation or test), whatever is evaluated.
+    calibration_items = _sample(split.train, config.representative_samples, split.seed + 1)
+    calibration = decode_images(root, calibration_items, size, strict=config.strict)
     timings["decode_s"] = time.perf_counter() - t
     transform = config.pixel_transform() if source.kind == "onnx" else PIXELS
 
@@ -196,7 +198,7 @@ def optimize(
         variants_dir.mkdir()
         ctx = BuildContext(
             source=source.path,
-            representative=_representative(calibration.pixels, config.representative_samples, split.seed),
+            representative=calibration.pixels,
             log_path=staging / "convert.log",
             work_dir=staging / "work",
             pixel_transform=transform,
@@ -219,7 +221,7 @@ def optimize(
         # measured with the device's thread count.
         eval_threads = max(config.measure.threads, os.cpu_count() or 1)
         t = time.perf_counter()
-        accuracy: dict[str, dict[str, Any]] = {}
+        accuracy: dict[str, dict[str, AccuracyResult]] = {}
         progress.start("evaluating accuracy", len(methods))
         for method in methods:
             session = runtimes[method.backend].open(artifacts[method.name].path, eval_threads, transform)
@@ -237,119 +239,80 @@ def optimize(
         timings["latency_s"] = time.perf_counter() - t
         del sessions
 
-        graphs = {name: describe_model(a.path) for name, a in artifacts.items()}
-        results = _results(
-            source, test, train, config, artifacts, build_seconds, accuracy, latency, graphs,
-            methods=[m.name for m in methods],
-        )
+        graphs = {m.name: describe_model(artifacts[m.name].path) for m in methods}
+        base_graph = graphs[methods[0].name]
+        variants = [
+            _variant(m, artifacts[m.name], build_seconds[m.name], accuracy[m.name], latency[m.name], threads,
+                     graphs[m.name], transform, runtimes[m.backend].version(),
+                     describe_change(graphs[m.name], base_graph) if i else "baseline")
+            for i, m in enumerate(methods)
+        ]
         if ctx.reduce_range and "ort_int8_static" in artifacts:
             method_notes.append(
                 "ort_int8_static uses 7-bit weights (reduce_range): this CPU has no int8 dot-product "
                 "instructions (VNNI), and ONNX Runtime's u8s8 kernels on AVX2 use VPMADDUBSW, whose int16 "
                 "sums saturate with full 8-bit weights and cost accuracy. Override with ort_reduce_range."
             )
-        results["notes"] = list(source.notes) + method_notes
-        results["diagnostics"] = diagnose(results)
-        results["measure"]["accuracy_threads"] = eval_threads
-        results["measure"]["decode_ms_median"] = measure_decode_ms([root / p for p in test.paths], size)
-        selected = results["selected"]
-        suffix = artifacts[selected].path.suffix
-        shutil.copyfile(artifacts[selected].path, staging / f"selected{suffix}")
-        write_labels(staging / LABELS_FILE, source.classes, size[0], source.synthetic)
+        measure = {**config.measure.to_jsonable(), "accuracy_threads": eval_threads,
+                   "decode_ms_median": measure_decode_ms([root / p for p in test.paths], size)}
+        results = Results(
+            kind="optimize",
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            edgeopt_version=edgeopt_version,
+            model=ModelInfo(source=str(source.path), kind=source.kind, classes=list(source.classes), image_size=size[0]),
+            data=Data(
+                root=str(root), synthetic=source.synthetic, test_items=[(p, int(c)) for p, c in zip(test.paths, test.labels, strict=True)],
+                train_images=int(len(train.labels)) if train is not None else 0, train_total=len(split.train_all),
+                skipped_images=len(test.skipped) + (len(train.skipped) if train is not None else 0),
+                split_note=source.split_note,
+            ),
+            machine=describe_machine(),
+            measure=measure,
+            representative_samples=int(len(calibration.labels)),
+            variants=variants,
+            notes=list(source.notes) + method_notes,
+        )
+        results = decide(results, config.objective, config.target)
+        results = results.model_copy(update={"diagnostics": diagnose(results)})
+        selected = results.selected
+        shutil.copyfile(staging / selected.file, staging / f"selected{Path(selected.file).suffix}")
+        write_labels(staging / LABELS_FILE, source.classes, size[0], source.synthetic, transform)
         if source.kind == "onnx":
             save_split(split, staging / SPLIT_FILE)
         write_config(config, staging / "optimize_config.json")
         if ctx.work_dir is not None and ctx.work_dir.exists():
             shutil.rmtree(ctx.work_dir)
         timings["total_s"] = time.perf_counter() - started
-        results["timings"] = timings
+        results = results.model_copy(update={"timings": timings})
         write_report(results, staging)
     return results
 
 
-def _results(
-    source: Source, test: DecodedImages, train: DecodedImages | None,
-    config: OptimizeConfig, artifacts: dict[str, Artifact], build_seconds: dict[str, float],
-    accuracy: dict[str, dict[str, Any]], latency: dict[str, Any], graphs: dict[str, Any],
-    methods: list[str],
-) -> dict[str, Any]:
-    baseline = methods[0]
-    candidates = [
-        Candidate(name, artifacts[name].size_bytes, latency[name].median_ms, accuracy[name]["test"].accuracy)
-        for name in methods
-    ]
-    objective = config.objective
-    choice = select(candidates, baseline, objective)
-    other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
-    other_choice = select(candidates, baseline, objective.replaced(form=other_form))
-    l_other = {s.name: s.L for s in other_choice.ranking}
-    variants = []
-    for name in methods:
-        method = get_method(name)
-        s = choice.score_of(name)
-        acc = accuracy[name]
-        lat = latency[name]
-        variants.append({
-            "name": name,
-            "paper_label": method.paper_label,
-            "backend": method.backend,
-            "summary": method.summary,
-            "file": f"variants/{artifacts[name].path.name}",
-            "sha256": artifacts[name].sha256,
-            "size_bytes": artifacts[name].size_bytes,
-            "size_kb": artifacts[name].size_bytes / 1024,
-            "latency_ms_median": lat.median_ms,
-            "latency_ms_p90": lat.p90_ms,
-            "latency_spread": lat.spread,
-            "latency_round_medians_ms": list(lat.round_medians_ms),
-            "test_accuracy": acc["test"].accuracy,
-            "train_accuracy": acc["train"].accuracy if "train" in acc else None,
-            "test_per_class": acc["test"].per_class,
-            "train_per_class": acc["train"].per_class if "train" in acc else None,
-            "test_confusion": [list(r) for r in acc["test"].confusion],
-            "L": s.L,
-            f"L_{objective.form}": s.L,
-            f"L_{other_form}": l_other[name],
-            "delta_size": s.delta_size,
-            "delta_time": s.delta_time,
-            "delta_accuracy": s.delta_metric,
-            "accuracy_loss_pp": s.metric_loss,
-            "size_ratio": artifacts[baseline].size_bytes / artifacts[name].size_bytes,
-            "speedup": latency[baseline].median_ms / lat.median_ms,
-            "eligible": s.eligible,
-            "excluded_because": s.excluded_because,
-            "pareto": s.on_pareto_front,
-            "graph": {
-                "input": to_jsonable(graphs[name].inputs[0]),
-                "output": to_jsonable(graphs[name].outputs[0]),
-                "op_counts": graphs[name].op_counts,
-                "quantize_ops": graphs[name].quantize_ops,
-                "dequantize_ops": graphs[name].dequantize_ops,
-                "hybrid_ops": graphs[name].hybrid_ops,
-                "weight_dtypes": {k: {"tensors": c, "bytes": b} for k, (c, b) in graphs[name].weight_dtypes.items()},
-            },
-            "change_vs_baseline": describe_change(graphs[name], graphs[baseline]) if name != baseline else "baseline",
-            "build_seconds": build_seconds[name],
-        })
-    return {
-        "edgeopt_results": 1,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": {"source": str(source.path), "kind": source.kind, "classes": list(source.classes),
-                  "image_size": source.image_size[0]},
-        "data": {
-            "root": str(source.data_root),
-            "synthetic": source.synthetic,
-            "test_images": int(len(test.labels)),
-            "train_images": int(len(train.labels)) if train is not None else 0,
-            "skipped_images": len(test.skipped) + (len(train.skipped) if train is not None else 0),
-        },
-        "machine": describe_machine(),
-        "measure": to_jsonable(config.measure),
-        "representative_samples": config.representative_samples,
-        "objective": {**to_jsonable(objective), "other_form_selected": other_choice.selected},
-        "baseline": baseline,
-        "selected": choice.selected,
-        "reasons": list(choice.reasons),
-        "ranking": [s.name for s in choice.ranking],
-        "variants": variants,
-    }
+def _sample(items: tuple[tuple[str, int], ...], count: int | None, seed: int) -> tuple[tuple[str, int], ...]:
+    """A seeded sample of `count` items (all of them when count is None or larger), in file order."""
+    if count is None or count >= len(items):
+        return tuple(items)
+    order = np.random.default_rng(seed).permutation(len(items))[:count]
+    return tuple(items[i] for i in sorted(order))
+
+
+def _variant(
+    method: Method, artifact: Artifact, build_s: float, accuracy: dict[str, AccuracyResult], latency: LatencyResult,
+    threads: int, graph: GraphSummary, transform: PixelTransform, runtime: str, change: str,
+) -> Variant:
+    def record(a: AccuracyResult) -> Accuracy:
+        return Accuracy(accuracy=a.accuracy, count=a.count, confusion=[list(r) for r in a.confusion],
+                        per_class={k: (None if v != v else v) for k, v in a.per_class.items()})
+
+    test, train = accuracy["test"], accuracy.get("train")
+    return Variant(
+        name=method.name, paper_label=method.paper_label, backend=method.backend, summary=method.summary,
+        file=f"variants/{artifact.path.name}", sha256=artifact.sha256, size_bytes=artifact.size_bytes, change_vs_baseline=change,
+        build_seconds=build_s, runtime=runtime, graph=graph_record(graph), input=input_contract(graph.inputs[0], transform),
+        test=record(test), train=record(train) if train is not None else None,
+        latency=Latency(median_ms=latency.median_ms, p90_ms=latency.p90_ms, spread=latency.spread,
+                        round_medians_ms=list(latency.round_medians_ms), invocations=latency.invocations, threads=threads),
+        predictions=Predictions(test=[int(p) for p in test.predicted],
+                                test_confidence=[round(float(c), 5) for c in test.confidence],
+                                train=[int(p) for p in train.predicted] if train is not None else None),
+    )

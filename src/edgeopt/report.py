@@ -1,151 +1,230 @@
-"""results.json, report.md and the size/latency plot of an optimize run.
+"""report.md and the size/latency plot of an optimize run (or of a choice remade by `choose`).
 
-Reads only the results dict, so one reader serves optimize's results.json and the reference
-benchmark's files.
+Reads only the typed results (edgeopt.results), so one reader serves optimize's results.json,
+device benchmarks and the reference benchmark's files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
 
-RESULTS_FILE = "results.json"
+from edgeopt.results import Results, Variant, write_results
+
 REPORT_FILE = "report.md"
 PLOT_FILE = "size_latency.png"
 
-TABLE_HEADER = ("variant", "test acc %", "train acc %", "ms/image", "p90 ms", "KB", "x smaller", "x faster", "L")
+TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "train acc %", "ms/image", "p90 ms", "KB",
+                "x smaller", "x faster", "L [interval]", "verdict")
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The study's table (test acc, train acc, ms/image, KB, L) plus p90 and ratios to f0."""
+def paired_text(v: Variant) -> tuple[str, str]:
+    """("-1.05 [-1.78, +0.38]", "9") for a variant against its baseline; ("baseline", "") for it."""
+    if v.paired is None:
+        return ("baseline", "") if v.score is not None and v.score.guard == "baseline" else ("-", "")
+    p = v.paired
+    return f"{100 * p.difference:+.2f} [{100 * p.low:+.2f},{100 * p.high:+.2f}]", str(p.discordant)
+
+
+def _verdict(v: Variant) -> str:
+    """One or two words: why a variant may or may not be chosen (the reasons say it in full)."""
+    s = v.score
+    if s is None:
+        return "not loadable" if not v.loadable else ("stopped early" if v.stopped_early else "not measured")
+    if s.guard == "baseline":
+        return "baseline"
+    if not s.eligible:
+        return "clearly worse" if s.guard == "clearly worse" else "other runtime" if "runtime" in s.excluded_because else "excluded"
+    return "eligible, loss unproven" if s.guard == "not clearly worse" else "eligible"
+
+
+def table_rows(results: Results) -> list[tuple[str, ...]]:
+    """The study's table (test acc, train acc, ms/image, KB, L) with the paired accuracy interval,
+    the discordant images, the L interval, the guard's verdict, and ratios to the baseline."""
+    base = results.baseline
+    selected = results.choice.selected if results.choice else ""
     rows: list[tuple[str, ...]] = []
-    for v in results["variants"]:
-        mark = " *" if v["name"] == results["selected"] else ""
+    for v in results.variants:
+        mark = " *" if v.name == selected else ""
+        delta, discordant = paired_text(v)
+        lat = v.latency
+        speed = f"{base.latency.median_ms / lat.median_ms:.2f}" if lat and base.latency else "-"
+        s = v.score
+        verdict = _verdict(v)
         rows.append((
-            v["name"] + mark,
-            _pct(v["test_accuracy"]),
-            _pct(v["train_accuracy"]),
-            f"{v['latency_ms_median']:.2f}",
-            f"{v['latency_ms_p90']:.2f}",
-            f"{v['size_kb']:.0f}",
-            f"{v['size_ratio']:.2f}",
-            f"{v['speedup']:.2f}",
-            f"{v['L']:.2f}",
+            v.name + mark,
+            _pct(v.test.accuracy) if v.test else "-",
+            delta,
+            discordant,
+            _pct(v.train.accuracy) if v.train else "-",
+            f"{lat.median_ms:.2f}" if lat else "-",
+            f"{lat.p90_ms:.2f}" if lat else "-",
+            f"{v.size_bytes / 1024:.0f}",
+            f"{base.size_bytes / v.size_bytes:.2f}",
+            speed,
+            f"{s.L:.2f} [{s.L_low:.2f},{s.L_high:.2f}]" if s else "-",
+            verdict,
         ))
     return rows
 
 
-def _markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
 
 
-def render_markdown(results: dict[str, Any], plot_name: str | None = PLOT_FILE) -> str:
-    obj = results["objective"]
-    machine = results["machine"]
-    measure = results["measure"]
-    data = results["data"]
-    synthetic = " (SYNTHETIC images made by edgeopt's demo generator, not photographs)" if data["synthetic"] else ""
+def _choice_lines(results: Results) -> list[str]:
+    choice = results.choice
+    if choice is None:
+        return []
+    obj = choice.objective
+    guard = (f", accuracy guard {obj['max_metric_loss']:g} pp at {obj['confidence']:.0%}" if obj["max_metric_loss"] is not None
+             else ", no accuracy guard")
     lines = [
-        "# edgeopt optimize report",
+        f"Selected: **{choice.selected}** (marked *) for {', '.join(choice.target)}. Objective: `{obj['form']}`, "
+        f"L = {obj['weight_size']:g}*dS + {obj['weight_time']:g}*dT + {obj['weight_metric']:g}*dA{guard}.",
         "",
-        f"Model: `{results['model']['source']}`, {len(results['model']['classes'])} classes "
-        f"({', '.join(results['model']['classes'])}), input {results['model']['image_size']} px.",
-        f"Data: `{data['root']}`{synthetic}; {data['test_images']} test and {data['train_images']} "
-        f"train images (the model's own split), {data['skipped_images']} unreadable skipped.",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, int8 dot-product instructions: "
-        f"{', '.join(machine['int8_dot_product']) or 'none'}; {measure['threads']} interpreter thread(s).",
-        f"Latency: median of {measure['rounds']} interleaved round medians of {measure['invocations']} "
-        f"invocations each (batch 1, after {measure['warmup']} warm-up runs); image decoding "
-        f"({measure.get('decode_ms_median', float('nan')):.2f} ms/image) not included.",
+        f"*Δ pp* is each variant's test accuracy minus the baseline's on the same images, with its exact paired "
+        f"{obj['confidence']:.0%} interval (McNemar); *disc.* counts the images on which exactly one of the two is right. "
+        "The L interval adds the spread of the latency rounds (paired by round) and the accuracy interval.",
         "",
-        "## Results",
-        "",
-        f"Selected: **{results['selected']}** (marked *). Objective: `{obj['form']}`, "
-        f"L = {obj['weight_size']:g}*dS + {obj['weight_time']:g}*dT + {obj['weight_metric']:g}*dA"
-        + (f", variants losing more than {obj['max_metric_loss']:g} pp excluded" if obj["max_metric_loss"] is not None else "")
-        + ".",
-        "",
-        *_markdown_table(TABLE_HEADER, table_rows(results)),
+        *markdown_table(TABLE_HEADER, table_rows(results)),
         "",
         "## Why the winner won",
         "",
-        *[f"- {r}" for r in results["reasons"]],
-        f"- Under the other objective form the choice would be **{obj['other_form_selected']}**.",
+        *[f"- {r}" for r in choice.reasons],
+        f"- Under the other objective form the choice would be **{choice.other_form_selected}**.",
         "",
         "## Ranking",
         "",
     ]
-    by_name = {v["name"]: v for v in results["variants"]}
-    for rank, name in enumerate(results["ranking"], 1):
-        v = by_name[name]
-        flags = [f for f, on in (("Pareto front", v["pareto"]), ("excluded: " + v["excluded_because"], not v["eligible"])) if on]
+    for rank, name in enumerate(choice.ranking, 1):
+        v = results.variant(name)
+        s = v.score
+        if s is None:
+            lines.append(f"{rank}. {name}: not scored ({v.load_error or v.stopped_early or 'not measured'})")
+            continue
+        flags = [f for f, on in (("Pareto front", s.pareto), ("excluded: " + s.excluded_because, not s.eligible)) if on]
         lines.append(
-            f"{rank}. {name}: L = {v['L']:.3f} (dS {v['delta_size']:+.3f}, dT {v['delta_time']:+.3f}, "
-            f"dA {v['delta_accuracy']:+.4f})" + (f" — {'; '.join(flags)}" if flags else "")
+            f"{rank}. {name}: L = {s.L:.3f} [{s.L_low:.3f}, {s.L_high:.3f}] (dS {s.delta_size:+.3f}, dT {s.delta_time:+.3f}, "
+            f"dA {s.delta_metric:+.4f})" + (f" — {'; '.join(flags)}" if flags else "")
         )
-    lines += ["", "## What each transformation did to the graph", ""]
-    for v in results["variants"]:
-        g = v["graph"]
-        inp = g["input"]
-        quant = f" (scale {inp['scale']:.4g}, zero point {inp['zero_point']})" if inp["scale"] else ""
+    return lines
+
+
+def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
+    machine = results.machine
+    measure = results.measure
+    data = results.data
+    synthetic = " (SYNTHETIC images made by edgeopt's demo generator, not photographs)" if data.synthetic else ""
+    if not data.train_images:
+        train = "no train images"
+    elif data.train_images == data.train_total:
+        train = f"all {data.train_images} train images"
+    else:
+        train = f"a seeded sample of {data.train_images} of the {data.train_total} train images"
+    lines = [
+        "# edgeopt optimize report" if results.kind == "optimize" else "# edgeopt device benchmark report",
+        "",
+        f"Model: `{results.model.source}`, {len(results.model.classes)} classes "
+        f"({', '.join(results.model.classes)}), input {results.model.image_size} px.",
+        f"Data: `{data.root}`{synthetic}; {len(data.test_items)} test images ({data.split_note}) and {train}; "
+        f"{data.skipped_images} unreadable skipped.",
+        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, int8 dot-product instructions: "
+        f"{', '.join(machine.get('int8_dot_product') or []) or 'none'}; {measure.get('threads')} interpreter thread(s).",
+        f"Latency: median of {measure.get('rounds')} interleaved round medians of {measure.get('invocations')} "
+        f"invocations each (batch 1, after {measure.get('warmup')} warm-up runs); image decoding "
+        f"({measure.get('decode_ms_median', float('nan')):.2f} ms/image) not included.",
+        "",
+        "## Results",
+        "",
+        *_choice_lines(results),
+        "",
+        "## What each transformation did to the graph",
+        "",
+    ]
+    for v in results.variants:
+        if v.graph is None:
+            lines.append(f"- **{v.name}** — {v.summary}. Not loadable here: {v.load_error}.")
+            continue
+        g = v.graph
+        inp = g.input
+        quant = f" (scale {inp.scale:.4g}, zero point {inp.zero_point})" if inp.scale else ""
+        versions = ", ".join(f"{op} v{'/'.join(map(str, vs))}" for op, vs in g.op_versions.items() if max(vs) > 1)
         lines.append(
-            f"- **{v['name']}** — {v['summary']}. Input {inp['dtype']}{quant}, output {g['output']['dtype']}; "
-            f"{sum(g['op_counts'].values())} ops, {g['quantize_ops']} QUANTIZE, {g['dequantize_ops']} DEQUANTIZE. "
-            f"Change against the baseline: {v['change_vs_baseline']}."
+            f"- **{v.name}** — {v.summary}. Input {inp.dtype}{quant}, output {g.output.dtype}; "
+            f"{sum(g.op_counts.values())} ops, {g.quantize_ops} QUANTIZE, {g.dequantize_ops} DEQUANTIZE"
+            + (f"; op versions above 1: {versions}" if versions else "")
+            + f". Change against the baseline: {v.change_vs_baseline}."
         )
-    lines += ["", "## Accuracy per class (test split)", ""]
-    classes = results["model"]["classes"]
-    header = ("variant", *classes)
-    rows = [(v["name"], *(_pct(v["test_per_class"].get(c)) for c in classes)) for v in results["variants"]]
-    lines += _markdown_table(header, rows)
-    notes = results.get("notes") or []
-    if notes:
-        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
-    diagnostics = results.get("diagnostics") or []
-    if diagnostics:
-        lines += ["", "## Diagnostics", "", *[f"- {d}" for d in diagnostics]]
+    repaired = [v for v in results.variants if v.repair is not None]
+    if repaired:
+        lines += ["", "## Repairs (accuracy-guarded variants)", ""]
+        for v in repaired:
+            r = v.repair
+            assert r is not None
+            kept = ", ".join(r.kept_float) if r.kept_float else "nothing (no repair was needed)"
+            lines.append(
+                f"- **{v.name}**: kept in float: {kept}. Held-out loss against float {r.loss_before_pp:+.2f} pp before, "
+                f"{r.loss_after_pp:+.2f} pp after. {r.sensitivity} {r.note}".rstrip()
+            )
+    lines += ["", "## Accuracy per class (test split): variant, and the paired difference to the baseline in pp", ""]
+    classes = results.model.classes
+    rows = []
+    for v in results.variants:
+        cells = []
+        for c in classes:
+            acc = v.test.per_class.get(c) if v.test else None
+            pc = v.paired.per_class.get(c) if v.paired else None
+            cells.append(_pct(acc) + (f" ({100 * pc.difference:+.1f}, {pc.discordant} disc.)" if pc else ""))
+        rows.append((v.name, *cells))
+    lines += markdown_table(("variant", *classes), rows)
+    if results.notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in results.notes]]
+    if results.diagnostics:
+        lines += ["", "## Diagnostics", "", *[f"- {d}" for d in results.diagnostics]]
+    if results.timings:
+        lines += ["", "Stage wall times: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in results.timings.items()) + "."]
     if plot_name:
         lines += ["", f"![size vs latency]({plot_name})"]
-    libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
-    lines += ["", f"Libraries: {libs}. Python {machine['python']}.", ""]
+    libs = ", ".join(f"{k} {v}" for k, v in (machine.get("libraries") or {}).items())
+    lines += ["", f"Libraries: {libs}. Python {machine.get('python')}. edgeopt {results.edgeopt_version}.", ""]
     return "\n".join(lines)
 
 
-def render_plot(results: dict[str, Any], path: Path) -> None:
+def render_plot(results: Results, path: Path) -> None:
     """Size against latency, coloured by test accuracy, Pareto front outlined and joined."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = results["variants"]
+    variants = [v for v in results.variants if v.latency is not None and v.test is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    sizes = [v["size_kb"] for v in variants]
-    times = [v["latency_ms_median"] for v in variants]
-    accs = [100 * v["test_accuracy"] for v in variants]
+    sizes = [v.size_bytes / 1024 for v in variants]
+    times = [v.latency.median_ms for v in variants if v.latency]
+    accs = [100 * v.test.accuracy for v in variants if v.test]
     points = ax.scatter(times, sizes, c=accs, cmap="viridis", s=90, zorder=3, edgecolors="none")
-    front = sorted((v for v in variants if v["pareto"]), key=lambda v: v["latency_ms_median"])
-    ax.scatter([v["latency_ms_median"] for v in front], [v["size_kb"] for v in front], s=220,
+    front = sorted((v for v in variants if v.score and v.score.pareto), key=lambda v: v.latency.median_ms if v.latency else 0)
+    ax.scatter([v.latency.median_ms for v in front if v.latency], [v.size_bytes / 1024 for v in front], s=220,
                facecolors="none", edgecolors="crimson", linewidths=1.5, zorder=4, label="Pareto front")
-    ax.plot([v["latency_ms_median"] for v in front], [v["size_kb"] for v in front], color="crimson",
+    ax.plot([v.latency.median_ms for v in front if v.latency], [v.size_bytes / 1024 for v in front], color="crimson",
             linestyle="--", linewidth=1, zorder=2)
+    selected = results.choice.selected if results.choice else ""
     for v in variants:
-        label = v["name"] + ("  (selected)" if v["name"] == results["selected"] else "")
-        ax.annotate(label, (v["latency_ms_median"], v["size_kb"]), textcoords="offset points",
+        label = v.name + ("  (selected)" if v.name == selected else "")
+        ax.annotate(label, (v.latency.median_ms if v.latency else 0, v.size_bytes / 1024), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
     fig.colorbar(points, ax=ax, label="test accuracy (%)")
-    ax.set_xlabel(f"latency per image, ms (median, {results['measure']['threads']} thread(s))")
+    ax.set_xlabel(f"latency per image, ms (median, {results.measure.get('threads')} thread(s))")
     ax.set_ylabel("file size, KB")
     title = "edgeopt: size vs latency"
-    if results["data"]["synthetic"]:
+    if results.data.synthetic:
         title += " (synthetic demo data)"
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -155,8 +234,7 @@ def render_plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: dict[str, Any], folder: Path) -> None:
-    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=True))
+def write_report(results: Results, folder: Path) -> None:
+    write_results(results, folder)
     render_plot(results, folder / PLOT_FILE)
     (folder / REPORT_FILE).write_text(render_markdown(results))
-

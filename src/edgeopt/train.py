@@ -27,6 +27,7 @@ from edgeopt.data.split import SPLIT_FILE, build_split, save_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.outputs import staged_output
+from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
 
 MODEL_FILE = "model.keras"
@@ -269,11 +270,21 @@ def train(
     )
 
 
-def write_labels(path: Path, classes: tuple[str, ...], image_size: int, synthetic: bool) -> None:
+def write_labels(path: Path, classes: tuple[str, ...], image_size: int, synthetic: bool,
+                 transform: PixelTransform = PIXELS) -> None:
+    """labels.json: the classes, and the input contract every variant of the model shares
+    (camera pixels 0..255, mapped per channel to what a float input expects)."""
     path.write_text(json.dumps({
         "classes": list(classes),
         "image_size": image_size,
-        "input": "RGB pixel values 0..255; the model scales them itself",
+        "input": {
+            "pixels": "RGB 0..255",
+            "pixel_scale": list(transform.scale),
+            "pixel_offset": list(transform.offset),
+            "note": "the model scales pixels itself" if transform.is_identity else
+                    "a float input takes pixel * pixel_scale + pixel_offset per channel (set by optimize's "
+                    "--input-range or --input-mean/--input-std); edgeopt's classify and device apply it",
+        },
         "synthetic_data": synthetic,
     }, indent=1))
 

@@ -159,19 +159,18 @@ def publish(
     if not CHANNEL_NAME.match(channel):
         raise ConfigError(f"channel {channel!r} must be lowercase letters, digits and '-' (e.g. stable)")
     key = load_private_key(private_key_path)
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise ModelError(f"{results_path} is missing; pass a folder written by 'edgeopt optimize'")
-    results = json.loads(results_path.read_text())
-    by_name = {v["name"]: v for v in results["variants"]}
-    name = variant or results["selected"]
-    if name not in by_name:
-        raise ConfigError(f"{run_dir} has no variant {name!r}; it has: {', '.join(by_name)}")
-    chosen = by_name[name]
-    model = run_dir / chosen["file"]
+    from edgeopt.results import load_results
+
+    results = load_results(run_dir)
+    names = [v.name for v in results.variants]
+    name = variant or (results.choice.selected if results.choice else "")
+    if name not in names:
+        raise ConfigError(f"{run_dir} has no variant {name!r}; it has: {', '.join(names)}")
+    chosen = results.variant(name)
+    model = run_dir / chosen.file
     labels = run_dir / "labels.json"
     if not model.is_file() or not labels.is_file():
-        raise ModelError(f"{run_dir} lacks {chosen['file']} or labels.json; re-run 'edgeopt optimize'")
+        raise ModelError(f"{run_dir} lacks {chosen.file} or labels.json; re-run 'edgeopt optimize'")
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "releases").mkdir(exist_ok=True)
     (repo / "channels").mkdir(exist_ok=True)
@@ -186,16 +185,17 @@ def publish(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": _file_entry(staging / f"model{model.suffix}"),
             "labels": _file_entry(staging / "labels.json"),
-            "input": chosen["graph"]["input"],
-            "classes": results["model"]["classes"],
+            "input": chosen.graph.input.model_dump() if chosen.graph else None,
+            "input_contract": chosen.input.model_dump() if chosen.input else None,
+            "classes": results.model.classes,
             "chosen_by": {
-                "method": chosen["name"],
-                "objective": results["objective"]["form"],
-                "L": chosen["L"],
-                "test_accuracy": chosen["test_accuracy"],
-                "latency_ms_median": chosen["latency_ms_median"],
-                "threads": results["measure"]["threads"],
-                "size_bytes": chosen["size_bytes"],
+                "method": chosen.name,
+                "objective": results.choice.objective["form"] if results.choice else "",
+                "L": chosen.score.L if chosen.score else None,
+                "test_accuracy": chosen.test.accuracy if chosen.test else None,
+                "latency_ms_median": chosen.latency.median_ms if chosen.latency else None,
+                "threads": results.measure.get("threads"),
+                "size_bytes": chosen.size_bytes,
             },
         }
         data = json.dumps(manifest, indent=1, sort_keys=True).encode()

@@ -28,6 +28,8 @@ class GraphSummary:
     # Ops computing in float on int8 weights (dynamic-range "hybrid" ops).
     hybrid_ops: int = 0
     notes: tuple[str, ...] = field(default=())
+    # Versions of each op in the file (TFLite opcode versions; ONNX: "opset:<domain>").
+    op_versions: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def quantize_ops(self) -> int:

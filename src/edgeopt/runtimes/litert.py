@@ -127,6 +127,7 @@ class LiteRTRuntime:
             if op["op_name"] not in ("DEQUANTIZE", "QUANTIZE") and "float32" in result and operand & {"int8", "uint8"}:
                 hybrid += 1
         return GraphSummary(
+            op_versions=tflite_op_versions(path),
             path=path,
             format="tflite",
             size_bytes=path.stat().st_size,
@@ -136,3 +137,25 @@ class LiteRTRuntime:
             weight_dtypes={k: (weights[k], weight_bytes[k]) for k in sorted(weights)},
             hybrid_ops=hybrid,
         )
+
+
+def tflite_op_versions(path: Path) -> dict[str, list[int]]:
+    """Each builtin op's versions in a .tflite file, read from its flatbuffer's operator codes
+    (the interpreter does not report them). Empty when the schema module is not installed."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        try:
+            from tflite_runtime import schema_py_generated as schema  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            return {}
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    versions: dict[str, set[int]] = {}
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # builtin_code is the field since schema 3a; older files keep it in deprecated_builtin_code
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = code.CustomCode().decode() if code.CustomCode() else names.get(op, str(op))
+        versions.setdefault(name, set()).add(code.Version())
+    return {k: sorted(v) for k, v in sorted(versions.items())}

@@ -107,6 +107,7 @@ class OnnxRuntime:
         else:
             notes = ()
         return GraphSummary(
+            op_versions={f"opset:{o.domain or 'ai.onnx'}": [int(o.version)] for o in model.opset_import},
             path=path,
             format="onnx",
             size_bytes=path.stat().st_size,

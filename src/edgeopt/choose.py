@@ -1,0 +1,120 @@
+"""Measure once, choose for many targets: results (the build machine's, or a device's) in, the
+objective's verdicts and the choice out.
+
+The paired accuracy statistics and the latency intervals are computed here from what a results
+file stores (per-image predictions, round medians), so a choice can be remade after the fact
+with another objective, tolerance or target, or with another machine's latencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
+from edgeopt.results import Choice, Latency, Paired, PairedClass, Results, Variant, Verdict
+from edgeopt.stats import median_interval, paired_difference
+
+
+def default_target(results: Results) -> tuple[str, ...]:
+    """Without device results the target is the baseline's runtime on this machine (LiteRT for a
+    Keras model, as the study did; ONNX Runtime for an .onnx model)."""
+    return (results.variants[0].backend,)
+
+
+def paired_against(variant: Variant, baseline: Variant, labels: Sequence[int], classes: Sequence[str],
+                   confidence: float) -> Paired | None:
+    """The variant's accuracy minus the baseline's on the images both were evaluated on."""
+    if variant.predictions is None or baseline.predictions is None:
+        return None
+    n = min(len(variant.predictions.test), len(baseline.predictions.test))
+    truth = np.asarray(labels[:n])
+    var = np.asarray(variant.predictions.test[:n]) == truth
+    base = np.asarray(baseline.predictions.test[:n]) == truth
+
+    def paired(mask: np.ndarray) -> PairedClass:
+        p = paired_difference(base[mask], var[mask], confidence)
+        return PairedClass(n=p.n, baseline_only=p.baseline_only, variant_only=p.variant_only,
+                           difference=p.difference, low=p.low, high=p.high, p_value=p.p_value)
+
+    whole = paired(np.ones(n, bool))
+    per_class = {name: paired(truth == i) for i, name in enumerate(classes) if np.any(truth == i)}
+    return Paired(**whole.model_dump(), confidence=confidence, per_class=per_class)
+
+
+def latency_against(variant: Latency, baseline: Latency, confidence: float) -> Latency:
+    """The variant's latency with the interval of its ratio to the baseline, one ratio per
+    interleaved round (both were timed in the same round, so the machine's slow moments cancel)."""
+    rounds = min(len(variant.round_medians_ms), len(baseline.round_medians_ms))
+    ratios = [v / b for v, b in zip(variant.round_medians_ms[:rounds], baseline.round_medians_ms[:rounds], strict=True) if b > 0]
+    if not ratios:
+        return variant
+    low, high, coverage = median_interval(ratios, confidence)
+    return variant.model_copy(update={"ratio_low": low, "ratio_high": high, "ratio_coverage": coverage})
+
+
+def _candidate(v: Variant) -> Candidate:
+    assert v.latency is not None and v.test is not None
+    paired = v.paired
+    interval = (v.latency.ratio_low, v.latency.ratio_high)
+    return Candidate(
+        name=v.name, size_bytes=v.size_bytes, latency_ms=v.latency.median_ms, metric=v.test.accuracy, backend=v.backend,
+        latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
+        metric_delta_interval=(paired.low, paired.high) if paired else None,
+        discordant=paired.discordant if paired else None,
+    )
+
+
+def measurable(v: Variant) -> bool:
+    return v.loadable and v.latency is not None and v.test is not None and not v.stopped_early
+
+
+def decide(results: Results, objective: Objective, target: tuple[str, ...] | None = None) -> Results:
+    """Results with every variant's paired statistics, latency interval and verdict, and the choice."""
+    target = target or default_target(results)
+    baseline = results.variants[0]
+    labels = [label for _, label in results.data.test_items]
+    confidence = objective.confidence
+    variants = []
+    for v in results.variants:
+        update: dict[str, object] = {}
+        if v.latency is not None and baseline.latency is not None:
+            update["latency"] = latency_against(v.latency, baseline.latency, confidence)
+        if v is not baseline:
+            update["paired"] = paired_against(v, baseline, labels, results.model.classes, confidence)
+        variants.append(v.model_copy(update=update))
+    if not measurable(variants[0]):
+        raise ValueError(f"the baseline {baseline.name} was not measured; nothing can be chosen against it")
+    candidates = [_candidate(v) for v in variants if measurable(v)]
+    choice = select(candidates, baseline.name, objective, target)
+    other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
+    other = select(candidates, baseline.name, objective.replaced(form=other_form), target)
+    scored = []
+    for v in variants:
+        if measurable(v):
+            s, o = choice.score_of(v.name), other.score_of(v.name)
+            verdict = Verdict(
+                L=s.L, L_low=s.L_low, L_high=s.L_high, L_other_form=o.L, delta_size=s.delta_size,
+                delta_time=s.delta_time, delta_metric=s.delta_metric, metric_loss=s.metric_loss,
+                metric_loss_low=s.metric_loss_low, metric_loss_high=s.metric_loss_high, eligible=s.eligible,
+                excluded_because=s.excluded_because, pareto=s.on_pareto_front, guard=s.guard,
+            )
+            scored.append(v.model_copy(update={"score": verdict}))
+        else:
+            scored.append(v.model_copy(update={"score": None}))
+    unmeasured = [v for v in scored if v.score is None]
+    reasons = list(choice.reasons) + [
+        f"{v.name} was not eligible: " + (f"it does not load here ({v.load_error})." if not v.loadable
+                                          else v.stopped_early or "it was not measured.")
+        for v in unmeasured
+    ]
+    return results.model_copy(update={
+        "variants": scored,
+        "choice": Choice(
+            objective=objective.to_jsonable(), target=list(target), baseline=baseline.name, selected=choice.selected,
+            reasons=reasons, ranking=[s.name for s in choice.ranking] + [v.name for v in unmeasured],
+            tie=list(choice.tie), tie_broken_by=choice.tie_broken_by, guard_rule=choice.guard_rule,
+            other_form_selected=other.selected,
+        ),
+    })
