@@ -51,11 +51,12 @@ def test_nchw_inputs_get_channels_first():
     assert encode_pixels(PIXELS, spec).shape == (1, 3, 1, 1)
 
 
-def test_quantized_softmax_is_renormalised_and_logits_get_a_softmax():
+def test_probabilities_are_kept_as_the_model_gave_them_and_logits_get_a_softmax():
     quantized = np.full((1, 1001), 1 / 256, dtype=np.float32)  # sums to 3.9: not probabilities
     assert to_probabilities(quantized).sum() == pytest.approx(1.0)
     near = np.array([[0.6, 0.3, 0.05]], dtype=np.float32)  # a rounded softmax summing to 0.95
-    assert to_probabilities(near)[0, 0] == pytest.approx(0.6 / 0.95)
+    # what the model output, not renormalised: a threshold tuned on edgeopt means the same on a device
+    assert to_probabilities(near).tolist() == near.tolist()
     logits = np.array([[2.0, -1.0, 0.5]], dtype=np.float32)
     assert to_probabilities(logits).sum() == pytest.approx(1.0)
     assert to_probabilities(logits).argmax() == 0

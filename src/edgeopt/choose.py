@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeopt.errors import ConfigError
 from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
 from edgeopt.results import Choice, Latency, Paired, PairedClass, Results, Variant, Verdict
 from edgeopt.stats import median_interval, paired_difference
@@ -118,3 +119,23 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
             other_form_selected=other.selected,
         ),
     })
+
+
+def device_target(device: Results) -> tuple[str, ...]:
+    """The runtimes a device ran: only variants for them can be chosen for it."""
+    return tuple(sorted({v.backend for v in device.variants if v.loadable}))
+
+
+def choose_for_device(run: Results, run_sha256: str, device: Results, objective: Objective) -> Results:
+    """The device's own choice: its latencies, its accuracy, its runtime; what it cannot load is out."""
+    if device.kind != "device-bench":
+        raise ConfigError("a --device-results file must be written by 'edgeopt device bench'")
+    if device.source_results_sha256 != run_sha256:
+        raise ConfigError(
+            "the device results were measured from another optimize run (its results.json differs); "
+            "run 'edgeopt device bench' on a copy of this run"
+        )
+    known = {v.name for v in run.variants}
+    if not {v.name for v in device.variants} <= known:
+        raise ConfigError("the device results name variants this run does not have")
+    return decide(device, objective, device_target(device))

@@ -22,22 +22,34 @@ class Prediction:
 
 def load_labels(path: Path) -> list[str]:
     """labels.json written by edgeopt ({"classes": [...]}) or a text file, one label a line."""
+    return load_labels_and_input(path)[0]
+
+
+def load_labels_and_input(path: Path) -> tuple[list[str], PixelTransform | None]:
+    """The labels, and the pixel normalisation labels.json says the model's float input expects
+    (None when the file does not say: a plain label list)."""
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist; pass --labels FILE (labels.json or one label a line)")
     text = path.read_text()
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-            return list(data["classes"] if isinstance(data, dict) else data)
+            if not isinstance(data, dict):
+                return [str(c) for c in data], None
+            contract = data.get("input")
+            transform = None
+            if isinstance(contract, dict) and "pixel_scale" in contract:
+                transform = PixelTransform(tuple(contract["pixel_scale"]), tuple(contract["pixel_offset"]))
+            return [str(c) for c in data["classes"]], transform
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a labels file ({exc}); expected {{\"classes\": [...]}}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()], None
 
 
-def _default_labels(model: Path) -> list[str] | None:
+def _default_labels(model: Path) -> Path | None:
     for candidate in (model.parent / "labels.json", model.parent.parent / "labels.json"):
         if candidate.is_file():
-            return load_labels(candidate)
+            return candidate
     return None
 
 
@@ -47,15 +59,20 @@ def classify(
     labels_path: Path | None = None,
     top_k: int = 3,
     threads: int = 1,
-    transform: PixelTransform = PIXELS,
+    transform: PixelTransform | None = None,
 ) -> list[Prediction]:
+    """Top-k labels per image, with the scores the model outputs (dequantized, not renormalised).
+
+    Without `transform`, the normalisation labels.json records for the model is applied (pixels
+    0..255 as they are for every model edgeopt makes)."""
     if not images:
         raise ConfigError("no images given; pass one or more image files after the model")
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be >= 1")
     runtime = runtime_for(model)
-    session = runtime.open(model, threads, transform)
-    labels = load_labels(labels_path) if labels_path else _default_labels(model)
+    labels_file = labels_path or _default_labels(model)
+    labels, recorded = load_labels_and_input(labels_file) if labels_file else (None, None)
+    session = runtime.open(model, threads, transform or recorded or PIXELS)
     size = session.input.image_size
     predictions = []
     for image in images:

@@ -277,7 +277,8 @@ def classify(
     input_mean: Annotated[str | None, typer.Option(help="For a foreign model: per-channel mean of pixel/255")] = None,
     input_std: Annotated[str | None, typer.Option(help="For a foreign model: per-channel std of pixel/255")] = None,
 ) -> None:
-    """Print the top-k labels with probabilities for each image."""
+    """Print the top-k labels for each image, with the scores the model outputs (dequantized, not
+    renormalised: what a device sees)."""
     from edgeopt.classify import classify as run_classify
     from edgeopt.pixels import PixelTransform
 
@@ -288,9 +289,60 @@ def classify(
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    for pred in run_classify(model, images, labels, top_k, threads, transform):
+    given = transform if input_range or input_mean or input_std else None
+    for pred in run_classify(model, images, labels, top_k, threads, given):
         ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
         out_console.print(f"{pred.image}: {ranked}", highlight=False)
+
+
+@app.command()
+def choose(
+    run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
+    device_results: Annotated[list[Path], typer.Option(
+        "--device-results", help="Results file(s) written by 'edgeopt device bench' on the target device(s)")],
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and each device's results with its choice")] = None,
+    objective: Annotated[str | None, typer.Option(help="default | paper [default: the run's]")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="The accuracy guard's tolerance, PP [default: the run's]")] = None,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard")] = False,
+    confidence: Annotated[float | None, typer.Option(help="Confidence of the intervals [default: the run's]")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """Choose again for each device, from its own measurements: its latency, its accuracy, what it can load."""
+    import hashlib
+
+    from edgeopt.choose import choose_for_device
+    from edgeopt.objective import Objective
+    from edgeopt.outputs import staged_output
+    from edgeopt.report import render_device_comparison
+    from edgeopt.results import RESULTS_FILE, load_results, write_results
+
+    run = load_results(run_dir)
+    if run.choice is None:
+        raise ConfigError(f"{run_dir} holds no choice; re-run 'edgeopt optimize'")
+    stored = dict(run.choice.objective)
+    if no_guard and max_accuracy_drop is not None:
+        raise ConfigError("give --max-accuracy-drop or --no-guard, not both")
+    if no_guard:
+        stored["max_metric_loss"] = None
+    obj = build_settings(Objective, stored, {
+        "form": ("--objective", objective), "max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
+        "confidence": ("--confidence", confidence),
+    })
+    run_sha = hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest()
+    decided = [(path.stem, choose_for_device(run, run_sha, load_results(path), obj)) for path in device_results]
+    text = render_device_comparison(run, decided)
+    for label, dev in decided:
+        assert dev.choice is not None
+        out_console.print(f"{label}: [bold]{dev.choice.selected}[/bold] (build machine: {run.choice.selected})")
+        for reason in dev.choice.reasons[:2]:
+            out_console.print(f"  - {reason}", highlight=False, markup=False)
+    if out is not None:
+        with staged_output(out, force, reads=(run_dir, *device_results), command="choose") as staging:
+            (staging / "report.md").write_text(text)
+            for label, dev in decided:
+                (staging / label).mkdir()
+                write_results(dev, staging / label)
+        out_console.print(f"wrote {out}/report.md")
 
 
 @app.command(name="methods")
@@ -393,6 +445,59 @@ def device_run(
             raise typer.Exit(EXIT_REFUSED)
     else:
         agent.run()
+
+
+@device_app.command("profile")
+def device_profile(
+    out: Annotated[Path | None, typer.Option(help="Write the profile (JSON) here instead of printing it")] = None,
+) -> None:
+    """What this device is: runtimes and versions, CPU model and flags (int8 dot product), cores, memory."""
+    from edgeopt.machine import describe_machine, device_class
+
+    profile = describe_machine()
+    profile["device_class"] = device_class(profile)
+    text = json.dumps(profile, indent=1)
+    if out is None:
+        out_console.print(text, highlight=False, markup=False)
+    else:
+        from edgeopt.outputs import write_bytes_atomic
+
+        write_bytes_atomic(out, text.encode())
+        out_console.print(f"wrote {out}")
+
+
+@device_app.command("bench")
+def device_bench(
+    run_dir: Annotated[Path, typer.Argument(help="An optimize run folder copied to this device (results.json, variants/)")],
+    out: Annotated[Path, typer.Option(help="Results file to write (read by 'edgeopt choose --device-results')")],
+    images: Annotated[Path | None, typer.Option(
+        help="Labelled samples DIR/<class>/*.jpg for the accuracy check [default: the run's test images, if here]")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads (the device's cores in use)")] = 1,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 5,
+    invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 50,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
+    from edgeopt.config import MeasureConfig
+    from edgeopt.device.bench import bench_run
+    from edgeopt.outputs import write_bytes_atomic
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a file name, e.g. device-results.json")
+    results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
+                        images, RichProgress())
+    write_bytes_atomic(out, results.to_json().encode())
+    table = Table(title=f"{run_dir} on this device", title_justify="left")
+    for col in ("variant", "loads", "test acc %", "ms/image", "runtime"):
+        table.add_column(col)
+    for v in results.variants:
+        table.add_row(v.name, "yes" if v.loadable else f"no: {v.load_error}",
+                      f"{100 * v.test.accuracy:.2f}" if v.test else "-",
+                      f"{v.latency.median_ms:.2f}" if v.latency else "-", v.runtime)
+    out_console.print(table)
+    out_console.print(f"wrote {out}; choose with: edgeopt choose {run_dir} --device-results {out}")
 
 
 @device_app.command("sort")

@@ -88,6 +88,9 @@ class OptimizeConfig(Settings):
     backends: Names | None = None
     # Train-split images fed to calibration (f2, f3, ort_int8_static).
     representative_samples: int = Field(200, ge=1)
+    # Guarded (repaired) int8 variants leave ops in float until their loss against the float model
+    # on held-out images (the split's validation part) is at most this many percentage points.
+    repair_target_pp: float = Field(0.5, ge=0)
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     # ONNX Runtime static int8 with 7-bit weights. On x86 without VNNI, ORT's u8s8 kernels use

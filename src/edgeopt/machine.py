@@ -1,5 +1,8 @@
-"""Facts about the machine a measurement ran on: CPU model, cores, the SIMD features that
-decide int8 speed, library versions."""
+"""What a machine is, as far as running a quantized classifier goes: CPU model and architecture,
+the SIMD features that decide int8 and float16 speed, cores, memory, and the inference runtimes
+installed with their versions. The build machine writes it into results.json; a device writes it
+with `edgeopt device profile` and sends it with its reports.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,17 @@ import os
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 # CPU flags that give int8 dot products (VNNI on x86, dot-product on Arm).
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+# Other flags that decide how fast the runtimes' kernels are.
+SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "asimd", "asimdhp",
+               "i8mm", "sve", "bf16")
+RUNTIMES = ("ai-edge-litert", "tflite-runtime", "onnxruntime")
 LIBRARIES = (
-    "edgeopt", "tensorflow-cpu", "tensorflow", "keras", "ai-edge-litert", "numpy", "pillow",
-    "onnx", "onnxruntime", "tf2onnx", "onnxconverter-common",
+    "edgeopt", "tensorflow-cpu", "tensorflow", "keras", *RUNTIMES, "numpy", "pillow",
+    "onnx", "tf2onnx", "onnxconverter-common",
 )
 
 
@@ -42,9 +50,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def library_versions() -> dict[str, str]:
+def memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _versions(names: tuple[str, ...]) -> dict[str, str]:
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -52,15 +67,29 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def describe_machine() -> dict[str, object]:
+def library_versions() -> dict[str, str]:
+    return _versions(LIBRARIES)
+
+
+def describe_machine() -> dict[str, Any]:
     flags = cpu_flags()
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),
         "cores": os.cpu_count(),
+        "memory_bytes": memory_bytes(),
         "int8_dot_product": sorted(f for f in INT8_DOT_FLAGS if f in flags),
+        "speed_flags": sorted(f for f in SPEED_FLAGS if f in flags),
         "avx512": "avx512f" in flags,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "runtimes": _versions(RUNTIMES),
         "libraries": library_versions(),
     }
+
+
+def device_class(profile: dict[str, Any]) -> str:
+    """A name for devices that should measure alike: architecture, CPU model, cores, runtime."""
+    runtimes = profile.get("runtimes") or {}
+    runtime = next((f"{name} {version}" for name, version in runtimes.items()), "no runtime")
+    return f"{profile.get('machine')} / {profile.get('cpu')} / {profile.get('cores')} cores / {runtime}"

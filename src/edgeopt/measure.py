@@ -22,6 +22,7 @@ from edgeopt.config import MeasureConfig
 from edgeopt.errors import ModelError
 from edgeopt.images import load_pixels
 from edgeopt.progress import NullProgress, Progress
+from edgeopt.results import Accuracy, Latency, Predictions
 from edgeopt.runtimes.base import Session
 
 
@@ -135,3 +136,19 @@ def measure_decode_ms(paths: Sequence[Path], size: tuple[int, int], limit: int =
         load_pixels(path, size)
         times.append((time.perf_counter_ns() - start) / 1e6)
     return statistics.median(times) if times else float("nan")
+
+
+def accuracy_record(a: AccuracyResult) -> Accuracy:
+    """An accuracy as a results file keeps it."""
+    return Accuracy(accuracy=a.accuracy, count=a.count, confusion=[list(r) for r in a.confusion],
+                    per_class={k: (None if v != v else v) for k, v in a.per_class.items()})
+
+
+def latency_record(lat: LatencyResult, threads: int) -> Latency:
+    return Latency(median_ms=lat.median_ms, p90_ms=lat.p90_ms, spread=lat.spread,
+                   round_medians_ms=list(lat.round_medians_ms), invocations=lat.invocations, threads=threads)
+
+
+def predictions_record(test: AccuracyResult, train: AccuracyResult | None = None) -> Predictions:
+    return Predictions(test=[int(p) for p in test.predicted], test_confidence=[round(float(c), 5) for c in test.confidence],
+                       train=[int(p) for p in train.predicted] if train is not None else None)

@@ -212,7 +212,7 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
         guard = "not clearly worse"
     else:
         guard = "within tolerance"
-    if target_backends is not None and cand.backend and cand.backend not in target_backends and not is_baseline:
+    if target_backends is not None and cand.backend and cand.backend not in target_backends:
         excluded = excluded or f"runs on {cand.backend}, and the target runtime is {', '.join(target_backends)}"
     return Score(
         name=cand.name, delta_size=d_size, delta_time=d_time, delta_metric=d_metric, L=total,
@@ -241,6 +241,12 @@ def select(
     front = pareto_front(candidates, objective.metric)
     scores = [_score(c, baseline, objective, front, c.name == baseline_name, target_backends) for c in candidates]
     eligible = sorted((s for s in scores if s.eligible), key=lambda s: (s.L, by_name[s.name].size_bytes))
+    if not eligible:
+        raise ConfigError(
+            f"no variant can be chosen for {', '.join(target_backends or ())}: "
+            + "; ".join(f"{s.name} {s.excluded_because}" for s in scores)
+            + ". Build variants for that runtime, or relax --max-accuracy-drop"
+        )
     best = eligible[0]
     tied = [s for s in eligible if s.L_low <= best.L_high and best.L_low <= s.L_high]
 
@@ -283,8 +289,12 @@ def _guard_rule(objective: Objective) -> str:
     )
 
 
+def _signed(value: float) -> str:
+    return f"{value + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
+
+
 def _fmt_loss(s: Score, unit: str) -> str:
-    return f"{-s.metric_loss:+.2f} {unit} [{-s.metric_loss_high:+.2f}, {-s.metric_loss_low:+.2f}]"
+    return f"{_signed(-s.metric_loss)} {unit} [{_signed(-s.metric_loss_high)}, {_signed(-s.metric_loss_low)}]"
 
 
 def _reasons(

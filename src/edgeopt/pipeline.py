@@ -26,14 +26,23 @@ from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
 from edgeopt.graph import describe_change, describe_model, graph_record, input_contract
 from edgeopt.machine import describe_machine, has_int8_dot_product
-from edgeopt.measure import AccuracyResult, LatencyResult, measure_accuracy, measure_decode_ms, measure_latency
+from edgeopt.measure import (
+    AccuracyResult,
+    LatencyResult,
+    accuracy_record,
+    latency_record,
+    measure_accuracy,
+    measure_decode_ms,
+    measure_latency,
+    predictions_record,
+)
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
 from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
-from edgeopt.results import Accuracy, Data, Latency, ModelInfo, Predictions, Results, Variant
+from edgeopt.results import Data, ModelInfo, Repair, Results, Variant
 from edgeopt.runtimes.base import GraphSummary
 from edgeopt.runtimes.registry import EXTRAS, get_runtime, list_runtimes
 from edgeopt.train import write_labels
@@ -190,6 +199,8 @@ def optimize(
     # Calibration draws from the train part only (never validation or test), whatever is evaluated.
     calibration_items = _sample(split.train, config.representative_samples, split.seed + 1)
     calibration = decode_images(root, calibration_items, size, strict=config.strict)
+    holdout = decode_images(root, _holdout_items(split, calibration_items), size, strict=config.strict) if any(
+        m.guarded for m in methods) else None
     timings["decode_s"] = time.perf_counter() - t
     transform = config.pixel_transform() if source.kind == "onnx" else PIXELS
 
@@ -204,6 +215,9 @@ def optimize(
             pixel_transform=transform,
             calibration_method=config.calibration_method,
             reduce_range=_reduce_range(config),
+            holdout=holdout.pixels if holdout is not None else None,
+            holdout_labels=holdout.labels if holdout is not None else None,
+            repair_target_pp=config.repair_target_pp,
         )
         artifacts: dict[str, Artifact] = {}
         build_seconds: dict[str, float] = {}
@@ -288,6 +302,18 @@ def optimize(
     return results
 
 
+# Held-out images for guarded methods when the split has no validation part (an .onnx input).
+HOLDOUT_FALLBACK = 300
+
+
+def _holdout_items(split: Split, calibration: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """The split's validation part (never fitted, never test); else train images not calibrated on."""
+    if split.validation:
+        return split.validation
+    used = set(calibration)
+    return _sample(tuple(i for i in split.train if i not in used), HOLDOUT_FALLBACK, split.seed + 2)
+
+
 def _sample(items: tuple[tuple[str, int], ...], count: int | None, seed: int) -> tuple[tuple[str, int], ...]:
     """A seeded sample of `count` items (all of them when count is None or larger), in file order."""
     if count is None or count >= len(items):
@@ -300,19 +326,13 @@ def _variant(
     method: Method, artifact: Artifact, build_s: float, accuracy: dict[str, AccuracyResult], latency: LatencyResult,
     threads: int, graph: GraphSummary, transform: PixelTransform, runtime: str, change: str,
 ) -> Variant:
-    def record(a: AccuracyResult) -> Accuracy:
-        return Accuracy(accuracy=a.accuracy, count=a.count, confusion=[list(r) for r in a.confusion],
-                        per_class={k: (None if v != v else v) for k, v in a.per_class.items()})
-
     test, train = accuracy["test"], accuracy.get("train")
     return Variant(
         name=method.name, paper_label=method.paper_label, backend=method.backend, summary=method.summary,
         file=f"variants/{artifact.path.name}", sha256=artifact.sha256, size_bytes=artifact.size_bytes, change_vs_baseline=change,
         build_seconds=build_s, runtime=runtime, graph=graph_record(graph), input=input_contract(graph.inputs[0], transform),
-        test=record(test), train=record(train) if train is not None else None,
-        latency=Latency(median_ms=latency.median_ms, p90_ms=latency.p90_ms, spread=latency.spread,
-                        round_medians_ms=list(latency.round_medians_ms), invocations=latency.invocations, threads=threads),
-        predictions=Predictions(test=[int(p) for p in test.predicted],
-                                test_confidence=[round(float(c), 5) for c in test.confidence],
-                                train=[int(p) for p in train.predicted] if train is not None else None),
+        test=accuracy_record(test), train=accuracy_record(train) if train is not None else None,
+        latency=latency_record(latency, threads),
+        repair=Repair(**artifact.metadata) if method.guarded else None,
+        predictions=predictions_record(test, train),
     )

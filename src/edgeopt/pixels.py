@@ -135,14 +135,16 @@ def decode_output(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def to_probabilities(values: np.ndarray) -> np.ndarray:
-    """Outputs that are already probabilities are renormalised; logits go through a softmax.
+    """Outputs that are already probabilities are returned as the model gave them (dequantized,
+    not renormalised: a device's threshold must mean the same as edgeopt's); logits go through
+    a softmax.
 
-    A quantized softmax (uint8, scale 1/256) sums to about 1, not exactly: rounding over
-    1001 classes can move the sum by several percent, so the test is loose on purpose.
+    A quantized softmax (uint8, scale 1/256) sums to about 1, not exactly: rounding over 1001
+    classes can move the sum by several percent, so the test for "already probabilities" is loose.
     """
     rows_sum = values.sum(axis=1, keepdims=True)
     if np.all(values >= -1e-3) and np.all(values <= 1 + 1e-3) and np.all(np.abs(rows_sum - 1) < 0.5):
-        return (np.clip(values, 0, None) / rows_sum).astype(np.float32)
+        return np.clip(values, 0, None).astype(np.float32)
     shifted = values - values.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

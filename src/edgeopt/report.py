@@ -7,6 +7,7 @@ device benchmarks and the reference benchmark's files.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgeopt.results import Results, Variant, write_results
@@ -72,7 +73,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
     return rows
 
 
-def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def markdown_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -238,3 +239,66 @@ def write_report(results: Results, folder: Path) -> None:
     write_results(results, folder)
     render_plot(results, folder / PLOT_FILE)
     (folder / REPORT_FILE).write_text(render_markdown(results))
+
+
+def render_device_comparison(run: Results, devices: list[tuple[str, Results]]) -> str:
+    """The build machine's figures and each device's side by side, and whether the choice changed."""
+    assert run.choice is not None
+    lines = ["# edgeopt: the choice, per target", ""]
+    lines.append(
+        f"Build machine: {run.machine.get('cpu')}, {', '.join(f'{k} {v}' for k, v in (run.machine.get('runtimes') or {}).items())}; "
+        f"chose **{run.choice.selected}** for {', '.join(run.choice.target)}."
+    )
+    for label, dev in devices:
+        assert dev.choice is not None
+        m = dev.machine
+        runtimes = ", ".join(f"{k} {v}" for k, v in (m.get("runtimes") or {}).items())
+        changed = dev.choice.selected != run.choice.selected
+        lines += [
+            "",
+            f"## {label}: {m.get('cpu')} ({m.get('machine')}, {m.get('cores')} cores, int8 dot product: "
+            f"{', '.join(m.get('int8_dot_product') or []) or 'none'}), {runtimes}",
+            "",
+            f"Chosen for this device: **{dev.choice.selected}**"
+            + (f" -- not the build machine's {run.choice.selected}." if changed else " -- the same as on the build machine."),
+            "",
+        ]
+        header = ("variant", "loads here", "build ms", "device ms", "device x faster", "build test %", "device acc %",
+                  "device Δ pp [95%]", "build verdict", "device verdict")
+        rows = []
+        dev_base = dev.baseline
+        for v in run.variants:
+            d = next((x for x in dev.variants if x.name == v.name), None)
+            loads = "yes" if d is not None and d.loadable else f"no: {d.load_error}" if d is not None else "not benchmarked"
+            speed = (f"{dev_base.latency.median_ms / d.latency.median_ms:.2f}"
+                     if d is not None and d.latency and dev_base.latency else "-")
+            rows.append((
+                v.name + (" *" if v.name == dev.choice.selected else ""),
+                loads,
+                f"{v.latency.median_ms:.2f}" if v.latency else "-",
+                f"{d.latency.median_ms:.2f}" if d is not None and d.latency else "-",
+                speed,
+                _pct(v.test.accuracy) if v.test else "-",
+                _pct(d.test.accuracy) if d is not None and d.test else "-",
+                paired_text(d)[0] if d is not None else "-",
+                _verdict(v),
+                _verdict(d) if d is not None else "-",
+            ))
+        lines += markdown_table(header, rows)
+        lines += ["", f"Accuracy on this device: {len(dev.data.test_items)} images ({dev.data.split_note}).", "",
+                  "Why:", "", *[f"- {r}" for r in dev.choice.reasons]]
+        if changed:
+            bv, dv = run.variant(dev.choice.selected), dev.selected
+            why = []
+            old = next((x for x in dev.variants if x.name == run.choice.selected), None)
+            if old is None or not old.loadable:
+                why.append(f"{run.choice.selected} does not load on this device ({old.load_error if old else 'not benchmarked'})")
+            elif old.score is not None and not old.score.eligible:
+                why.append(f"{run.choice.selected} is not eligible here: it {old.score.excluded_because}")
+            elif old.latency and dv.latency and bv.latency:
+                why.append(f"here {run.choice.selected} takes {old.latency.median_ms:.2f} ms against {dv.latency.median_ms:.2f} ms "
+                           f"for {dv.name} (build machine: {run.variant(run.choice.selected).latency.median_ms:.2f} vs "  # type: ignore[union-attr]
+                           f"{bv.latency.median_ms:.2f} ms)")
+            lines += ["", "The choice changed because " + "; ".join(why or ["the device's figures rank the variants differently"]) + "."]
+        lines += ["", *[f"Note: {n}" for n in dev.notes]]
+    return "\n".join(lines) + "\n"

@@ -23,6 +23,8 @@ class Artifact:
     method: str
     sha256: str
     size_bytes: int
+    # What the method reports about how it built the file (e.g. a repair's kept-float ops).
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,6 +39,12 @@ class BuildContext:
     source: Path
     # Train-split pixels for calibration, uint8 (N, H, W, 3).
     representative: np.ndarray
+    # Held-out images (the split's validation part: never fitted, never the test photos) and
+    # their labels, on which accuracy-guarded methods measure the damage they repair.
+    holdout: np.ndarray | None = None
+    holdout_labels: np.ndarray | None = None
+    # The held-out point loss (pp, against the float model) a guarded method repairs down to.
+    repair_target_pp: float = 0.5
     # Where converter chatter goes.
     log_path: Path | None = None
     # Work files (e.g. an ONNX export) that more than one method needs.
@@ -68,12 +76,15 @@ class Method:
     suffix: str
     # One line: what the transformation does to the graph.
     summary: str
-    # Writes the new model to the given path. Never modifies the source.
-    build: Callable[[BuildContext, Path], None]
+    # Writes the new model to the given path (never modifying the source); may return what it
+    # wants recorded about the build (Artifact.metadata).
+    build: Callable[[BuildContext, Path], dict[str, Any] | None]
     # The study's label (f0..f4), if it has one.
     paper_label: str = ""
     # Needs the representative dataset.
     calibrated: bool = False
+    # Measures accuracy on the held-out images while building (needs ctx.holdout).
+    guarded: bool = False
 
 
 def sha256_of(path: Path) -> str:
@@ -89,7 +100,7 @@ def build_artifact(method: Method, ctx: BuildContext, out_dir: Path) -> Artifact
     final = out_dir / f"{method.name}{method.suffix}"
     tmp = out_dir / f".{method.name}.partial{method.suffix}"
     try:
-        method.build(ctx, tmp)
+        metadata = method.build(ctx, tmp) or {}
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -97,5 +108,5 @@ def build_artifact(method: Method, ctx: BuildContext, out_dir: Path) -> Artifact
     fmt = method.suffix.lstrip(".")
     return Artifact(
         path=final, format=fmt, method=method.name, sha256=sha256_of(final),
-        size_bytes=final.stat().st_size,
+        size_bytes=final.stat().st_size, metadata=metadata,
     )

@@ -7,15 +7,21 @@ model of VAR_HANDLE ops that outputs NaN).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeopt._tf import import_tensorflow
+from edgeopt.methods import repair
 from edgeopt.methods.base import BuildContext, Method
 from edgeopt.quiet import captured_output
+
+# Held-out images the quantization debugger runs to rank the layers (more only slows it).
+SENSITIVITY_IMAGES = 64
 
 
 def _concrete_function(ctx: BuildContext) -> Any:
@@ -36,10 +42,9 @@ def _representative(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
         yield [pixels[None].astype(np.float32)]
 
 
-def _convert(ctx: BuildContext, out: Path, mode: str) -> None:
+def _converter(ctx: BuildContext, mode: str) -> Any:
     tf = import_tensorflow()
-    cf = _concrete_function(ctx)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([cf])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(ctx)])
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode in ("int8", "int8_uint8io"):
@@ -50,9 +55,66 @@ def _convert(ctx: BuildContext, out: Path, mode: str) -> None:
         converter.inference_output_type = tf.uint8
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    return converter
+
+
+def _convert(ctx: BuildContext, out: Path, mode: str) -> None:
+    converter = _converter(ctx, mode)
     with captured_output(ctx.log_path):
         flatbuffer = converter.convert()
     out.write_bytes(flatbuffer)
+
+
+def _float_model(ctx: BuildContext) -> Path:
+    """The float32 .tflite the guarded method compares against (converted once per run)."""
+
+    def make() -> Path:
+        work = ctx.work_dir or Path(".")
+        work.mkdir(parents=True, exist_ok=True)
+        _convert(ctx, work / "float32.tflite", "float32")
+        return work / "float32.tflite"
+
+    return ctx.cached("litert_float32", make)
+
+
+def _noise_to_signal(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
+    """A layer's own quantization error: mean squared error of its dequantized output against the
+    float op's output on the same (quantized) inputs, over the float output's variance."""
+    dequantized = (quantized.astype(np.float32) - zero_point) * scale
+    return float(np.mean((float_values - dequantized) ** 2) / (np.var(float_values) + 1e-12))
+
+
+def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
+    """f2 (int8, float I/O) with the layers whose quantization hurts most left in float."""
+    tf = import_tensorflow()
+    assert ctx.holdout is not None
+    sample = ctx.holdout[:SENSITIVITY_IMAGES]
+
+    def debug_data() -> Iterator[list[np.ndarray]]:
+        for pixels in sample:
+            yield [pixels[None].astype(np.float32)]
+
+    options = tf.lite.experimental.QuantizationDebugOptions(layer_direct_compare_metrics={"nsr": _noise_to_signal})
+    with captured_output(ctx.log_path):
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=_converter(ctx, "int8"), debug_dataset=debug_data, debug_options=options
+        )
+        debugger.run()
+        dump = io.StringIO()
+        debugger.layer_statistics_dump(dump)
+    rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
+    ranked = [r["tensor_name"] for r in sorted(rows, key=lambda r: -float(r["nsr"]))]
+
+    def build(names: Sequence[str], path: Path) -> None:
+        with captured_output(ctx.log_path):
+            debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(names))
+            path.write_bytes(debugger.get_nondebug_quantized_model())
+
+    return repair.search(
+        ranked, build, "litert", _float_model(ctx), ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
+        sensitivity=(f"Sensitivity: each layer's own quantization noise (mean squared error over the float output's "
+                     f"variance, LiteRT's quantization debugger) on {len(sample)} held-out images."),
+    )
 
 
 def _mode(mode: str) -> Any:
@@ -84,5 +146,11 @@ LITERT_METHODS = {
         name="f4_float16", backend="litert", source="keras", suffix=".tflite", paper_label="f4",
         summary="float16 weights, dequantized to float32 at load/run time",
         build=_mode("float16"),
+    ),
+    "f2_int8_guarded": Method(
+        name="f2_int8_guarded", backend="litert", source="keras", suffix=".tflite",
+        summary="f2_int8 repaired: the layers whose quantization hurts most (ranked on held-out images) stay in "
+        "float until the held-out loss is within the target",
+        build=build_int8_guarded, calibrated=True, guarded=True,
     ),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -30,18 +31,48 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     )
 
 
+# The interpreter packages that run .tflite files, preferred first: LiteRT, then the older
+# tflite-runtime that many device images ship (same API).
+INTERPRETERS = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"))
+
+
+def _interpreter_module() -> tuple[Any, str]:
+    import importlib
+
+    for module, dist in INTERPRETERS:
+        if importable(module):
+            return importlib.import_module(f"{module}.interpreter"), dist
+    raise ModelError("no TFLite interpreter is installed; pip install 'edgeopt[litert]' (or [tflite-runtime])")
+
+
+class UnsupportedOpError(ModelError):
+    """The file is a valid model, but this runtime lacks one of its ops (or an op version)."""
+
+
+# "Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'" (older runtimes)
+_MISSING_OP = re.compile(r"Didn't find op for (?:builtin opcode|custom opcode) '([^']+)' version '(\d+)'")
+
+
 def _interpreter(path: Path, threads: int, delegates: bool = True) -> Any:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    module, dist = _interpreter_module()
+    Interpreter, OpResolverType = module.Interpreter, module.OpResolverType  # noqa: N806
 
     if not path.is_file():
         raise ModelError(f"{path} does not exist; pass a .tflite file")
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        return Interpreter(
-            model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
-        )
-    except ValueError as exc:
-        raise ModelError(f"{path} is not a valid .tflite model ({exc}); pass a TFLite flatbuffer") from None
+    with captured_output():  # the C++ layer prints its errors itself; ours are one line
+        try:
+            return Interpreter(
+                model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
+            )
+        except (ValueError, RuntimeError) as exc:
+            missing = _MISSING_OP.search(str(exc))
+            if missing:
+                raise UnsupportedOpError(
+                    f"{path} needs op {missing.group(1)} version {missing.group(2)}, which "
+                    f"{dist} {metadata.version(dist)} does not have; use a newer runtime or another variant"
+                ) from None
+            raise ModelError(f"{path} is not a valid .tflite model ({exc}); pass a TFLite flatbuffer") from None
 
 
 class LiteRTSession:
@@ -93,10 +124,11 @@ class LiteRTRuntime:
     suffixes: tuple[str, ...] = (".tflite",)
 
     def available(self) -> bool:
-        return importable("ai_edge_litert")
+        return any(importable(module) for module, _ in INTERPRETERS)
 
     def version(self) -> str:
-        return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
+        _, dist = _interpreter_module()
+        return f"{dist} {metadata.version(dist)}"
 
     def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> LiteRTSession:
         if threads < 1:

@@ -1,0 +1,148 @@
+"""`edgeopt device bench`: measure an optimize run's variants where they will run.
+
+The same interleaved latency protocol as optimize, the accuracy check on the run's test images
+(when the device has them) or on labelled samples the user ships, with the device's runtime --
+and what does not load, and why. The output is a results file (kind "device-bench") that
+`edgeopt choose` reads to choose for this device. Needs no TensorFlow and no scipy: one
+inference runtime, numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from edgeopt import __version__
+from edgeopt.config import MeasureConfig
+from edgeopt.data.imagefolder import decode_images, scan_image_folder
+from edgeopt.errors import DataError, ModelError
+from edgeopt.machine import describe_machine
+from edgeopt.measure import (
+    accuracy_record,
+    latency_record,
+    measure_accuracy,
+    measure_latency,
+    predictions_record,
+)
+from edgeopt.methods.base import sha256_of
+from edgeopt.pixels import PixelTransform
+from edgeopt.progress import NullProgress, Progress
+from edgeopt.results import RESULTS_FILE, Data, Results, Variant, load_results
+from edgeopt.runtimes.base import Session
+from edgeopt.runtimes.registry import RUNTIMES
+
+
+def _images(run: Results, images: Path | None) -> tuple[Path, list[tuple[str, int]], str]:
+    """The labelled images to check accuracy on: the user's samples, else the run's test split."""
+    classes = run.model.classes
+    if images is not None:
+        folder = scan_image_folder(images)
+        unknown = [c for c in folder.classes if c not in classes]
+        if unknown:
+            raise DataError(f"{images} has class folder(s) {', '.join(unknown)} the model does not know ({', '.join(classes)})")
+        items = [(path, classes.index(folder.classes[label])) for path, label in folder.items]
+        return folder.root, items, f"the device's labelled samples in {images}"
+    root = Path(run.data.root)
+    if root.is_dir() and all((root / p).is_file() for p, _ in run.data.test_items[:20]):
+        return root, [(p, int(c)) for p, c in run.data.test_items], "the run's test split"
+    raise DataError(
+        f"the run's test images ({root}) are not on this device; pass --images DIR with labelled samples "
+        "(DIR/<class>/*.jpg, class names as in labels.json)"
+    )
+
+
+def _open(v: Variant, run_dir: Path, threads: int, transform: PixelTransform) -> tuple[Session | None, str]:
+    runtime = RUNTIMES.get(v.backend)
+    if runtime is None or not runtime.available():
+        return None, f"no {v.backend} runtime is installed on this device"
+    path = run_dir / v.file
+    if not path.is_file():
+        return None, f"{v.file} is missing from {run_dir}"
+    if sha256_of(path) != v.sha256:
+        return None, f"{v.file} differs from the file the run measured (sha256); copy the run again"
+    try:
+        return runtime.open(path, threads, transform), ""
+    except ModelError as exc:
+        return None, str(exc).removeprefix(f"{path} ")
+
+
+def _is_float(v: Variant) -> bool:
+    return v.graph is not None and set(v.graph.weight_dtypes) <= {"float32", "int32", "int64"}
+
+
+def bench_run(
+    run_dir: Path, measure: MeasureConfig, images: Path | None = None, progress: Progress | None = None,
+) -> Results:
+    """Every variant of an optimize run, measured on this machine with its runtime(s)."""
+    progress = progress or NullProgress()
+    run_dir = Path(run_dir)
+    run = load_results(run_dir)
+    started = time.perf_counter()
+    root, items, note = _images(run, images)
+    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size))
+    if len(decoded.labels) == 0:
+        raise DataError(f"none of the {len(items)} images in {root} could be read")
+    scale, offset = _contract(run)
+    transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]))
+    eval_threads = max(measure.threads, os.cpu_count() or 1)
+    opened: dict[str, Session] = {}
+    errors: dict[str, str] = {}
+    accuracy = {}
+    progress.start("checking accuracy on this device", len(run.variants))
+    for v in run.variants:
+        session, error = _open(v, run_dir, eval_threads, transform)
+        if session is None:
+            errors[v.name] = error
+        else:
+            accuracy[v.name] = measure_accuracy(session, decoded.pixels, decoded.labels, run.model.classes)
+            opened[v.name] = runtime_session(v, run_dir, measure.threads, transform)
+        progress.advance(1, v.name)
+    progress.finish(f"checked {len(decoded.labels)} images; {len(errors)} variant(s) do not load here")
+    # the baseline first: the run's, or (when it does not load here) the first float variant that does
+    order = [v for v in run.variants if v.name in opened]
+    if not order:
+        raise ModelError(f"no variant of {run_dir} loads on this device: " + "; ".join(f"{k}: {e}" for k, e in errors.items()))
+    if order[0].name != run.variants[0].name:
+        order.sort(key=lambda v: not _is_float(v))
+    latency = measure_latency({v.name: opened[v.name] for v in order}, decoded.pixels[:16], measure, progress)
+    variants = []
+    for v in [*order, *(v for v in run.variants if v.name in errors)]:
+        base = dict(name=v.name, paper_label=v.paper_label, backend=v.backend, summary=v.summary, file=v.file,
+                    sha256=v.sha256, size_bytes=v.size_bytes, transfer_bytes=v.transfer_bytes, graph=v.graph,
+                    input=v.input, change_vs_baseline=v.change_vs_baseline, repair=v.repair)
+        if v.name in errors:
+            variants.append(Variant(**base, runtime=_runtime_name(v.backend), loadable=False, load_error=errors[v.name]))
+        else:
+            variants.append(Variant(**base, runtime=_runtime_name(v.backend), test=accuracy_record(accuracy[v.name]),
+                                    latency=latency_record(latency[v.name], measure.threads),
+                                    predictions=predictions_record(accuracy[v.name])))
+    notes = [f"Measured on this device from the optimize run {run_dir} ({len(run.variants)} variants)."]
+    if order[0].name != run.variants[0].name:
+        notes.append(f"The run's baseline {run.variants[0].name} does not load here, so L is relative to {order[0].name}.")
+    return Results(
+        kind="device-bench", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), edgeopt_version=__version__,
+        model=run.model,
+        data=Data(root=str(root), synthetic=run.data.synthetic, test_items=[(p, int(c)) for p, c in zip(
+            decoded.paths, decoded.labels, strict=True)], train_images=0, train_total=0,
+            skipped_images=len(decoded.skipped), split_note=note),
+        machine=describe_machine(), measure={**measure.to_jsonable(), "accuracy_threads": eval_threads},
+        variants=variants, notes=notes, timings={"total_s": time.perf_counter() - started},
+        source_results_sha256=hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest(),
+    )
+
+
+def runtime_session(v: Variant, run_dir: Path, threads: int, transform: PixelTransform) -> Session:
+    """A second session at the device's thread count, for latency (accuracy used every core)."""
+    return RUNTIMES[v.backend].open(run_dir / v.file, threads, transform)
+
+
+def _runtime_name(backend: str) -> str:
+    runtime = RUNTIMES.get(backend)
+    return runtime.version() if runtime is not None and runtime.available() else f"{backend} (not installed)"
+
+
+def _contract(run: Results) -> tuple[list[float], list[float]]:
+    contract = next((v.input for v in run.variants if v.input is not None), None)
+    return (contract.pixel_scale, contract.pixel_offset) if contract else ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
