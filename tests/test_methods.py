@@ -84,4 +84,5 @@ def test_float_variants_match_keras_and_quantized_ones_agree_with_f0(tiny_optimi
     for name in ("f1_dynamic_range", "f2_int8", "f3_int8_uint8io"):
         assert np.isfinite(probs[name]).all()
         assert np.allclose(probs[name].sum(1), 1.0, atol=0.05)
-        assert np.mean(probs[name].argmax(1) == top1) >= 0.7, name
+        # a broken quantizer flips most answers; a working one keeps nearly all of them
+        assert np.mean(probs[name].argmax(1) == top1) >= 0.85, name

@@ -93,9 +93,10 @@ class OptimizeConfig(Settings):
     repair_target_pp: float = Field(0.5, ge=0)
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
-    # ONNX Runtime static int8 with 7-bit weights. On x86 without VNNI, ORT's u8s8 kernels use
-    # VPMADDUBSW, whose int16 pair sums saturate with full 8-bit weights (measured: 57% -> 33%
-    # accuracy on the test model). None: decide from this CPU's flags.
+    # ONNX Runtime static int8 weights: None (default) gives 7-bit weights only to the convs fed by
+    # activations that can be negative, whose int16 pair sums saturate on x86 without VNNI, and 8
+    # bits elsewhere (methods.onnx.saturating_conv_weights); True: 7-bit everywhere; False: 8-bit
+    # everywhere. The file is the same whatever the build machine's CPU.
     ort_reduce_range: bool | None = None
     # For an .onnx input model with float input: pixel range it expects, e.g. (-1.0, 1.0);
     # or torchvision-style per-channel mean and std (of pixel/255). None: pixels 0..255.

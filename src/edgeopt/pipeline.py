@@ -25,7 +25,7 @@ from edgeopt.data.synthetic import is_synthetic
 from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
 from edgeopt.graph import describe_change, describe_model, graph_record, input_contract
-from edgeopt.machine import describe_machine, has_int8_dot_product
+from edgeopt.machine import describe_machine
 from edgeopt.measure import (
     AccuracyResult,
     LatencyResult,
@@ -154,12 +154,6 @@ def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method
     return methods, notes
 
 
-def _reduce_range(config: OptimizeConfig) -> bool:
-    if config.ort_reduce_range is not None:
-        return config.ort_reduce_range
-    return not has_int8_dot_product()
-
-
 def optimize(
     model: Path,
     out: Path,
@@ -214,7 +208,7 @@ def optimize(
             work_dir=staging / "work",
             pixel_transform=transform,
             calibration_method=config.calibration_method,
-            reduce_range=_reduce_range(config),
+            reduce_range=config.ort_reduce_range,
             holdout=holdout.pixels if holdout is not None else None,
             holdout_labels=holdout.labels if holdout is not None else None,
             repair_target_pp=config.repair_target_pp,
@@ -261,12 +255,15 @@ def optimize(
                      describe_change(graphs[m.name], base_graph) if i else "baseline")
             for i, m in enumerate(methods)
         ]
-        if ctx.reduce_range and "ort_int8_static" in artifacts:
-            method_notes.append(
-                "ort_int8_static uses 7-bit weights (reduce_range): this CPU has no int8 dot-product "
-                "instructions (VNNI), and ONNX Runtime's u8s8 kernels on AVX2 use VPMADDUBSW, whose int16 "
-                "sums saturate with full 8-bit weights and cost accuracy. Override with ort_reduce_range."
-            )
+        for name in ("ort_int8_static", "ort_int8_guarded"):
+            seven = artifacts[name].metadata.get("seven_bit_weights") if name in artifacts else None
+            if seven:
+                method_notes.append(
+                    f"{name} has 7-bit weights on the {seven} convs fed by activations that can be negative, 8-bit "
+                    "elsewhere: on x86 without VNNI, ONNX Runtime's u8s8 kernels add byte products in 16 bits "
+                    "(VPMADDUBSW), which saturates on those convs with full 8-bit weights; 7-bit weights everywhere "
+                    "would cost accuracy instead. The same file is exact on a VNNI CPU. ort_reduce_range overrides it."
+                )
         measure = {**config.measure.to_jsonable(), "accuracy_threads": eval_threads,
                    "decode_ms_median": measure_decode_ms([root / p for p in test.paths], size)}
         results = Results(

@@ -53,8 +53,8 @@ class BuildContext:
     pixel_transform: PixelTransform = PIXELS
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
     calibration_method: str = "MinMax"
-    # ONNX Runtime static int8: 7-bit weights (see OptimizeConfig.ort_reduce_range).
-    reduce_range: bool = False
+    # ONNX Runtime static int8 weights (see OptimizeConfig.ort_reduce_range).
+    reduce_range: bool | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:

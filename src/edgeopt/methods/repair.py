@@ -44,7 +44,7 @@ def holdout_top1(path: Path, backend: str, pixels: np.ndarray) -> np.ndarray:
 
 def search(
     ranked: Sequence[str],
-    build: Callable[[Sequence[str], Path], None],
+    build: Callable[[Sequence[str], Path], object],
     backend: str,
     float_model: Path,
     holdout: np.ndarray | None,

@@ -1,0 +1,136 @@
+"""Accuracy-guarded variants: the search, and that each runtime's lever really changes the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeopt.data.imagefolder import decode_images
+from edgeopt.data.split import load_split
+from edgeopt.graph import describe_model
+from edgeopt.methods import litert as litert_methods
+from edgeopt.methods import onnx as onnx_methods
+from edgeopt.methods import repair
+from edgeopt.methods.base import BuildContext
+from tests.conftest import TINY_SIZE
+
+LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+
+
+def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: list[int]):
+    """Models are files holding k; the held-out predictions of each k are given."""
+    def top1(path, backend, pixels):
+        text = Path(path).read_text()
+        return np.array(reference if text == "float" else predictions_by_k[int(text)])
+
+    monkeypatch.setattr(repair, "holdout_top1", top1)
+
+
+def run_search(tmp_path, target):
+    (tmp_path / "float").write_text("float")
+    built = []
+
+    def build(names, path):
+        built.append(len(names))
+        Path(path).write_text(str(len(names)))
+
+    record = repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)),
+                           LABELS, target, tmp_path / "out.tflite", "test sensitivity")
+    return record, built
+
+
+def test_search_stops_at_the_fewest_float_ops_within_the_target(tmp_path, monkeypatch):
+    # float gets 8/10 right; k=0 loses 3 images, k=1 loses 2, k=2 loses nothing
+    right = LABELS.tolist()
+    wrong = [(x + 1) % 3 for x in right]
+    reference = right[:8] + wrong[8:]
+    by_k = {0: wrong[:3] + right[3:8] + wrong[8:], 1: wrong[:2] + right[2:8] + wrong[8:], 2: reference, 4: reference}
+    fake_models(monkeypatch, by_k, reference)
+    record, built = run_search(tmp_path, target=0.5)
+    assert built == [0, 1, 2]  # no more builds than needed
+    assert record["kept_float"] == ["op0", "op1"] and record["loss_before_pp"] == pytest.approx(30.0)
+    assert record["loss_after_pp"] == pytest.approx(0.0)
+    assert [s["loss_pp"] for s in record["steps"]] == pytest.approx([30.0, 20.0, 0.0])
+    assert (tmp_path / "out.tflite").read_text() == "2"
+    assert not list(tmp_path.glob(".out-k*"))  # the candidates it did not keep are gone
+
+
+def test_search_keeps_the_least_loss_when_no_k_reaches_the_target(tmp_path, monkeypatch):
+    right = LABELS.tolist()
+    wrong = [(x + 1) % 3 for x in right]
+    reference = right
+    by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 2: wrong[:2] + right[2:], 4: wrong[:2] + right[2:],
+            8: wrong[:2] + right[2:]}
+    fake_models(monkeypatch, by_k, reference)
+    record, built = run_search(tmp_path, target=-5.0)  # unreachable: nothing can beat the float model by 5 points
+    assert built == [0, 1, 2, 4, 8]  # 8 = a quarter of the 40 ranked ops, the most it may leave in float
+    assert record["kept_float"] == ["op0"] and record["loss_after_pp"] == pytest.approx(10.0)
+    assert "none reached the target" in record["note"]
+
+
+def test_a_guarded_method_needs_held_out_images(tmp_path):
+    with pytest.raises(Exception, match="held-out images"):
+        repair.search(["a"], lambda n, p: None, "litert", tmp_path / "f", None, None, 0.5, tmp_path / "o", "")
+
+
+@pytest.fixture(scope="module")
+def guarded_context(tiny_model, tmp_path_factory):
+    split = load_split(tiny_model / "split.json")
+    root = Path(split.data_root)
+    holdout = decode_images(root, split.validation, TINY_SIZE)
+    work = tmp_path_factory.mktemp("guarded")
+    return BuildContext(
+        source=tiny_model, representative=decode_images(root, split.train[:20], TINY_SIZE).pixels, work_dir=work / "work",
+        holdout=holdout.pixels, holdout_labels=holdout.labels,
+    ), work
+
+
+def _lever(monkeypatch, build, ctx, out):
+    """Run a guarded build but capture its ranked ops and its builder instead of searching."""
+    captured = {}
+
+    def capture(ranked, builder, *args, **kwargs):
+        captured.update(ranked=list(ranked), build=builder)
+        builder([], out)
+        return {}
+
+    monkeypatch.setattr(repair, "search", capture)
+    build(ctx, out)
+    return captured["ranked"], captured["build"]
+
+
+def test_litert_keeps_the_chosen_layers_in_float(guarded_context, monkeypatch):
+    ctx, work = guarded_context
+    ranked, build = _lever(monkeypatch, litert_methods.build_int8_guarded, ctx, work / "k0.tflite")
+    assert len(ranked) > 20 and len(set(ranked)) == len(ranked)
+    build(ranked[:6], work / "k6.tflite")
+    all_int8, six_float = describe_model(work / "k0.tflite"), describe_model(work / "k6.tflite")
+    assert six_float.weight_dtypes["float32"][1] > all_int8.weight_dtypes.get("float32", (0, 0))[1]
+    assert six_float.dequantize_ops > all_int8.dequantize_ops  # int8 -> float where a float layer begins
+
+
+def test_onnxruntime_gives_the_chosen_activations_16_bits(guarded_context, monkeypatch):
+    ctx, work = guarded_context
+    ranked, build = _lever(monkeypatch, onnx_methods.build_int8_guarded, ctx, work / "k0.onnx")
+    assert len(ranked) > 20
+    build(ranked[:6], work / "k6.onnx")
+    import onnx
+
+    def sixteen_bit_zero_points(path):
+        model = onnx.load(str(path))
+        return sum(i.data_type in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16) for i in model.graph.initializer)
+
+    assert sixteen_bit_zero_points(work / "k0.onnx") == 0 and sixteen_bit_zero_points(work / "k6.onnx") >= 6
+
+
+def test_guarded_variants_report_their_repair(tiny_optimized):
+    out, results = tiny_optimized
+    for name in ("f2_int8_guarded", "ort_int8_guarded"):
+        v = results.variant(name)
+        assert v.repair is not None and v.repair.steps and v.repair.steps[0]["kept_float"] == 0
+        assert v.repair.loss_after_pp <= v.repair.loss_before_pp
+        assert len(v.repair.kept_float) == v.repair.steps[-1]["kept_float"] or v.repair.loss_after_pp > 0.5
+    report = (out / "report.md").read_text()
+    assert "## Repairs (accuracy-guarded variants)" in report and "held-out images" in report
