@@ -2,9 +2,10 @@
 
     python bench/update.py [--run runs/demo/optimized] [--rate 1024] [--out bench/results]
 
-Publishes the optimize run's float32 baseline (f0) and its selected variant as two signed
-releases, serves them on 127.0.0.1 at a fixed bandwidth (--rate KB/s, default 1024 = 1 MB/s),
-and times a device agent fetching, verifying, smoke-testing and activating each. Writes
+Sets up a release repository (TUF metadata, fresh keys), publishes the optimize run's float32
+baseline and its selected variant, serves them on 127.0.0.1 at a fixed bandwidth (--rate KB/s,
+default 1024 = 1 MB/s), and times a fresh device agent installing each: refresh and verify the
+metadata, download, check length and sha256, smoke-test, activate. Writes
 bench/results/update.json and prints a table.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +32,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench/update.py"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "demo" / "optimized", help="an optimize output folder")
@@ -42,41 +55,42 @@ def main() -> int:
 
     import uvicorn
 
-    from edgeopt.delivery.agent import Agent, AgentConfig
-    from edgeopt.delivery.release import generate_keys, publish
-    from edgeopt.delivery.server import create_app
+    from edgeopt.device.agent import Agent, AgentConfig
+    from edgeopt.release.keys import generate_keys
+    from edgeopt.release.repository import Repository, release_custom
+    from edgeopt.release.server import create_app
+    from edgeopt.results import load_results
 
-    results = json.loads((args.run / "results.json").read_text())
-    baseline, selected = results["baseline"], results["selected"]
+    results = load_results(args.run)
+    baseline, selected = results.variants[0].name, results.selected.name
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        private, public = generate_keys(tmp / "keys")
+        generate_keys(tmp / "keys", ("stable",))
+        repo = Repository(tmp / "repo")
+        trusted_root = repo.init(tmp / "keys", ("stable",))
         port = _free_port()
-        repo = tmp / "repo"
-        repo.mkdir()
-        server = uvicorn.Server(uvicorn.Config(create_app(repo, args.rate), host="127.0.0.1", port=port, log_level="error"))
+        server = uvicorn.Server(uvicorn.Config(create_app(repo.path, args.rate), host="127.0.0.1", port=port, log_level="error"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
             time.sleep(0.02)
         try:
             for variant in (baseline, selected):
+                model, labels, custom = release_custom(args.run, variant)
+                published = repo.publish_release(tmp / "keys", "stable", model, labels, custom)
                 seconds = []
                 for repeat in range(args.repeats):
-                    release = publish(args.run, repo, private, variant=variant)
-                    state = tmp / f"device-{variant}-{repeat}"
-                    agent = Agent(AgentConfig(server=f"http://127.0.0.1:{port}", state=state, pubkey=public,
-                                              device_id=f"bench-{variant}"))
+                    agent = Agent(AgentConfig(server=f"http://127.0.0.1:{port}", state=tmp / f"device-{variant}-{repeat}",
+                                              root=trusted_root, device_id=f"bench-{repeat}"))
                     start = time.perf_counter()
                     outcome = agent.check_once()
                     seconds.append(time.perf_counter() - start)
-                    if outcome != f"activated {release.version}":
+                    if outcome.kind != "activated":
                         raise RuntimeError(f"delivery of {variant} failed: {outcome}")
-                size = release.manifest["model"]["size_bytes"] + release.manifest["labels"]["size_bytes"]
-                seconds.sort()
+                size = published["length"] + labels.stat().st_size
                 rows.append({
-                    "variant": variant, "bytes": size, "seconds_median": seconds[len(seconds) // 2],
+                    "variant": variant, "bytes": size, "seconds_median": statistics.median(seconds),
                     "seconds_all": seconds, "transfer_seconds_at_rate": size / (args.rate * 1024),
                 })
         finally:
@@ -84,14 +98,15 @@ def main() -> int:
             thread.join(timeout=10)
     base_row, sel_row = rows
     report = {
-        "edgeopt_update_bench": 1,
+        "edgeopt_update_bench": 2,
+        "commit": commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(args.run),
-        "synthetic_data": results["data"]["synthetic"],
+        "synthetic_data": results.data.synthetic,
         "rate_kbps": args.rate,
         "repeats": args.repeats,
-        "what_is_timed": "agent.check_once: fetch and verify the signed pointer and manifest, download, check sha256, "
-                         "smoke-test, activate",
+        "what_is_timed": "a fresh device agent's check: refresh and verify TUF metadata, download, check length and "
+                         "sha256, smoke-test, activate",
         "deliveries": rows,
         "bytes_ratio": base_row["bytes"] / sel_row["bytes"],
         "seconds_ratio": base_row["seconds_median"] / sel_row["seconds_median"],

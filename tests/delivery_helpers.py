@@ -1,16 +1,20 @@
-"""Loopback servers for the delivery tests: the real update server in a thread, and a proxy
-that closes connections mid-transfer. Everything binds to 127.0.0.1 and stops by itself."""
+"""Loopback servers for the delivery tests: the real update server in a thread, Python's plain
+static file server, and a hostile server that tampers with what it sends. Everything binds to
+127.0.0.1 and stops by itself."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
-from edgeopt.delivery.server import create_app
+from edgeopt.release.server import create_app
 
 
 def free_port() -> int:
@@ -44,6 +48,107 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class StaticServer:
+    """Python's http.server on the repository folder: the agent must work against any static server."""
+
+    def __init__(self, repo: Path) -> None:
+        handler = functools.partial(_Quiet, directory=str(repo))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> StaticServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# A hostile server's hook: (request path, file bytes or None, request headers) -> a response, or
+# None to serve the file honestly. A response is (status, headers, body); body is bytes or an
+# iterator of (bytes, seconds to wait before sending them).
+Hook = Callable[[str, "bytes | None", dict], "tuple[int, dict, object] | None"]
+
+
+class HostileServer:
+    """Serves the repository's files, except where `hook` says to tamper."""
+
+    def __init__(self, repo: Path, hook: Hook) -> None:
+        repo = Path(repo)
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?")[0]
+                outer.requests.append(path)
+                file = (repo / path.lstrip("/")).resolve()
+                data = file.read_bytes() if file.is_file() and file.is_relative_to(repo.resolve()) else None
+                response = hook(path, data, dict(self.headers))
+                if response is None:
+                    if data is None:
+                        self._send(404, {}, b"not found")
+                        return
+                    response = (200, {}, data)
+                self._send(*response)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._send(404, {}, b"")
+
+            def _send(self, status: int, headers: dict, body: object) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                try:
+                    if isinstance(body, bytes):
+                        if "Content-Length" not in headers:
+                            self.send_header("Content-Length", str(len(body)))
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        self.wfile.write(body)
+                    else:  # a paced stream, no length: as long as the hook wants
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        for chunk, wait in body:  # type: ignore[attr-defined]
+                            time.sleep(wait)
+                            self.wfile.write(chunk)
+                            self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the agent hung up: that is the point
+                self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> HostileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class CuttingProxy:
@@ -81,8 +186,9 @@ class CuttingProxy:
                 request = client.recv(65536)
                 upstream.sendall(request)
                 sent = 0
-                while sent < self.cut_after:
-                    data = upstream.recv(min(4096, self.cut_after - sent))
+                limit = self.cut_after if b"/targets/" in request.split(b"\r\n", 1)[0] else 1 << 40
+                while sent < limit:
+                    data = upstream.recv(min(4096, limit - sent))
                     if not data:
                         break
                     client.sendall(data)

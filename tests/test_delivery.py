@@ -1,13 +1,15 @@
-"""Delivery: signed releases, the update server, the device agent and the sorting loop,
-including the faults and attacks a device must survive. Servers run on 127.0.0.1 only."""
+"""Delivery on The Update Framework: keys, repository, server, device agent and sorting loop -- and
+every attack of a hostile network, each against a real server on 127.0.0.1: refused, `active`
+still a complete signed release, nothing unbounded, and the valid release installable afterwards."""
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import io
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -20,238 +22,400 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeopt.delivery import release as release_module
-from edgeopt.delivery.agent import (
-    FAULT_POINTS,
-    FAULT_REPORT_ENV,
-    FAULT_STOP_ENV,
-    Agent,
-    AgentConfig,
-    release_is_complete,
-)
-from edgeopt.delivery.release import (
-    SignatureError,
-    generate_keys,
-    load_private_key,
-    load_public_key,
-    sign,
-    verify,
-)
-from edgeopt.delivery.sort import sort_frames
+from edgeopt.device import agent as agent_module
+from edgeopt.device.agent import FAULT_POINTS, FAULT_REPORT_ENV, FAULT_STOP_ENV, Agent, AgentConfig
+from edgeopt.device.fetch import Limits
+from edgeopt.device.smoke import SmokeLimits
+from edgeopt.device.sort import sort_frames
+from edgeopt.device.state import DeviceState
 from edgeopt.errors import OutputExistsError
-from tests.delivery_helpers import CuttingProxy, ServerThread
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return generate_keys(tmp_path_factory.mktemp("keys"))
-
-
-class Run:
-    """An optimize run and the variant to publish from it: releases 1 and 2 differ in bytes."""
-
-    def __init__(self, folder: Path, variant: str) -> None:
-        self.folder, self.variant = folder, variant
+from edgeopt.fleet import enroll
+from edgeopt.release import repository as repository_module
+from edgeopt.release.keys import generate_keys
+from edgeopt.release.repository import Repository, release_custom
+from tests.delivery_helpers import CuttingProxy, HostileServer, ServerThread, StaticServer
+from tests.test_images import png_bytes
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_optimized):
+    """Two different models of one optimize run to publish: releases that differ in bytes."""
     out, _ = tiny_optimized
-    return Run(out, "f0_float32"), Run(out, "f3_int8_uint8io")
+    return [(out, "f0_float32"), (out, "f3_int8_uint8io")]
 
 
-def publish(run: Run, repo: Path, key: Path):
-    return release_module.publish(run.folder, repo, key, variant=run.variant)
+class Setup:
+    def __init__(self, tmp: Path, runs: list) -> None:
+        self.keys, self.repo_path, self.runs = tmp / "keys", tmp / "repo", runs
+        generate_keys(self.keys, ("stable", "beta"))
+        self.repo = Repository(self.repo_path)
+        self.root = self.repo.init(self.keys, ("stable", "beta"))
+        self.state = tmp / "device"
+        samples = self.state / "samples"
+        data = Path(json.loads((runs[0][0] / "results.json").read_text())["data"]["root"])
+        for cls in ("carton", "tin_can"):
+            (samples / cls).mkdir(parents=True)
+            for src in sorted((data / cls).glob("*.jpg"))[:2]:
+                (samples / cls / src.name).write_bytes(src.read_bytes())
+
+    def publish(self, which: int = 0, channel: str = "stable") -> dict:
+        run, variant = self.runs[which % len(self.runs)]
+        model, labels, custom = release_custom(run, variant)
+        return self.repo.publish_release(self.keys, channel, model, labels, custom)
+
+    def model_sha(self, which: int) -> str:
+        import hashlib
+
+        run, variant = self.runs[which]
+        return hashlib.sha256(release_custom(run, variant)[0].read_bytes()).hexdigest()
+
+    def agent(self, url: str, **options) -> Agent:
+        defaults = dict(limits=Limits(timeout_s=5, min_rate_bps=2000, rate_window_s=1.0, deadline_base_s=20))
+        return Agent(AgentConfig(server=url, state=self.state, root=self.root, device_id="sorter-1",
+                                 **{**defaults, **options}))
+
+    def active(self) -> int | None:
+        """The invariant: `active` is absent or a complete release matching signed target metadata."""
+        link = self.state / "active"
+        if not link.exists() and not link.is_symlink():
+            return None
+        record = DeviceState.complete(link)
+        assert record is not None, f"active -> {os.readlink(link)} is not a complete release"
+        published = {t.hashes["sha256"] for v in range(1, 100) if (p := self.repo_path / "metadata" / f"{v}.stable.json").is_file()
+                     for t in __import__("tuf.api.metadata", fromlist=["Metadata"]).Metadata.from_file(str(p)).signed.targets.values()}
+        assert record["model"]["sha256"] in published, "active is not a release the channel's key signed"
+        return int(record["release"])
 
 
 @pytest.fixture
-def device(tmp_path, keys, synthetic_dir):
-    """A device state folder with a few sample frames for the smoke test."""
-    state = tmp_path / "device"
-    samples = state / "samples"
-    for cls in ("carton", "tin_can"):
-        (samples / cls).mkdir(parents=True)
-        for src in sorted((synthetic_dir / cls).glob("*.jpg"))[:2]:
-            (samples / cls / src.name).write_bytes(src.read_bytes())
-    return state
+def setup(tmp_path, runs):
+    return Setup(tmp_path, runs)
 
 
-def agent_for(url, state, keys, **options):
-    return Agent(AgentConfig(server=url, state=state, pubkey=keys[1], device_id="sorter-1", timeout_s=5, **options))
+def log_events(setup: Setup) -> list[dict]:
+    return [json.loads(line) for line in (setup.state / "agent.log").read_text().splitlines()]
 
 
-def assert_active_is_signed_and_complete(state: Path, public_key_path: Path) -> int | None:
-    """The invariant: `active` is absent or a complete release matching its signed manifest."""
-    active = state / "active"
-    if not active.exists() and not active.is_symlink():
-        return None
-    manifest = release_is_complete(active, load_public_key(public_key_path))
-    assert manifest is not None, f"active -> {os.readlink(active)} is not a complete signed release"
-    return manifest["version"]
+# --- keys, repository, server --------------------------------------------------------------------
 
-
-def test_keys_private_file_is_owner_only_and_never_overwritten(keys, tmp_path):
-    private, public = keys
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    data = b'{"a": 1}'
-    assert verify(load_public_key(public), data, sign(load_private_key(private), data)) == {"a": 1}
-    with pytest.raises(SignatureError):
-        verify(load_public_key(public), b'{"a": 2}', sign(load_private_key(private), data))
+def test_keys_are_owner_only_and_never_overwritten(tmp_path):
+    paths = generate_keys(tmp_path / "keys", ("stable",))
+    assert {p.name for p in paths} == {"root.key", "targets.key", "snapshot.key", "timestamp.key", "channel-stable.key"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in paths)
     with pytest.raises(OutputExistsError):
-        generate_keys(private.parent)
+        generate_keys(tmp_path / "keys", ("stable",))
 
 
-def test_publish_makes_monotonic_signed_releases_and_points_the_channel(runs, keys, tmp_path):
-    repo = tmp_path / "repo"
-    first = publish(runs[0], repo, keys[0])
-    second = publish(runs[1], repo, keys[0])
-    assert (first.version, second.version) == (1, 2)
-    public = load_public_key(keys[1])
-    pointer = verify(public, (repo / "channels/stable.json").read_bytes(), (repo / "channels/stable.json.sig").read_bytes())
-    assert pointer["version"] == 2 and pointer["manifest"] == "releases/2/manifest.json"
-    manifest = release_is_complete(repo / "releases" / "2", public)
-    assert manifest["chosen_by"]["method"] == "f3_int8_uint8io"
-    assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["scale"] == pytest.approx(1.0, rel=0.02)
-    assert manifest["model"]["size_bytes"] == (repo / "releases/2/model.tflite").stat().st_size
+def test_the_agent_installs_updates_and_keeps_the_previous_release(setup):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        agent = setup.agent(server.url)
+        assert str(agent.check_once()) == "activated release 1"
+        assert str(agent.check_once()) == "up-to-date"
+        setup.publish(1)
+        assert str(agent.check_once()) == "activated release 2"
+    assert setup.active() == 2
+    assert DeviceState.complete(setup.state / "previous")["release"] == 1
 
 
-def test_server_supports_range_etag_and_status_reports(runs, keys, tmp_path):
-    repo = tmp_path / "repo"
-    publish(runs[0], repo, keys[0])
-    model = (repo / "releases/1/model.tflite").read_bytes()
-    with ServerThread(repo) as server, httpx.Client(base_url=server.url) as client:
-        full = client.get("/releases/1/model.tflite")
-        assert full.status_code == 200 and full.content == model
-        etag = full.headers["etag"]
-        part = client.get("/releases/1/model.tflite", headers={"Range": "bytes=100-199"})
-        assert part.status_code == 206 and part.content == model[100:200]
-        assert part.headers["content-range"] == f"bytes 100-199/{len(model)}"
-        assert client.get("/releases/1/model.tflite", headers={"If-None-Match": etag}).status_code == 304
-        assert client.get("/releases/1/model.tflite", headers={"Range": f"bytes={len(model)}-"}).status_code == 416
-        assert client.get("/../keys/edgeopt-release.key").status_code == 404
-        assert client.get("/fleet/status.json").status_code == 404
-        assert client.post("/status", json={"device_id": "d1", "active_version": 1}).status_code == 200
-        assert client.post("/status", content=b"garbage").status_code == 400
-    assert json.loads((repo / "fleet/status.json").read_text())["d1"]["active_version"] == 1
+def test_the_agent_works_against_any_static_web_server(setup):
+    setup.publish(0)
+    with StaticServer(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+    assert setup.active() == 1
 
 
-def test_agent_installs_reports_and_updates_keeping_the_previous_release(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    publish(runs[0], repo, keys[0])
-    with ServerThread(repo) as server:
-        agent = agent_for(server.url, device, keys)
-        assert agent.check_once() == "activated 1"
-        assert agent.check_once() == "up-to-date"
-        publish(runs[1], repo, keys[0])
-        assert agent.check_once() == "activated 2"
-    assert os.readlink(device / "active") == "releases/2" and os.readlink(device / "previous") == "releases/1"
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 2
-    report = json.loads((repo / "fleet/status.json").read_text())["sorter-1"]
-    assert report["active_version"] == 2 and report["last_error"] is None and report["latency_ms"] > 0
+def test_reports_are_authenticated_typed_and_bounded(setup, tmp_path):
+    setup.publish(0)
+    token = enroll(setup.repo_path, "sorter-1")
+    (tmp_path / "token").write_text(token)
+    with ServerThread(setup.repo_path) as server, httpx.Client(base_url=server.url) as client:
+        assert str(setup.agent(server.url, token_file=tmp_path / "token").check_once()) == "activated release 1"
+        status = json.loads((setup.repo_path / "fleet" / "status.json").read_text())["sorter-1"]
+        assert status["active_release"] == 1 and status["profile"]["cores"] >= 1 and status["device_class"]
+        good = {"device_id": "sorter-1", "channel": "stable"}
+        assert client.post("/status", json=good).status_code == 401  # no credential
+        assert client.post("/status", json={**good, "device_id": "intruder"},
+                           headers={"Authorization": f"Bearer {token}"}).status_code == 401  # someone else's
+        huge = {**good, "last_error": "x" * 5_000_000}
+        assert client.post("/status", json=huge, headers={"Authorization": f"Bearer {token}"}).status_code == 413
+        assert client.post("/status", content=b"garbage", headers={"Authorization": f"Bearer {token}"}).status_code == 400
+        assert client.post("/status", json={**good, "active_release": "v" * 300},
+                           headers={"Authorization": f"Bearer {token}"}).status_code == 400
+    assert list(json.loads((setup.repo_path / "fleet" / "status.json").read_text())) == ["sorter-1"]
 
 
-def _activated(runs, keys, repo, device):
-    publish(runs[0], repo, keys[0])
-    with ServerThread(repo) as server:
-        assert agent_for(server.url, device, keys).check_once() == "activated 1"
+def test_the_server_serves_only_metadata_and_hash_named_targets(setup):
+    setup.publish(0)
+    enroll(setup.repo_path, "sorter-1")
+    (setup.repo_path / "targets" / "stable" / "keys").mkdir()
+    (setup.repo_path / "targets" / "stable" / "keys" / "root.key").write_text("secret")
+    (setup.repo_path / "targets" / "stable" / "root.key").write_text("secret")
+    model = next((setup.repo_path / "targets" / "stable").glob("*.model"))
+    with ServerThread(setup.repo_path) as server, httpx.Client(base_url=server.url) as client:
+        assert client.get("/metadata/timestamp.json").status_code == 200
+        assert client.get(f"/targets/stable/{model.name}").content == model.read_bytes()
+        part = client.get(f"/targets/stable/{model.name}", headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.headers["content-range"] == f"bytes 100-199/{model.stat().st_size}"
+        for path in ("/metadata/../fleet/devices.json", "/metadata/%2e%2e/fleet/status.json", "/fleet/devices.json",
+                     "/targets/stable/root.key", "/targets/stable/keys/root.key", "/targets/../keys/root.key"):
+            raw = httpx.Request("GET", server.url + path)
+            raw.url = httpx.URL(server.url + path)  # keep the dots: what `curl --path-as-is` sends
+            assert client.send(raw).status_code == 404, path
 
 
-def test_flipped_byte_in_the_model_is_rejected_and_reported(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    publish(runs[1], repo, keys[0])
-    model = repo / "releases/2/model.tflite"
-    data = bytearray(model.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    model.write_bytes(bytes(data))
-    with ServerThread(repo) as server:
-        outcome = agent_for(server.url, device, keys).check_once()
-    assert "does not match the signed sha256" in outcome
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 1
-    assert "sha256" in json.loads((repo / "fleet/status.json").read_text())["sorter-1"]["last_error"]
-    assert any(json.loads(line)["event"] == "rejected" for line in (device / "agent.log").read_text().splitlines())
+# --- attacks ---------------------------------------------------------------------------------------
+
+def test_1_channel_mixing_is_refused(setup):
+    """A beta release copied over stable's metadata: signed, but not by stable's key."""
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        setup.publish(1, channel="beta")
+        setup.publish(1)  # stable's next release: the device will fetch stable's new metadata
+        meta = setup.repo_path / "metadata"
+
+        def newest(role):
+            return max(meta.glob(f"*.{role}.json"), key=lambda p: int(p.name.split(".")[0]))
+
+        stable, beta = newest("stable"), newest("beta")
+        saved = stable.read_bytes()
+        stable.write_bytes(beta.read_bytes())  # beta's signed release, served as stable's
+        outcome = setup.agent(server.url).check_once()
+        assert outcome.refused and "metadata does not verify" in str(outcome)
+        assert setup.active() == 1
+        stable.write_bytes(saved)  # the valid release still installs
+        assert str(setup.agent(server.url).check_once()) == "activated release 2"
 
 
-def test_manifest_signed_by_another_key_is_rejected(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    intruder, _ = generate_keys(tmp_path / "intruder")
-    publish(runs[1], repo, intruder)
-    with ServerThread(repo) as server:
-        outcome = agent_for(server.url, device, keys).check_once()
-    assert "signature does not verify" in outcome
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 1
+def _tamper_model(setup: Setup, how):
+    def hook(path, data, headers):
+        if path.startswith("/targets/stable/") and path.endswith(".model") and data is not None:
+            return how(data, headers)
+        return None
+    return hook
 
 
-@pytest.mark.parametrize("evil_name", ["../../escape.tflite", "/etc/passwd", "sub/dir.tflite", ".."])
-def test_manifest_naming_a_path_outside_the_state_folder_is_rejected(runs, keys, tmp_path, device, evil_name):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    release = publish(runs[1], repo, keys[0])
-    resign(repo, release, dict(release.manifest, model=dict(release.manifest["model"], file=evil_name)), keys[0])
-    with ServerThread(repo) as server:
-        outcome = agent_for(server.url, device, keys).check_once()
-    assert "not a plain file name" in outcome
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 1
-    assert not (tmp_path / "escape.tflite").exists() and not list(device.rglob("*escape*"))
+@pytest.mark.parametrize("attack", ["flipped byte", "extra bytes", "wrong content-range"])
+def test_2_unsigned_faults_never_block_a_valid_release(setup, attack):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+    setup.publish(1)
+
+    def how(data, headers):
+        if attack == "flipped byte":
+            body = bytearray(data)
+            body[len(body) // 2] ^= 1
+            return 200, {}, bytes(body)
+        if attack == "extra bytes":
+            return 200, {}, data + b"\x00" * 4096
+        if "Range" not in headers and "range" not in headers:  # cut the transfer: the agent will resume...
+            return 200, {"Content-Length": str(len(data))}, iter([(data[:20000], 0.0)])
+        return 206, {"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"}, data  # ...and gets the wrong range
+    # A flipped byte in a whole, fresh download is retried once; only a second such download would
+    # refuse the release (a device cannot tell a lying network from a bad release). Extra bytes and
+    # a wrong range are transport faults however often they come.
+    attempts = 1 if attack == "flipped byte" else 3
+    with HostileServer(setup.repo_path, _tamper_model(setup, how)) as hostile:
+        for _ in range(attempts):
+            outcome = setup.agent(hostile.url).check_once()
+            assert outcome.kind == "retry", outcome
+    assert setup.active() == 1
+    assert not (setup.state / "rejected.json").exists()
+    assert all(p.stat().st_size <= setup.repo.current_release("stable")["length"] for p in setup.state.rglob("*.part"))
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 2"
 
 
-def test_an_old_signed_release_cannot_be_replayed(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    old_pointer = (repo / "channels/stable.json").read_bytes(), (repo / "channels/stable.json.sig").read_bytes()
-    publish(runs[1], repo, keys[0])
-    with ServerThread(repo) as server:
-        agent = agent_for(server.url, device, keys)
-        assert agent.check_once() == "activated 2"
-        (repo / "channels/stable.json").write_bytes(old_pointer[0])  # replay the signed pointer to v1
-        (repo / "channels/stable.json.sig").write_bytes(old_pointer[1])
-        assert agent.check_once() == "up-to-date"
-        assert agent.check_once() == "up-to-date"  # equal version: nothing to do either
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 2
-    assert any(json.loads(line)["event"] == "ignored" for line in (device / "agent.log").read_text().splitlines())
+def test_2_a_release_that_fails_twice_is_refused_for_good_and_reported(setup, monkeypatch):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        setup.publish(1)
+        slow = setup.agent(server.url, smoke=SmokeLimits(latency_budget_ms=1e-6))
+        first = slow.check_once()
+        assert first.kind == "retry" and "smoke test failed" in str(first)  # one slow run: retried
+        second = slow.check_once()
+        assert second.refused and "(again)" in str(second)
+        third = setup.agent(server.url).check_once()
+        assert third.kind == "skipped" and third.refused
+    assert setup.active() == 1
+    assert any(e["event"] == "refused" for e in log_events(setup))
 
 
-def resign(repo: Path, release, manifest: dict, private_key: Path) -> None:
-    """Replace a release's manifest with `manifest`, validly signed (a publisher's mistake, or a
-    stolen key): what the device must still refuse."""
-    data = json.dumps(manifest, sort_keys=True).encode()
-    private = load_private_key(private_key)
-    (release.folder / "manifest.json").write_bytes(data)
-    (release.folder / "manifest.json.sig").write_bytes(sign(private, data))
-    pointer = json.loads((repo / "channels/stable.json").read_text())
-    pointer["manifest_sha256"] = hashlib.sha256(data).hexdigest()
-    pointer_bytes = json.dumps(pointer).encode()
-    (repo / "channels/stable.json").write_bytes(pointer_bytes)
-    (repo / "channels/stable.json.sig").write_bytes(sign(private, pointer_bytes))
+def test_3_endless_metadata_and_oversize_files_are_cut_off(setup):
+    setup.publish(0)
+
+    def endless(path, data, headers):
+        if path == "/metadata/timestamp.json":
+            return 200, {}, ((b"{" + b" " * 65535, 0.0) for _ in range(6400))  # 400 MiB
+        return None
+
+    with HostileServer(setup.repo_path, endless) as hostile:
+        started = time.monotonic()
+        outcome = setup.agent(hostile.url).check_once()
+    assert outcome.refused and "longer than allowed" in str(outcome)
+    assert time.monotonic() - started < 20
+    assert setup.active() is None
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
 
 
-def _publish_tampered_input_shape(runs, keys, repo):
-    """A release signed by the real key whose model does not take the input the manifest says."""
-    release = publish(runs[1], repo, keys[0])
-    resign(repo, release, dict(release.manifest, input=dict(release.manifest["input"], shape=[1, 96, 96, 3])), keys[0])
+def test_4_slow_retrieval_is_stopped_reported_and_retried(setup):
+    setup.publish(0)
+
+    def trickle(path, data, headers):
+        if path.endswith(".model") and data is not None:
+            return 200, {"Content-Length": str(len(data))}, ((data[i:i + 1], 0.05) for i in range(len(data)))
+        return None
+
+    with HostileServer(setup.repo_path, trickle) as hostile:
+        started = time.monotonic()
+        outcome = setup.agent(hostile.url).check_once()
+    assert outcome.kind == "retry" and "slow retrieval" in str(outcome)
+    assert time.monotonic() - started < 15
+    assert any(e["event"] == "retry" and "slow retrieval" in e["reason"] for e in log_events(setup))
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
 
 
-def test_a_model_failing_its_smoke_test_is_never_activated(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    _publish_tampered_input_shape(runs, keys, repo)
-    with ServerThread(repo) as server:
-        agent = agent_for(server.url, device, keys)
-        outcome = agent.check_once()
-        assert "input shape" in outcome
-        assert agent.check_once().startswith("skipped 2")  # rejected once, not retried
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 1
-    assert not (device / "releases" / "2").exists()
+def test_5_a_frozen_repository_and_a_metadata_rollback_are_refused(setup, monkeypatch):
+    setup.publish(0)
+    old_timestamp = (setup.repo_path / "metadata" / "timestamp.json").read_bytes()
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        setup.publish(1)
+        assert str(setup.agent(server.url).check_once()) == "activated release 2"
+        fresh = (setup.repo_path / "metadata" / "timestamp.json").read_bytes()
+        (setup.repo_path / "metadata" / "timestamp.json").write_bytes(old_timestamp)  # replay
+        rollback = setup.agent(server.url).check_once()
+        assert rollback.refused and "rollback" in str(rollback)
+        (setup.repo_path / "metadata" / "timestamp.json").write_bytes(fresh)
+        monkeypatch.setitem(repository_module.EXPIRY, "timestamp", dt.timedelta(seconds=-60))
+        setup.repo.refresh(setup.keys)  # a timestamp that has expired: what a frozen mirror serves
+        frozen = setup.agent(server.url).check_once()
+        assert frozen.refused and "expired" in str(frozen)
+        monkeypatch.setitem(repository_module.EXPIRY, "timestamp", dt.timedelta(days=1))
+        setup.repo.refresh(setup.keys)
+        assert str(setup.agent(server.url).check_once()) == "up-to-date"
+    assert setup.active() == 2
 
 
-def test_a_nan_model_is_never_activated(runs, keys, tmp_path, device, monkeypatch):
-    """The staged model outputs NaN (as a model converted with unfrozen weights does)."""
+def test_5_an_absurd_signed_release_number_stops_nothing(setup, monkeypatch):
+    setup.publish(0)
+    model, labels, custom = release_custom(*setup.runs[1])
+    monkeypatch.setattr(repository_module, "MAX_RELEASE", 10**40)
+    role = setup.repo.load("stable")
+    role.signed.targets["stable/model"].unrecognized_fields["custom"]["release"] = 10**30 - 1
+    role.signed.version += 1
+    setup.repo._sign(role, "channel-stable", setup.keys)
+    setup.repo._write(role, "stable")
+    setup.repo._snapshot_and_timestamp(setup.keys, {"stable": role.signed.version})
+    setup.repo.publish_release(setup.keys, "stable", model, labels, custom)  # release 10**30
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()).startswith("rejected: release number 1000000000000000000000000000000 is not")
+        monkeypatch.setattr(repository_module, "MAX_RELEASE", 2**31 - 1)
+        setup.publish(0)  # the next normal publish starts the count again
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+
+
+def test_7_the_device_keeps_few_releases_checks_space_and_drops_oversize_parts(setup, monkeypatch):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        agent = setup.agent(server.url, keep_releases=1)
+        for i in range(4):
+            if i:
+                setup.publish(i)
+            assert str(agent.check_once()) == f"activated release {i + 1}"
+        assert len(list((setup.state / "releases").iterdir())) == 3  # active, previous and one more
+        setup.publish(0)
+        sha = setup.repo.current_release("stable")["sha256"]
+        (setup.state / "staging" / sha).mkdir(parents=True)
+        oversize = setup.state / "staging" / sha / "model.tflite.part"
+        oversize.write_bytes(b"\x00" * (setup.repo.current_release("stable")["length"] + 10))
+        monkeypatch.setattr(DeviceState, "free_bytes", lambda self: 1000)
+        full = agent.check_once()
+        assert full.kind == "retry" and "not enough free space" in str(full) and oversize.exists()
+        monkeypatch.undo()
+        assert str(agent.check_once()) == "activated release 5"
+    assert not list((setup.state / "staging").iterdir()) or not list(setup.state.rglob("*.part"))
+
+
+def test_8_the_sorting_loop_survives_bad_frames_and_restarts(setup, tmp_path):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    data = Path(json.loads((setup.runs[0][0] / "results.json").read_text())["data"]["root"])
+    good = sorted((data / "carton").glob("*.jpg"))
+    (frames / "a_empty.jpg").write_bytes(b"")
+    (frames / "b_text.jpg").write_text("not a picture")
+    (frames / "c_bomb.png").write_bytes(png_bytes(14000, 14000, 8, 0, b"\x00" * 64))
+    (frames / "d_good.jpg").write_bytes(good[0].read_bytes())
+    old = time.time() - 10  # written long ago: not still being written by the camera
+    for f in frames.iterdir():
+        os.utime(f, (old, old))
+
+    def sort_until(count: int) -> list[dict]:
+        out = io.StringIO()
+        started = time.process_time()
+        sort_frames(setup.state, frames, out=out, poll_s=0.01, stop=lambda: out.getvalue().count("\n") >= count)
+        assert time.process_time() - started < 5  # no busy retry loop
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    lines = sort_until(4)
+    errors = {line["file"]: line["error"] for line in lines if "error" in line}
+    assert set(errors) == {"a_empty.jpg", "b_text.jpg", "c_bomb.png"} and "50 MP" in errors["c_bomb.png"]
+    assert sorted(p.name for p in (frames / "rejected").iterdir()) == ["a_empty.jpg", "b_text.jpg", "c_bomb.png"]
+    assert next(line for line in lines if line["file"] == "d_good.jpg")["model_release"] == 1
+    (frames / "e_good.jpg").write_bytes(good[1].read_bytes())  # after a restart only the new frame is emitted
+    again = sort_until(1)
+    assert [line["file"] for line in again] == ["e_good.jpg"]
+
+
+def test_9_once_exits_3_when_a_release_or_metadata_is_refused(setup):
+    setup.publish(0)
+    old_timestamp = (setup.repo_path / "metadata" / "timestamp.json").read_bytes()
+    command = [sys.executable, "-m", "edgeopt", "device", "run", "--state", str(setup.state), "--root", str(setup.root),
+               "--once", "--device-id", "sorter-1"]
+    with ServerThread(setup.repo_path) as server:
+        ok = subprocess.run([*command, "--server", server.url], capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and "activated release 1" in ok.stdout
+        setup.publish(1)
+        assert subprocess.run([*command, "--server", server.url], capture_output=True, timeout=120).returncode == 0
+        (setup.repo_path / "metadata" / "timestamp.json").write_bytes(old_timestamp)
+        replay = subprocess.run([*command, "--server", server.url], capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 3 and "rollback" in replay.stdout
+    assert any(e["event"] == "refused" and "rollback" in e["reason"] for e in log_events(setup))
+
+
+def test_key_rotation_is_followed_and_a_rotated_key_can_no_longer_sign(setup, tmp_path):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        old_channel_key = tmp_path / "old-channel.key"
+        shutil.copy(setup.keys / "channel-stable.key", old_channel_key)
+        for role in ("root", "timestamp", "snapshot", "targets", "channel-stable"):
+            setup.repo.rotate(setup.keys, role)
+        setup.publish(1)
+        assert str(setup.agent(server.url).check_once()) == "activated release 2"
+        # a release signed with the retired channel key is refused
+        shutil.copy(old_channel_key, setup.keys / "channel-stable.key")
+        setup.publish(0)
+        refused = setup.agent(server.url).check_once()
+        assert refused.refused and "does not verify" in str(refused)
+    assert setup.active() == 2
+
+
+# --- faults ------------------------------------------------------------------------------------------
+
+def test_a_nan_model_is_never_activated(setup, monkeypatch):
     from edgeopt.runtimes import registry
 
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    publish(runs[1], repo, keys[0])
+    setup.publish(0)
+    original = registry.runtime_for
 
     class NanSession:
         def __init__(self, session):
@@ -260,12 +424,8 @@ def test_a_nan_model_is_never_activated(runs, keys, tmp_path, device, monkeypatc
         def predict(self, pixels):
             return np.full((len(pixels), 5), np.nan, np.float32)
 
-    original = registry.runtime_for
-
     def nan_runtime(path):
         runtime = original(path)
-        if "staging" not in str(path):
-            return runtime
 
         class Wrapped:
             def open(self, p, threads=1, transform=None):
@@ -274,146 +434,116 @@ def test_a_nan_model_is_never_activated(runs, keys, tmp_path, device, monkeypatc
         return Wrapped()
 
     monkeypatch.setattr(registry, "runtime_for", nan_runtime)  # the smoke test imports it at call time
-    with ServerThread(repo) as server:
-        outcome = agent_for(server.url, device, keys).check_once()
-    assert "non-finite" in outcome
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 1
+    with ServerThread(setup.repo_path) as server:
+        outcome = setup.agent(server.url).check_once()
+    assert outcome.kind == "retry" and "non-finite" in str(outcome)
+    assert setup.active() is None
 
 
-def test_latency_budget_and_accuracy_floor_are_enforced(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    publish(runs[0], repo, keys[0])
-    with ServerThread(repo) as server:
-        assert "exceeds the budget" in agent_for(server.url, device, keys, latency_budget_ms=1e-6).check_once()
-        assert not (device / "active").exists()
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "samples").symlink_to(device / "samples")
-    with ServerThread(repo) as server:
-        assert "under 1.01" in agent_for(server.url, other, keys, min_accuracy=1.01).check_once()
+def test_the_accuracy_floor_and_the_input_contract_are_enforced(setup):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        outcome = setup.agent(server.url, smoke=SmokeLimits(min_accuracy=1.01)).check_once()
+        assert "under 1.01" in str(outcome)
+        model, labels, custom = release_custom(*setup.runs[1])
+        custom["input"]["tensor"]["shape"] = [1, 96, 96, 3]  # signed, but not what the model takes
+        setup.repo.publish_release(setup.keys, "stable", model, labels, custom)
+        assert "differs from the signed" in str(setup.agent(server.url).check_once())
+    assert setup.active() is None
 
 
-def test_smoke_test_accuracy_uses_only_labelled_samples_in_their_order(runs, keys, tmp_path, device, synthetic_dir):
-    from edgeopt.delivery.agent import smoke_test
-    from edgeopt.images import load_pixels
-    from edgeopt.runtimes.registry import runtime_for
-
-    repo = tmp_path / "repo"
-    release = publish(runs[0], repo, keys[0])
-    # an unlabelled frame that sorts before the class folders
-    (device / "samples" / "a_unlabelled.jpg").write_bytes(next((synthetic_dir / "pet_bottle").glob("*.jpg")).read_bytes())
-    config = AgentConfig(server="http://127.0.0.1:9", state=device, pubkey=keys[1], min_accuracy=0.0)
-    result = smoke_test(release.folder, release.manifest, device / "samples", config)
-    session = runtime_for(release.folder / "model.tflite").open(release.folder / "model.tflite")
-    classes = release.manifest["classes"]
-    labelled = sorted(p for p in (device / "samples").rglob("*.jpg") if p.parent.name in classes)
-    hits = [session.predict(load_pixels(p, session.input.image_size)[None])[0].argmax() == classes.index(p.parent.name)
-            for p in labelled]
-    assert result["samples"] == len(labelled) + 1
-    assert result["accuracy"] == pytest.approx(np.mean(hits))
-
-
-def test_server_down_keeps_the_device_classifying_and_backs_off(runs, keys, tmp_path, device, synthetic_dir):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    agent = agent_for("http://127.0.0.1:9", device, keys, interval_s=0.01, max_backoff_s=0.04)
+def test_server_down_backs_off_and_the_device_keeps_sorting(setup, tmp_path):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+    agent = setup.agent("http://127.0.0.1:9", interval_s=0.01, max_backoff_s=0.04)
     sleeps = []
     real_sleep = time.sleep
-    time.sleep = lambda s: sleeps.append(s)
+    agent_module.time.sleep = lambda s: sleeps.append(s)
     try:
         agent.run(max_checks=4)
     finally:
-        time.sleep = real_sleep
+        agent_module.time.sleep = real_sleep
     assert sleeps == [0.02, 0.04, 0.04]  # doubling, capped
-    assert assert_active_is_signed_and_complete(device, keys[1]) == 1
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    (frames / "f1.jpg").write_bytes(next((synthetic_dir / "carton").glob("*.jpg")).read_bytes())
-    out = io.StringIO()
-    stop_after_one = lambda: out.getvalue().count("\n") >= 1  # noqa: E731
-    sort_frames(device, frames, out=out, poll_s=0.01, stop=stop_after_one)
-    assert json.loads(out.getvalue())["model_version"] == 1
+    assert setup.active() == 1
 
 
-def test_slow_server_and_cut_connections_resume_the_download(runs, keys, tmp_path, device):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    publish(runs[1], repo, keys[0])
-    size = (repo / "releases/2/model.tflite").stat().st_size
-    with ServerThread(repo, rate_kbps=2000) as server:
+def test_cut_connections_resume_the_download_with_range(setup):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        setup.publish(1)
+        size = setup.repo.current_release("stable")["length"]
         with CuttingProxy(server.port, cut_after=size // 3) as proxy:
-            first = agent_for(proxy.url, device, keys).check_once()
-        assert first != "activated 2"
-        assert assert_active_is_signed_and_complete(device, keys[1]) == 1
-        part = device / "staging/2/model.tflite.part"
+            first = setup.agent(proxy.url).check_once()
+        assert first.kind == "retry" and setup.active() == 1
+        part = next(setup.state.rglob("model.tflite.part"))
         assert 0 < part.stat().st_size < size
-        partial = part.stat().st_size
-        assert agent_for(server.url, device, keys).check_once() == "activated 2"
-    # the second request asked only for the rest (Range): the part file kept its first bytes
-    assert partial > 0 and not part.exists()
+        assert str(setup.agent(server.url).check_once()) == "activated release 2"
 
 
-def test_sort_loop_picks_up_a_new_model_between_frames_without_dropping_one(runs, keys, tmp_path, device, synthetic_dir):
-    repo = tmp_path / "repo"
-    _activated(runs, keys, repo, device)
-    publish(runs[1], repo, keys[0])
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    sources = sorted((synthetic_dir / "glass_bottle").glob("*.jpg"))[:6]
-    out = io.StringIO()
-    stop = threading.Event()
-    loop = threading.Thread(target=sort_frames, args=(device, frames), kwargs=dict(out=out, poll_s=0.01, stop=stop.is_set))
-    loop.start()
+def test_the_sorting_loop_picks_up_a_new_release_between_frames(setup, tmp_path):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        setup.publish(1)
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        data = Path(json.loads((setup.runs[0][0] / "results.json").read_text())["data"]["root"])
+        sources = sorted((data / "glass_bottle").glob("*.jpg"))[:6]
+        out = io.StringIO()
+        stop = threading.Event()
+        loop = threading.Thread(target=sort_frames, args=(setup.state, frames),
+                                kwargs=dict(out=out, poll_s=0.01, stop=stop.is_set))
+        loop.start()
 
-    def emitted():
-        return [json.loads(line) for line in out.getvalue().splitlines()]
+        def emitted():
+            return [json.loads(line) for line in out.getvalue().splitlines()]
 
-    def drop(i):
-        (frames / f"frame{i}.jpg").write_bytes(sources[i].read_bytes())
-        deadline = time.monotonic() + 20
-        while len(emitted()) <= i and time.monotonic() < deadline:
-            time.sleep(0.01)
+        def drop(i):
+            (frames / f"frame{i}.jpg").write_bytes(sources[i].read_bytes())
+            deadline = time.monotonic() + 20
+            while len(emitted()) <= i and time.monotonic() < deadline:
+                time.sleep(0.01)
 
-    try:
-        for i in range(3):
-            drop(i)
-        with ServerThread(repo) as server:
-            assert agent_for(server.url, device, keys).check_once() == "activated 2"
-        for i in range(3, 6):
-            drop(i)
-    finally:
-        stop.set()
-        loop.join(timeout=10)
+        try:
+            for i in range(3):
+                drop(i)
+            assert str(setup.agent(server.url).check_once()) == "activated release 2"
+            for i in range(3, 6):
+                drop(i)
+        finally:
+            stop.set()
+            loop.join(timeout=10)
     lines = emitted()
     assert [line["file"] for line in lines] == [f"frame{i}.jpg" for i in range(6)]
-    assert [line["model_version"] for line in lines] == [1, 1, 1, 2, 2, 2]
-    assert all(set(line) == {"file", "class", "confidence", "model_version", "latency_ms"} for line in lines)
+    assert [line["model_release"] for line in lines] == [1, 1, 1, 2, 2, 2]
 
 
-def test_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_model(runs, keys, tmp_path, device):
+def test_10_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_model(setup, tmp_path):
     """30 trials: kill -9 the agent at each point of an update (it reports where it is), restart, check.
 
     25 trials stop the agent at a named point (mid-download with a partial file, staged, renamed
     into releases/, `previous` switched, `active` switched) and kill it there: 5 at each, always.
     5 more kill it at a random moment and record where it was.
     """
-    repo = tmp_path / "repo"
     rng = random.Random(1234)
     report = tmp_path / "fault-points.txt"
     aimed = {point: 0 for point in FAULT_POINTS}
     random_hits = []
-    published = 0
-    with ServerThread(repo, rate_kbps=4000) as server:
-        command = [sys.executable, "-m", "edgeopt", "device", "run", "--server", server.url, "--state", str(device),
-                   "--pubkey", str(keys[1]), "--once", "--device-id", "killed"]
+    with ServerThread(setup.repo_path, rate_kbps=4000) as server:
+        command = [sys.executable, "-m", "edgeopt", "device", "run", "--server", server.url, "--state", str(setup.state),
+                   "--root", str(setup.root), "--once", "--device-id", "killed"]
         for trial in range(30):
-            before = assert_active_is_signed_and_complete(device, keys[1])
-            publish(runs[trial % 2], repo, keys[0])  # always something new: every point is on its way
-            published += 1
+            before = setup.active()
+            active = DeviceState.complete(setup.state / "active")
+            # always a model other than the active one: every point of an update is on its way
+            other = 1 if active and active["model"]["sha256"] == setup.model_sha(0) else 0
+            published = setup.publish(other)["release"]
             report.write_text("")
             target = FAULT_POINTS[trial % len(FAULT_POINTS)] if trial < 25 else None
             env = {**os.environ, FAULT_REPORT_ENV: str(report), **({FAULT_STOP_ENV: target} if target else {})}
-            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if target:
                 deadline = time.monotonic() + 60
                 while target not in report.read_text().split() and proc.poll() is None and time.monotonic() < deadline:
@@ -421,17 +551,49 @@ def test_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_model(
             else:
                 time.sleep(rng.uniform(0.2, 2.0))
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            output = proc.communicate(timeout=10)[0]
             reached = report.read_text().split()
             if target:
-                assert reached and reached[-1] == target, (trial, target, reached)
+                assert reached and reached[-1] == target, (trial, target, reached, output[-2000:])
                 aimed[target] += 1
             else:
                 random_hits.append(reached[-1] if reached else "before download")
-            after = assert_active_is_signed_and_complete(device, keys[1])
+            after = setup.active()
             assert after in (before, published), (trial, target, before, after)
         final = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert final.returncode == 0, final.stderr
-    assert assert_active_is_signed_and_complete(device, keys[1]) == published
+    assert setup.active() == 30
     assert aimed == {point: 5 for point in FAULT_POINTS}
     print(f"kill -9 trials: aimed {aimed}, random {random_hits}")
+
+
+def test_a_fleet_benchmark_job_is_run_when_idle_and_chosen_from_by_device_class(setup, tmp_path):
+    from edgeopt.choose import choose_for_device, fleet_results, pool_devices
+    from edgeopt.objective import Objective
+    from edgeopt.results import load_results
+
+    run = setup.runs[0][0]
+    setup.publish(0)
+    job = setup.repo.publish_job(setup.keys, run, ("f0_float32", "f1_dynamic_range", "f4_float16"))
+    token = enroll(setup.repo_path, "sorter-1")
+    (tmp_path / "token").write_text(token)
+    with ServerThread(setup.repo_path) as server:
+        agent = setup.agent(server.url, token_file=tmp_path / "token", device_class="pi-class")
+        assert str(agent.check_once()) == "activated release 1"
+        assert str(agent.check_once()) == "up-to-date"  # idle: the job runs now
+        assert any(e["event"] == "bench-job-done" for e in log_events(setup))
+        assert str(agent.check_once()) == "up-to-date"
+    assert sum(e["event"] == "bench-job-done" for e in log_events(setup)) == 1  # once per job
+    import hashlib
+
+    run_sha = hashlib.sha256((run / "results.json").read_bytes()).hexdigest()
+    classes = fleet_results(setup.repo_path, run_sha)
+    assert list(classes) == ["pi-class"] and job["variants"] == ["f0_float32", "f1_dynamic_range", "f4_float16"]
+    device = pool_devices(classes["pi-class"])
+    assert [v.name for v in device.variants] == job["variants"] and "labelled samples" in device.data.split_note
+    chosen = choose_for_device(load_results(run), run_sha, device, Objective())
+    assert chosen.choice.selected in job["variants"] and chosen.choice.target == ["litert"]
+    cli = subprocess.run([sys.executable, "-m", "edgeopt", "choose", str(run), "--fleet", str(setup.repo_path),
+                          "--device-class", "pi-class"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.startswith("pi-class (1 device(s)):")

@@ -146,3 +146,21 @@ def test_an_older_runtime_cannot_load_dynamic_range_and_choose_does_not_pick_it(
     assert cli.returncode == 0, cli.stderr
     report = (tmp_path / "choice" / "report.md").read_text()
     assert "needs op FULLY_CONNECTED version 12" in report and f"Chosen for this device: **{chosen.choice.selected}**" in report
+
+
+def test_devices_of_one_class_pool_their_rounds_and_samples(tiny_optimized):
+    from edgeopt.choose import pool_devices
+
+    run, _ = tiny_optimized
+    a = bench_run(run, QUICK)
+    b = bench_run(run, QUICK)
+    b = b.model_copy(update={"variants": [v.model_copy(update={"loadable": False, "load_error": "no FC v12", "latency": None})
+                                          if v.name == "f1_dynamic_range" else v for v in b.variants]})
+    pooled = pool_devices([a, b])
+    assert len(pooled.data.test_items) == 2 * len(a.data.test_items)
+    f0 = pooled.variant("f0_float32")
+    assert len(f0.latency.round_medians_ms) == 2 * QUICK.rounds and len(f0.predictions.test) == len(pooled.data.test_items)
+    f1 = pooled.variant("f1_dynamic_range")
+    assert not f1.loadable and f1.load_error == "no FC v12"  # loadable only if every device loads it
+    chosen = choose_for_device(load_results(run), _sha(run), pooled, Objective())
+    assert chosen.choice.selected != "f1_dynamic_range"

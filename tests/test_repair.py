@@ -42,31 +42,43 @@ def run_search(tmp_path, target):
 
 
 def test_search_stops_at_the_fewest_float_ops_within_the_target(tmp_path, monkeypatch):
-    # float gets 8/10 right; k=0 loses 3 images, k=1 loses 2, k=2 loses nothing
+    # float gets 8/10 right; k=0 changes 3 answers (all for the worse), k=1 changes 2, k=2 none
     right = LABELS.tolist()
     wrong = [(x + 1) % 3 for x in right]
     reference = right[:8] + wrong[8:]
     by_k = {0: wrong[:3] + right[3:8] + wrong[8:], 1: wrong[:2] + right[2:8] + wrong[8:], 2: reference, 4: reference}
     fake_models(monkeypatch, by_k, reference)
-    record, built = run_search(tmp_path, target=0.5)
+    record, built = run_search(tmp_path, target=5.0)
     assert built == [0, 1, 2]  # no more builds than needed
-    assert record["kept_float"] == ["op0", "op1"] and record["loss_before_pp"] == pytest.approx(30.0)
-    assert record["loss_after_pp"] == pytest.approx(0.0)
-    assert [s["loss_pp"] for s in record["steps"]] == pytest.approx([30.0, 20.0, 0.0])
+    assert record["spared"] == ["op0", "op1"] and record["changed_before_pct"] == pytest.approx(30.0)
+    assert record["changed_after_pct"] == pytest.approx(0.0) and record["loss_before_pp"] == pytest.approx(30.0)
+    assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 20.0, 0.0])
     assert (tmp_path / "out.tflite").read_text() == "2"
     assert not list(tmp_path.glob(".out-k*"))  # the candidates it did not keep are gone
 
 
-def test_search_keeps_the_least_loss_when_no_k_reaches_the_target(tmp_path, monkeypatch):
+def test_changed_answers_count_even_when_they_cancel_out_in_accuracy(tmp_path, monkeypatch):
+    # k=0 gets 2 right answers wrong and 2 wrong answers right: no loss, but 40% changed
+    right = LABELS.tolist()
+    wrong = [(x + 1) % 3 for x in right]
+    reference = right[:8] + wrong[8:]
+    by_k = {0: wrong[:2] + right[2:8] + right[8:], 1: reference}
+    fake_models(monkeypatch, by_k, reference)
+    record, built = run_search(tmp_path, target=5.0)
+    assert record["steps"][0]["loss_pp"] == pytest.approx(0.0) and record["steps"][0]["changed_pct"] == pytest.approx(40.0)
+    assert built == [0, 1] and record["spared"] == ["op0"]
+
+
+def test_search_keeps_the_least_damage_when_no_k_reaches_the_target(tmp_path, monkeypatch):
     right = LABELS.tolist()
     wrong = [(x + 1) % 3 for x in right]
     reference = right
     by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 2: wrong[:2] + right[2:], 4: wrong[:2] + right[2:],
             8: wrong[:2] + right[2:]}
     fake_models(monkeypatch, by_k, reference)
-    record, built = run_search(tmp_path, target=-5.0)  # unreachable: nothing can beat the float model by 5 points
+    record, built = run_search(tmp_path, target=5.0)  # every k changes at least one answer of ten: 10%
     assert built == [0, 1, 2, 4, 8]  # 8 = a quarter of the 40 ranked ops, the most it may leave in float
-    assert record["kept_float"] == ["op0"] and record["loss_after_pp"] == pytest.approx(10.0)
+    assert record["spared"] == ["op0"] and record["changed_after_pct"] == pytest.approx(10.0)
     assert "none reached the target" in record["note"]
 
 
@@ -125,12 +137,18 @@ def test_onnxruntime_gives_the_chosen_activations_16_bits(guarded_context, monke
     assert sixteen_bit_zero_points(work / "k0.onnx") == 0 and sixteen_bit_zero_points(work / "k6.onnx") >= 6
 
 
-def test_guarded_variants_report_their_repair(tiny_optimized):
-    out, results = tiny_optimized
-    for name in ("f2_int8_guarded", "ort_int8_guarded"):
-        v = results.variant(name)
-        assert v.repair is not None and v.repair.steps and v.repair.steps[0]["kept_float"] == 0
-        assert v.repair.loss_after_pp <= v.repair.loss_before_pp
-        assert len(v.repair.kept_float) == v.repair.steps[-1]["kept_float"] or v.repair.loss_after_pp > 0.5
-    report = (out / "report.md").read_text()
-    assert "## Repairs (accuracy-guarded variants)" in report and "held-out images" in report
+def test_a_guarded_variant_is_built_only_when_its_sibling_needs_repair(tiny_model, tmp_path):
+    from edgeopt.pipeline import optimize
+    from tests.conftest import TINY_OPTIMIZE
+
+    methods = ("f0_float32", "f2_int8", "f2_int8_guarded")
+    lenient = optimize(tiny_model, tmp_path / "lenient", TINY_OPTIMIZE.replaced(methods=methods, repair_target_pp=100.0))
+    assert [v.name for v in lenient.variants] == ["f0_float32", "f2_int8"]
+    assert any(n.startswith("f2_int8_guarded: f2_int8 changes") and "nothing to repair" in n for n in lenient.notes)
+    strict = optimize(tiny_model, tmp_path / "strict", TINY_OPTIMIZE.replaced(methods=methods, repair_target_pp=0.0))
+    repaired = strict.variant("f2_int8_guarded").repair
+    assert repaired is not None and repaired.steps[0]["spared"] == 0 and repaired.changed_before_pct > 0
+    assert repaired.changed_after_pct <= repaired.changed_before_pct
+    assert len(repaired.spared) == int(min(repaired.steps, key=lambda s: (s["changed_pct"], s["spared"]))["spared"])
+    report = (tmp_path / "strict" / "report.md").read_text()
+    assert "## Repairs (accuracy-guarded variants)" in report and "held-out answers changed" in report.lower()

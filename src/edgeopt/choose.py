@@ -9,12 +9,13 @@ with another objective, tolerance or target, or with another machine's latencies
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from edgeopt.errors import ConfigError
 from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
-from edgeopt.results import Choice, Latency, Paired, PairedClass, Results, Variant, Verdict
+from edgeopt.results import Accuracy, Choice, Latency, Paired, PairedClass, Predictions, Results, Variant, Verdict
 from edgeopt.stats import median_interval, paired_difference
 
 
@@ -139,3 +140,58 @@ def choose_for_device(run: Results, run_sha256: str, device: Results, objective:
     if not {v.name for v in device.variants} <= known:
         raise ConfigError("the device results name variants this run does not have")
     return decide(device, objective, device_target(device))
+
+
+def fleet_results(repo: Path, run_sha256: str) -> dict[str, list[Results]]:
+    """The device benchmarks of one run that the fleet uploaded, by device class."""
+    from edgeopt.results import load_results
+
+    classes: dict[str, list[Results]] = {}
+    for path in sorted((Path(repo) / "fleet" / "bench").glob(f"*/{run_sha256}.json")):
+        results = load_results(path)
+        classes.setdefault(str(results.machine.get("device_class") or "unknown"), []).append(results)
+    return classes
+
+
+def pool_devices(devices: list[Results]) -> Results:
+    """Several devices of one class as one: every device's latency rounds, and accuracy over all
+    their images (each device checks its own samples). A variant counts as loadable only if every
+    device loaded it."""
+    from edgeopt.measure import accuracy_of
+
+    if len(devices) == 1:
+        return devices[0]
+    first = devices[0]
+    classes = first.model.classes
+    items = [(f"{d.machine.get('device_id', i)}/{p}", c) for i, d in enumerate(devices) for p, c in d.data.test_items]
+    labels = np.array([c for _, c in items])
+    variants = []
+    for v in first.variants:
+        copies = [d.variant(v.name) for d in devices]
+        broken = next((c for c in copies if not c.loadable), None)
+        if broken is not None or any(c.latency is None or c.predictions is None for c in copies):
+            variants.append(v.model_copy(update={"loadable": False, "load_error": broken.load_error if broken else "not measured",
+                                                 "latency": None, "test": None, "predictions": None, "paired": None}))
+            continue
+        latencies = [c.latency for c in copies if c.latency is not None]
+        predictions = [c.predictions for c in copies if c.predictions is not None]
+        rounds = [m for lat in latencies for m in lat.round_medians_ms]
+        median = float(np.median(rounds))
+        invocations = sum(lat.invocations for lat in latencies)
+        latency = latencies[0].model_copy(update={
+            "median_ms": median, "round_medians_ms": rounds, "spread": (max(rounds) - min(rounds)) / median,
+            "p90_ms": max(lat.p90_ms for lat in latencies), "invocations": invocations})
+        predicted = np.array([p for pr in predictions for p in pr.test])
+        confidence = np.array([p for pr in predictions for p in pr.test_confidence])
+        accuracy = accuracy_of(predicted, confidence, labels, classes)
+        test = Accuracy(accuracy=accuracy.accuracy, count=accuracy.count, confusion=[list(r) for r in accuracy.confusion],
+                        per_class={k: (None if x != x else x) for k, x in accuracy.per_class.items()})
+        variants.append(v.model_copy(update={
+            "latency": latency, "test": test, "paired": None,
+            "predictions": Predictions(test=[int(p) for p in predicted], test_confidence=[float(c) for c in confidence])}))
+    return first.model_copy(update={
+        "variants": variants, "choice": None,
+        "data": first.data.model_copy(update={"test_items": items, "split_note": f"the labelled samples of {len(devices)} devices"}),
+        "notes": [*first.notes, f"Pooled from {len(devices)} devices of class {first.machine.get('device_class')}: "
+                  "every device's latency rounds, and accuracy over all their samples."],
+    })

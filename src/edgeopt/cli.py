@@ -3,7 +3,6 @@ and prints. No logic lives here."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
@@ -11,17 +10,24 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from edgeopt import interrupts
 from edgeopt.config import OptimizeConfig, TrainConfig
+from edgeopt.console import (
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    RichProgress,
+    err_console,
+    out_console,
+)
 from edgeopt.errors import ConfigError, EdgeoptError
 from edgeopt.settings import build_settings, describe_errors, read_config_file
 
@@ -37,47 +43,6 @@ app = typer.Typer(
     # terminals and read "[train]" in a help text as markup.
     rich_markup_mode=None,
 )
-# Piped output is not cut to 80 columns: the table is read in logs and CI output too.
-out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-
-
-# The exit-code contract (README, "Exit codes"): every command, through this one function.
-EXIT_OK = 0
-EXIT_BUG = 1  # a bug in edgeopt: the traceback is shown
-EXIT_USAGE = 2  # a usage or input error: one line that says how to fix it
-EXIT_REFUSED = 3  # device run --once: an available release was refused
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
-EXIT_TERMINATED = 143  # SIGTERM
-
-
-class RichProgress:
-    """Progress bars on stderr; one finished line per bar stays on screen."""
-
-    def __init__(self) -> None:
-        self._bar: RichBar | None = None
-        self._task: Any = None
-
-    def start(self, description: str, total: int) -> None:
-        self.finish()
-        self._bar = RichBar(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-            console=err_console, transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(description, total=total, info="")
-
-    def advance(self, steps: int = 1, info: str = "") -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=steps, info=info)
-
-    def finish(self, summary: str = "") -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-        if summary:
-            err_console.print(summary, highlight=False)
 
 
 def _print_table(results: Results) -> None:
@@ -298,8 +263,10 @@ def classify(
 @app.command()
 def choose(
     run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
-    device_results: Annotated[list[Path], typer.Option(
-        "--device-results", help="Results file(s) written by 'edgeopt device bench' on the target device(s)")],
+    device_results: Annotated[list[Path] | None, typer.Option(
+        "--device-results", help="Results file(s) written by 'edgeopt device bench' on the target device(s)")] = None,
+    fleet: Annotated[Path | None, typer.Option(help="A release repository: use its fleet's benchmarks of this run")] = None,
+    device_class: Annotated[str | None, typer.Option(help="With --fleet: only this device class [default: each class]")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and each device's results with its choice")] = None,
     objective: Annotated[str | None, typer.Option(help="default | paper [default: the run's]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="The accuracy guard's tolerance, PP [default: the run's]")] = None,
@@ -310,7 +277,7 @@ def choose(
     """Choose again for each device, from its own measurements: its latency, its accuracy, what it can load."""
     import hashlib
 
-    from edgeopt.choose import choose_for_device
+    from edgeopt.choose import choose_for_device, fleet_results, pool_devices
     from edgeopt.objective import Objective
     from edgeopt.outputs import staged_output
     from edgeopt.report import render_device_comparison
@@ -329,7 +296,18 @@ def choose(
         "confidence": ("--confidence", confidence),
     })
     run_sha = hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest()
-    decided = [(path.stem, choose_for_device(run, run_sha, load_results(path), obj)) for path in device_results]
+    if not device_results and fleet is None:
+        raise ConfigError("give --device-results FILE (from 'edgeopt device bench') or --fleet REPO (from a benchmark job)")
+    measured = [(path.stem, load_results(path)) for path in device_results or []]
+    if fleet is not None:
+        classes = fleet_results(fleet, run_sha)
+        if device_class is not None:
+            classes = {k: v for k, v in classes.items() if k == device_class}
+        if not classes:
+            raise ConfigError(f"{fleet} holds no device benchmark of this run" + (f" for class {device_class!r}" if device_class else "")
+                              + f"; publish one with 'edgeopt publish-job {run_dir} --repo {fleet} --keys KEYS'")
+        measured += [(f"{name} ({len(results)} device(s))", pool_devices(results)) for name, results in classes.items()]
+    decided = [(label, choose_for_device(run, run_sha, device, obj)) for label, device in measured]
     text = render_device_comparison(run, decided)
     for label, dev in decided:
         assert dev.choice is not None
@@ -337,11 +315,11 @@ def choose(
         for reason in dev.choice.reasons[:2]:
             out_console.print(f"  - {reason}", highlight=False, markup=False)
     if out is not None:
-        with staged_output(out, force, reads=(run_dir, *device_results), command="choose") as staging:
+        with staged_output(out, force, reads=(run_dir, *(device_results or [])), command="choose") as staging:
             (staging / "report.md").write_text(text)
-            for label, dev in decided:
-                (staging / label).mkdir()
-                write_results(dev, staging / label)
+            for i, (_, dev) in enumerate(decided, 1):
+                (staging / f"target-{i}").mkdir()
+                write_results(dev, staging / f"target-{i}")
         out_console.print(f"wrote {out}/report.md")
 
 
@@ -354,164 +332,15 @@ def methods_cmd() -> None:
         out_console.print(f"{name:<20} {method.backend:<12} {method.summary}", highlight=False)
 
 
-keys_app = typer.Typer(help="Signing keys for releases.", no_args_is_help=True)
-device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(device_app, name="device")
+def _register_subcommands() -> None:
+    from edgeopt.cli_device import device_app
+    from edgeopt.cli_release import register
+
+    register(app)
+    app.add_typer(device_app, name="device")
 
 
-@keys_app.command("generate")
-def keys_generate(out: Annotated[Path, typer.Option(help="Folder for edgeopt-release.key (mode 0600) and .pub")]) -> None:
-    """Make an Ed25519 key pair: the private key signs releases, devices get the public key."""
-    from edgeopt.delivery.release import generate_keys
-
-    private, public = generate_keys(out)
-    out_console.print(f"wrote {private} (keep it secret) and {public} (copy it to every device)")
-
-
-@app.command()
-def publish(
-    run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
-    repo: Annotated[Path, typer.Option(help="Release repository folder (served by 'edgeopt serve')")],
-    key: Annotated[Path, typer.Option(help="Private key from 'edgeopt keys generate'")],
-    channel: Annotated[str, typer.Option(help="Channel to point at the new release")] = "stable",
-    variant: Annotated[str | None, typer.Option(help="Publish this variant instead of the selected one")] = None,
-) -> None:
-    """Add the selected model as a new signed release and point the channel at it."""
-    from edgeopt.delivery.release import publish as run_publish
-
-    release = run_publish(run_dir, repo, key, channel, variant)
-    chosen = release.manifest["chosen_by"]
-    out_console.print(
-        f"published version {release.version} on {channel}: {chosen['method']} "
-        f"({release.manifest['model']['size_bytes']:,} bytes, sha256 {release.manifest['model']['sha256'][:12]}...)"
-    )
-
-
-@app.command()
-def serve(
-    repo: Annotated[Path, typer.Argument(help="Release repository folder")],
-    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8080,
-    rate: Annotated[float | None, typer.Option(help="Bandwidth limit per download, KB/s (experiments)")] = None,
-) -> None:
-    """Serve releases (Range, ETag) and take device status reports."""
-    from edgeopt.delivery.server import serve as run_serve
-
-    if not (repo / "channels").is_dir():
-        raise ConfigError(f"{repo} holds no releases; add one with 'edgeopt publish RUN --repo {repo} --key KEY'")
-    run_serve(repo, host, port, rate)
-
-
-@app.command()
-def fleet(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
-    """Show the devices' last reports."""
-    from edgeopt.delivery.server import fleet_status
-
-    table = Table(title=f"fleet of {repo}", title_justify="left")
-    for col in ("device", "active version", "latency ms", "last error", "reported"):
-        table.add_column(col)
-    for r in fleet_status(repo):
-        latency = f"{r['latency_ms']:.1f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
-        table.add_row(r["device_id"], str(r.get("active_version")), latency, r.get("last_error") or "-", r["received"])
-    out_console.print(table)
-
-
-@device_app.command("run")
-def device_run(
-    server: Annotated[str, typer.Option(help="Update server URL, e.g. http://127.0.0.1:8080")],
-    state: Annotated[Path, typer.Option(help="The device's state folder")],
-    pubkey: Annotated[Path, typer.Option(help="Public key that releases must be signed with")],
-    channel: Annotated[str, typer.Option()] = "stable",
-    device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between checks")] = 30.0,
-    max_backoff: Annotated[float, typer.Option(help="Longest wait, seconds, while the server is unreachable")] = 600.0,
-    latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
-    min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
-    once: Annotated[bool, typer.Option(help="Check once and exit")] = False,
-) -> None:
-    """Keep the newest signed, working model active (verify, resume, smoke-test, switch, roll back)."""
-    from edgeopt.delivery.agent import Agent, AgentConfig
-
-    config = AgentConfig(server=server, state=state, pubkey=pubkey, channel=channel, interval_s=interval,
-                         max_backoff_s=max_backoff, latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy)
-    if device_id:
-        config = dataclasses.replace(config, device_id=device_id)
-    agent = Agent(config)
-    if once:
-        outcome = agent.check_once()
-        out_console.print(outcome, highlight=False)
-        if outcome.startswith(("rejected", "rolled back", "skipped")):
-            raise typer.Exit(EXIT_REFUSED)
-    else:
-        agent.run()
-
-
-@device_app.command("profile")
-def device_profile(
-    out: Annotated[Path | None, typer.Option(help="Write the profile (JSON) here instead of printing it")] = None,
-) -> None:
-    """What this device is: runtimes and versions, CPU model and flags (int8 dot product), cores, memory."""
-    from edgeopt.machine import describe_machine, device_class
-
-    profile = describe_machine()
-    profile["device_class"] = device_class(profile)
-    text = json.dumps(profile, indent=1)
-    if out is None:
-        out_console.print(text, highlight=False, markup=False)
-    else:
-        from edgeopt.outputs import write_bytes_atomic
-
-        write_bytes_atomic(out, text.encode())
-        out_console.print(f"wrote {out}")
-
-
-@device_app.command("bench")
-def device_bench(
-    run_dir: Annotated[Path, typer.Argument(help="An optimize run folder copied to this device (results.json, variants/)")],
-    out: Annotated[Path, typer.Option(help="Results file to write (read by 'edgeopt choose --device-results')")],
-    images: Annotated[Path | None, typer.Option(
-        help="Labelled samples DIR/<class>/*.jpg for the accuracy check [default: the run's test images, if here]")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads (the device's cores in use)")] = 1,
-    rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 5,
-    invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 50,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
-) -> None:
-    """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
-    from edgeopt.config import MeasureConfig
-    from edgeopt.device.bench import bench_run
-    from edgeopt.outputs import write_bytes_atomic
-
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; pass a file name, e.g. device-results.json")
-    results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
-                        images, RichProgress())
-    write_bytes_atomic(out, results.to_json().encode())
-    table = Table(title=f"{run_dir} on this device", title_justify="left")
-    for col in ("variant", "loads", "test acc %", "ms/image", "runtime"):
-        table.add_column(col)
-    for v in results.variants:
-        table.add_row(v.name, "yes" if v.loadable else f"no: {v.load_error}",
-                      f"{100 * v.test.accuracy:.2f}" if v.test else "-",
-                      f"{v.latency.median_ms:.2f}" if v.latency else "-", v.runtime)
-    out_console.print(table)
-    out_console.print(f"wrote {out}; choose with: edgeopt choose {run_dir} --device-results {out}")
-
-
-@device_app.command("sort")
-def device_sort(
-    state: Annotated[Path, typer.Option(help="The device's state folder (its active model)")],
-    watch: Annotated[Path, typer.Option(help="Folder where the camera writes frames")],
-    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads")] = 1,
-) -> None:
-    """Classify each new frame with the active model; one JSON line per frame on stdout."""
-    from edgeopt.delivery.sort import sort_frames
-
-    if not watch.is_dir():
-        raise ConfigError(f"frames folder {watch} does not exist; pass the folder the camera writes to")
-    sort_frames(state, watch, threads=threads)
+_register_subcommands()
 
 
 def _interrupted(signum: int | None) -> int:

@@ -88,9 +88,10 @@ class OptimizeConfig(Settings):
     backends: Names | None = None
     # Train-split images fed to calibration (f2, f3, ort_int8_static).
     representative_samples: int = Field(200, ge=1)
-    # Guarded (repaired) int8 variants leave ops in float until their loss against the float model
-    # on held-out images (the split's validation part) is at most this many percentage points.
-    repair_target_pp: float = Field(0.5, ge=0)
+    # Guarded (repaired) int8 variants are built when the plain int8 variant changes more than this
+    # share (percent) of the float model's answers on held-out images, and keep ops in float (LiteRT)
+    # or 16-bit (ONNX Runtime) until they change at most this share.
+    repair_target_pp: float = Field(1.0, ge=0)
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     # ONNX Runtime static int8 weights: None (default) gives 7-bit weights only to the convs fed by

@@ -14,6 +14,7 @@ stage sees the same pixels for the same file:
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -39,8 +40,11 @@ def _open_bounded(path: Path, size: tuple[int, int]) -> Image.Image:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(path)
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{path} is too large to decode safely ({exc}); downscale it") from None
+        except Image.DecompressionBombError as exc:  # far above our own cap: Pillow refuses first
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            megapixels = f"{int(pixels.group(1)) / 1e6:.0f} MP, " if pixels else ""
+            raise ImageError(f"{path} is too large to decode safely ({megapixels}above edgeopt's limit of "
+                             f"{MAX_PIXELS / 1e6:.0f} MP); downscale it") from None
     if img.format == "JPEG":
         # decode at the smallest DCT scale that still covers the model's input (at least 2x it,
         # so the final resize still averages); draft keeps the header's orientation

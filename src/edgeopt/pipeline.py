@@ -38,6 +38,7 @@ from edgeopt.measure import (
 )
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
+from edgeopt.methods.repair import RepairNotNeeded
 from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
@@ -217,12 +218,19 @@ def optimize(
         build_seconds: dict[str, float] = {}
         progress.start("building variants", len(methods))
         t = time.perf_counter()
-        for method in methods:
+        for method in list(methods):
             t_method = time.perf_counter()
-            artifacts[method.name] = build_artifact(method, ctx, variants_dir)
+            try:
+                artifacts[method.name] = build_artifact(method, ctx, variants_dir)
+            except RepairNotNeeded as exc:
+                methods.remove(method)
+                method_notes.append(f"{method.name}: {exc}.")
+                progress.advance(1, f"{method.name}: not needed")
+                continue
+            ctx.built[method.name] = artifacts[method.name].path
             build_seconds[method.name] = time.perf_counter() - t_method
             progress.advance(1, method.name)
-        progress.finish(f"built {len(methods)} variants")
+        progress.finish(f"built {len(artifacts)} variants")
         timings["build_s"] = time.perf_counter() - t
 
         # Accuracy does not depend on the thread count, so it uses every core; latency is
@@ -299,16 +307,17 @@ def optimize(
     return results
 
 
-# Held-out images for guarded methods when the split has no validation part (an .onnx input).
-HOLDOUT_FALLBACK = 300
+# Held-out images for guarded methods: the validation part, then train images not calibrated on.
+HOLDOUT_IMAGES = 1000
 
 
 def _holdout_items(split: Split, calibration: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
-    """The split's validation part (never fitted, never test); else train images not calibrated on."""
-    if split.validation:
-        return split.validation
-    used = set(calibration)
-    return _sample(tuple(i for i in split.train if i not in used), HOLDOUT_FALLBACK, split.seed + 2)
+    """The split's validation part (never fitted, never test) first, then train images the
+    calibration did not use, up to HOLDOUT_IMAGES; never a test image."""
+    used = set(calibration) | set(split.validation)
+    rest = _sample(tuple(i for i in split.train if i not in used), max(0, HOLDOUT_IMAGES - len(split.validation)),
+                   split.seed + 2)
+    return tuple(split.validation) + rest
 
 
 def _sample(items: tuple[tuple[str, int], ...], count: int | None, seed: int) -> tuple[tuple[str, int], ...]:

@@ -135,14 +135,18 @@ class Verdict(Record):
 class Repair(Record):
     """What an accuracy-guarded variant kept out of int8, and what that cost."""
 
-    # The ops (or nodes) left in float, most sensitive first.
-    kept_float: list[str]
+    # What was spared 8-bit quantization, most sensitive first: ops left in float (LiteRT) or
+    # activations given 16 bits (ONNX Runtime).
+    spared: list[str]
     # How their sensitivity was measured, on which images.
     sensitivity: str
-    # Held-out point loss against the float model before and after the repair (pp).
+    # Held-out answers that differ from the float model's (percent), and the held-out accuracy
+    # loss against it (pp), before and after the repair.
+    changed_before_pct: float
+    changed_after_pct: float
     loss_before_pp: float
     loss_after_pp: float
-    # Each step tried: how many kept in float and the held-out loss.
+    # Each step tried: how many kept in float, the changed answers and the loss.
     steps: list[dict[str, float]] = Field(default_factory=list)
     note: str = ""
 

@@ -19,6 +19,7 @@ from edgeopt.config import MeasureConfig
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.errors import DataError, ModelError
 from edgeopt.machine import describe_machine
+from edgeopt.machine import device_class as device_class_of
 from edgeopt.measure import (
     accuracy_record,
     latency_record,
@@ -74,8 +75,12 @@ def _is_float(v: Variant) -> bool:
 
 def bench_run(
     run_dir: Path, measure: MeasureConfig, images: Path | None = None, progress: Progress | None = None,
+    device_class: str | None = None, source_sha256: str | None = None,
 ) -> Results:
-    """Every variant of an optimize run, measured on this machine with its runtime(s)."""
+    """Every variant of an optimize run, measured on this machine with its runtime(s).
+
+    `device_class` names devices that should measure alike (fleet benchmarks pool them);
+    `source_sha256` identifies the run when its results.json was trimmed to the job's candidates."""
     progress = progress or NullProgress()
     run_dir = Path(run_dir)
     run = load_results(run_dir)
@@ -127,10 +132,15 @@ def bench_run(
         data=Data(root=str(root), synthetic=run.data.synthetic, test_items=[(p, int(c)) for p, c in zip(
             decoded.paths, decoded.labels, strict=True)], train_images=0, train_total=0,
             skipped_images=len(decoded.skipped), split_note=note),
-        machine=describe_machine(), measure={**measure.to_jsonable(), "accuracy_threads": eval_threads},
+        machine=_profile(device_class), measure={**measure.to_jsonable(), "accuracy_threads": eval_threads},
         variants=variants, notes=notes, timings={"total_s": time.perf_counter() - started},
-        source_results_sha256=hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest(),
+        source_results_sha256=source_sha256 or hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest(),
     )
+
+
+def _profile(device_class: str | None) -> dict[str, object]:
+    profile = describe_machine()
+    return {**profile, "device_class": device_class or device_class_of(profile)}
 
 
 def runtime_session(v: Variant, run_dir: Path, threads: int, transform: PixelTransform) -> Session:

@@ -43,8 +43,10 @@ class BuildContext:
     # their labels, on which accuracy-guarded methods measure the damage they repair.
     holdout: np.ndarray | None = None
     holdout_labels: np.ndarray | None = None
-    # The held-out point loss (pp, against the float model) a guarded method repairs down to.
-    repair_target_pp: float = 0.5
+    # The share of held-out answers (percent) a guarded variant may change against the float model.
+    repair_target_pp: float = 1.0
+    # The variants built so far (name -> file): a guarded method first checks its unguarded sibling.
+    built: dict[str, Path] = field(default_factory=dict)
     # Where converter chatter goes.
     log_path: Path | None = None
     # Work files (e.g. an ONNX export) that more than one method needs.
@@ -83,8 +85,10 @@ class Method:
     paper_label: str = ""
     # Needs the representative dataset.
     calibrated: bool = False
-    # Measures accuracy on the held-out images while building (needs ctx.holdout).
+    # Measures accuracy on the held-out images while building (needs ctx.holdout); the variant it
+    # repairs (built first), whose file it checks before repairing anything.
     guarded: bool = False
+    repairs: str = ""
 
 
 def sha256_of(path: Path) -> str:

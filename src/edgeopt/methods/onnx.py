@@ -181,12 +181,15 @@ def _quantize_static(ctx: BuildContext, out: Path, activations_16bit: Sequence[s
     overrides: dict[str, list[dict[str, Any]]] = {w: [{"axis": 0, "reduce_range": True}] for w in seven_bit}
     overrides.update({t: [{"quant_type": QuantType.QUInt16}] for t in activations_16bit})
     reader = _pixel_reader(src, ctx.representative, ctx)
+    # ranges are computed once per run and reused by every static build (guarded ones build several)
+    cache = (ctx.work_dir or src.parent) / f"calibration-{ctx.calibration_method}.json"
     with captured_output(ctx.log_path):
         quantize_static(
             str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=bool(ctx.reduce_range), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod[ctx.calibration_method],
             extra_options={"TensorQuantOverrides": overrides} if overrides else None,
+            calibration_cache_path=str(cache),
         )
     return {"seven_bit_weights": len(seven_bit)}
 
@@ -225,6 +228,9 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     1.32: a Conv between a DequantizeLinear and a QuantizeLinear is re-quantized at load, per tensor.)
     """
     assert ctx.work_dir is not None
+    if "ort_int8_static" in ctx.built:
+        repair.check_needed(ctx.built["ort_int8_static"], "onnxruntime", _float_onnx(ctx), ctx.holdout,
+                            ctx.holdout_labels, ctx.repair_target_pp, "ort_int8_static")
     first = ctx.work_dir / "qdq-full.onnx"
     _quantize_static(ctx, first)
     ranked, images = _ranked_activations(ctx, first)
@@ -270,8 +276,8 @@ ONNX_METHODS = {
     "ort_int8_guarded": Method(
         name="ort_int8_guarded", backend="onnxruntime", source="onnx", suffix=".onnx",
         summary="ort_int8_static repaired: the activations whose quantization is noisiest (ranked on held-out "
-        "images) get 16 bits until the held-out loss is within the target",
-        build=build_int8_guarded, calibrated=True, guarded=True,
+        "images) get 16 bits until it changes few of the float model's held-out answers (built only when needed)",
+        build=build_int8_guarded, calibrated=True, guarded=True, repairs="ort_int8_static",
     ),
     "ort_int8_dynamic": Method(
         name="ort_int8_dynamic", backend="onnxruntime", source="onnx", suffix=".onnx",

@@ -1,0 +1,124 @@
+"""`edgeopt device ...`: what runs on the sorting machine. Needs only the light install (no
+TensorFlow): numpy, Pillow, httpx, python-tuf and one inference runtime."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgeopt.console import EXIT_REFUSED, RichProgress, out_console
+from edgeopt.errors import ConfigError
+
+device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True, rich_markup_mode=None)
+
+
+@device_app.command("run")
+def device_run(
+    server: Annotated[str, typer.Option(help="The repository's URL (any static web server), e.g. http://127.0.0.1:8080")],
+    state: Annotated[Path, typer.Option(help="The device's state folder")],
+    root: Annotated[Path, typer.Option(help="Trusted root: the repository's metadata/1.root.json, copied to the device")],
+    channel: Annotated[str, typer.Option(help="Release channel to follow")] = "stable",
+    device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Credential from 'edgeopt fleet enroll', for reports")] = None,
+    device_class: Annotated[str | None, typer.Option(help="Fleet class for benchmarks [default: from the profile]")] = None,
+    interval: Annotated[float, typer.Option(min=0.0, help="Seconds between checks")] = 30.0,
+    max_backoff: Annotated[float, typer.Option(min=0.0, help="Longest wait, seconds, after faults")] = 600.0,
+    latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
+    min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
+    min_rate: Annotated[float, typer.Option(help="Slowest transfer accepted, bytes/s over 30 s")] = 4096.0,
+    keep_releases: Annotated[int, typer.Option(min=0, help="Releases kept besides active and previous")] = 2,
+    once: Annotated[bool, typer.Option(help="Check once and exit (exit code 3 when a release was refused)")] = False,
+) -> None:
+    """Keep the channel's newest signed, working release active (verify, resume, smoke-test, switch, roll back)."""
+    from edgeopt.device.agent import Agent, AgentConfig
+    from edgeopt.device.fetch import Limits
+    from edgeopt.device.smoke import SmokeLimits
+
+    if token_file is not None and not token_file.is_file():
+        raise ConfigError(f"--token-file {token_file} does not exist; issue one with 'edgeopt fleet enroll'")
+    config = AgentConfig(
+        server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
+        token_file=token_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
+        smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
+        limits=Limits(min_rate_bps=min_rate), keep_releases=keep_releases,
+    )
+    agent = Agent(config)
+    if once:
+        outcome = agent.check_once()
+        out_console.print(str(outcome), highlight=False, markup=False)
+        if outcome.refused:
+            raise typer.Exit(EXIT_REFUSED)
+    else:
+        agent.run()
+
+
+@device_app.command("sort")
+def device_sort(
+    state: Annotated[Path, typer.Option(help="The device's state folder (its active release)")],
+    watch: Annotated[Path, typer.Option(help="Folder where the camera writes frames")],
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads")] = 1,
+) -> None:
+    """Classify each new frame with the active release; one JSON line per frame on stdout."""
+    from edgeopt.device.sort import sort_frames
+
+    if not watch.is_dir():
+        raise ConfigError(f"frames folder {watch} does not exist; pass the folder the camera writes to")
+    sort_frames(state, watch, threads=threads)
+
+
+@device_app.command("profile")
+def device_profile(
+    out: Annotated[Path | None, typer.Option(help="Write the profile (JSON) here instead of printing it")] = None,
+) -> None:
+    """What this device is: runtimes and versions, CPU model and flags (int8 dot product), cores, memory."""
+    from edgeopt.machine import describe_machine, device_class
+
+    profile = describe_machine()
+    profile["device_class"] = device_class(profile)
+    text = json.dumps(profile, indent=1)
+    if out is None:
+        out_console.print(text, highlight=False, markup=False)
+    else:
+        from edgeopt.outputs import write_bytes_atomic
+
+        write_bytes_atomic(out, text.encode())
+        out_console.print(f"wrote {out}")
+
+
+@device_app.command("bench")
+def device_bench(
+    run_dir: Annotated[Path, typer.Argument(help="An optimize run folder copied to this device (results.json, variants/)")],
+    out: Annotated[Path, typer.Option(help="Results file to write (read by 'edgeopt choose --device-results')")],
+    images: Annotated[Path | None, typer.Option(
+        help="Labelled samples DIR/<class>/*.jpg for the accuracy check [default: the run's test images, if here]")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads (the device's cores in use)")] = 1,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 5,
+    invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 50,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
+    from edgeopt.config import MeasureConfig
+    from edgeopt.device.bench import bench_run
+    from edgeopt.outputs import write_bytes_atomic
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a file name, e.g. device-results.json")
+    results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
+                        images, RichProgress())
+    write_bytes_atomic(out, results.to_json().encode())
+    table = Table(title=f"{run_dir} on this device", title_justify="left")
+    for col in ("variant", "loads", "test acc %", "ms/image", "runtime"):
+        table.add_column(col)
+    for v in results.variants:
+        table.add_row(v.name, "yes" if v.loadable else f"no: {v.load_error}",
+                      f"{100 * v.test.accuracy:.2f}" if v.test else "-",
+                      f"{v.latency.median_ms:.2f}" if v.latency else "-", v.runtime)
+    out_console.print(table)
+    out_console.print(f"wrote {out}; choose with: edgeopt choose {run_dir} --device-results {out}")

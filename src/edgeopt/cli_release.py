@@ -1,0 +1,200 @@
+"""The release side's commands: keys, the TUF repository, publish, refresh, serve, the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgeopt.console import out_console
+from edgeopt.errors import ConfigError
+
+keys_app = typer.Typer(help="Signing keys of the release repository (one per TUF role).", no_args_is_help=True,
+                       rich_markup_mode=None)
+repo_app = typer.Typer(help="The release repository (TUF metadata over static files).", no_args_is_help=True,
+                       rich_markup_mode=None)
+fleet_app = typer.Typer(help="The devices: credentials, reports, benchmarks.", no_args_is_help=True, rich_markup_mode=None)
+
+KeysOption = Annotated[Path, typer.Option(help="The folder made by 'edgeopt keys generate'")]
+
+
+def _channels(text: str) -> tuple[str, ...]:
+    from edgeopt.release.keys import check_channel
+
+    return tuple(check_channel(c.strip()) for c in text.split(",") if c.strip())
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Folder for the keys (each mode 0600); keep root.key offline")],
+    channels: Annotated[str, typer.Option(help="Comma-separated release channels, each with its own key")] = "stable",
+) -> None:
+    """Make an Ed25519 key per role: root, targets, snapshot, timestamp, and one per channel."""
+    from edgeopt.release.keys import generate_keys
+
+    paths = generate_keys(out, _channels(channels))
+    out_console.print(f"wrote {len(paths)} keys to {out}: {', '.join(p.name for p in paths)}; keep root.key offline")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    repo: Annotated[Path, typer.Option(help="Release repository folder")],
+    keys: KeysOption,
+    role: Annotated[str, typer.Option(help="root, targets, snapshot, timestamp or channel-<name>")],
+) -> None:
+    """Replace a role's key (this revokes a lost or compromised key); devices follow on their next check."""
+    from edgeopt.release.repository import Repository
+
+    retired = Repository(repo).rotate(keys, role)
+    out_console.print(f"rotated {role}: the old key is in {retired}; the new one in {keys}")
+
+
+@repo_app.command("init")
+def repo_init(
+    repo: Annotated[Path, typer.Argument(help="A new, empty folder for the repository")],
+    keys: KeysOption,
+    channels: Annotated[str, typer.Option(help="Comma-separated release channels")] = "stable",
+) -> None:
+    """Create the repository's signed metadata (needs the root key, once)."""
+    from edgeopt.release.repository import Repository
+
+    root = Repository(repo).init(keys, _channels(channels))
+    out_console.print(f"created {repo}; copy {root} to every device as its trusted root (--root)")
+
+
+@repo_app.command("add-channel")
+def repo_add_channel(
+    repo: Annotated[Path, typer.Argument(help="Release repository folder")],
+    channel: Annotated[str, typer.Argument(help="New channel name, e.g. beta")],
+    keys: KeysOption,
+) -> None:
+    """Add a channel with its own key (signed by the targets key)."""
+    from edgeopt.release.repository import Repository
+
+    Repository(repo).add_channel(keys, channel)
+    out_console.print(f"added channel {channel} to {repo}")
+
+
+@repo_app.command("status")
+def repo_status(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
+    """Each role's version and expiry, and each channel's current release."""
+    from edgeopt.release.repository import Repository
+
+    repository = Repository(repo)
+    table = Table(title=f"{repo}", title_justify="left")
+    for col in ("role", "version", "expires"):
+        table.add_column(col)
+    for role, version, expires in repository.status():
+        table.add_row(role, str(version), expires)
+    out_console.print(table)
+    for channel in repository.channels():
+        current = repository.current_release(channel)
+        out_console.print(f"{channel}: " + (f"release {current['release']} ({current.get('method')}, {current['length']:,} bytes)"
+                                             if current else "no release yet"), highlight=False)
+
+
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
+    repo: Annotated[Path, typer.Option(help="Release repository folder (made by 'edgeopt repo init')")],
+    keys: KeysOption,
+    channel: Annotated[str, typer.Option(help="Channel to point at the new release")] = "stable",
+    variant: Annotated[str | None, typer.Option(help="Publish this variant instead of the selected one")] = None,
+) -> None:
+    """Make the selected model the channel's new release, signed by the channel's key."""
+    from edgeopt.release.repository import Repository, release_custom
+
+    model, labels, custom = release_custom(run_dir, variant)
+    published = Repository(repo).publish_release(keys, channel, model, labels, custom)
+    out_console.print(
+        f"published release {published['release']} on {channel}: {custom['method']} ({published['length']:,} bytes, "
+        f"sha256 {published['model_sha256'][:12]}...)"
+    )
+
+
+def publish_job(
+    run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
+    repo: Annotated[Path, typer.Option(help="Release repository folder")],
+    keys: KeysOption,
+    variants: Annotated[str | None, typer.Option(help="Comma-separated candidates [default: every variant]")] = None,
+) -> None:
+    """Publish a signed benchmark job: agents measure the candidates when idle and upload the figures
+    ('edgeopt choose RUN --fleet REPO' then chooses per device class)."""
+    from edgeopt.release.repository import Repository
+
+    names = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
+    job = Repository(repo).publish_job(keys, run_dir, names)
+    out_console.print(f"published benchmark job {job['job']} ({len(job['variants'])} variants); devices with "
+                      "--token-file and labelled samples run it when idle")
+
+
+def refresh(
+    repo: Annotated[Path, typer.Option(help="Release repository folder")],
+    keys: KeysOption,
+) -> None:
+    """Renew the timestamp (expires daily: run this from cron) and whatever else expires soon."""
+    from edgeopt.release.repository import Repository
+
+    renewed = Repository(repo).refresh(keys)
+    out_console.print(f"re-signed: {', '.join(renewed)}")
+
+
+def serve(
+    repo: Annotated[Path, typer.Argument(help="Release repository folder")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8080,
+    rate: Annotated[float | None, typer.Option(help="Bandwidth limit per download, KB/s (experiments)")] = None,
+) -> None:
+    """Serve the repository's metadata and target files (Range, ETag) and take device reports."""
+    from edgeopt.release.repository import Repository
+    from edgeopt.release.server import serve as run_serve
+
+    if not Repository(repo).exists():
+        raise ConfigError(f"{repo} is not a release repository; create it with 'edgeopt repo init {repo} --keys KEYS'")
+    run_serve(repo, host, port, rate)
+
+
+@fleet_app.command("show")
+def fleet_show(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
+    """Each device's last report: active release, latency, last error, refusals, class."""
+    from edgeopt.release.server import fleet_status
+
+    table = Table(title=f"fleet of {repo}", title_justify="left")
+    for col in ("device", "class", "release", "latency ms", "last error", "refusals", "reported"):
+        table.add_column(col)
+    for r in fleet_status(repo):
+        latency = f"{r['latency_ms']:.1f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
+        table.add_row(r["device_id"], r.get("device_class") or "-", str(r.get("active_release")), latency,
+                      r.get("last_error") or "-", str(len(r.get("refusals") or [])), r["received"])
+    out_console.print(table)
+
+
+@fleet_app.command("enroll")
+def fleet_enroll(
+    repo: Annotated[Path, typer.Option(help="Release repository folder")],
+    device_id: Annotated[str, typer.Argument(help="The device's name, as it reports (--device-id)")],
+    out: Annotated[Path, typer.Option(help="File for the device's credential (mode 0600); copy it to the device")],
+) -> None:
+    """Issue a device's credential for its reports (the server keeps only its hash)."""
+    import os
+
+    from edgeopt.fleet import enroll
+
+    if out.exists():
+        raise ConfigError(f"{out} already exists; choose another --out")
+    token = enroll(repo, device_id)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    out_console.print(f"enrolled {device_id}; copy {out} to the device and pass it as --token-file")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(repo_app, name="repo")
+    app.add_typer(fleet_app, name="fleet")
+    app.command()(publish)
+    app.command(name="publish-job")(publish_job)
+    app.command()(refresh)
+    app.command()(serve)

@@ -1,0 +1,151 @@
+"""The device's state folder: releases, the active/previous switch, and what it remembers.
+
+    tuf/                         TUF metadata the device trusts (root chain, timestamp, ...)
+    releases/<n>-<sha12>/        complete, verified releases: model.<ext>, labels.json, release.json
+    staging/<sha>/               downloads in progress (<file>.part grows; resumed with HTTP Range)
+    active, previous             symlinks to releases/...; switched with an atomic rename
+    samples/                     images for the smoke test (samples/<class>/*.jpg also checks accuracy)
+    failures.json                failures per release (by model sha256), so a fault must repeat
+    jobs.json                    fleet benchmark jobs already run
+    rejected.json                releases refused for good, with the reason
+    agent.log                    one JSON line per event
+
+release.json records the target metadata (length, sha256, custom) that TUF verified when the
+release was fetched; a release folder is complete when every file matches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+RELEASE_RECORD = "release.json"
+
+
+def file_matches(path: Path, length: int, sha256: str) -> bool:
+    """True when the file has exactly this length and sha256 (read in chunks, never whole)."""
+    try:
+        if path.stat().st_size != length:
+            return False
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest() == sha256
+    except OSError:
+        return False
+
+
+class DeviceState:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        for sub in ("releases", "staging", "tuf"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # --- releases -----------------------------------------------------------------------------
+    def release_dir(self, record: dict[str, Any]) -> Path:
+        return self.root / "releases" / f"{record['release']}-{record['model']['sha256'][:12]}"
+
+    @staticmethod
+    def complete(folder: Path) -> dict[str, Any] | None:
+        """The release record of a folder whose files all match it, else None."""
+        try:
+            record = json.loads((folder / RELEASE_RECORD).read_text())
+            files = (record["model"], record["labels"])
+            if all(file_matches(folder / f["file"], int(f["length"]), str(f["sha256"])) for f in files):
+                return dict(record)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def record_of(self, link: str) -> dict[str, Any] | None:
+        path = self.root / link
+        return self.complete(path) if path.exists() else None
+
+    def point(self, name: str, folder: Path) -> None:
+        """Atomically make state/<name> a symlink to `folder` (a release)."""
+        tmp = self.root / f".{name}.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(folder.relative_to(self.root), tmp)
+        os.replace(tmp, self.root / name)
+
+    def recover(self) -> str | None:
+        """After a crash: `active` must be a complete release (else previous, else none)."""
+        active = self.root / "active"
+        if active.is_symlink() and self.record_of("active") is None:
+            if self.record_of("previous") is not None:
+                self.point("active", self.root / os.readlink(self.root / "previous"))
+                return "previous"
+            active.unlink()
+            return "none"
+        return None
+
+    def prune(self, keep_others: int) -> list[str]:
+        """Remove releases other than active, previous and the newest `keep_others` of the rest."""
+        linked = {os.path.realpath(self.root / n) for n in ("active", "previous") if (self.root / n).is_symlink()}
+        others = sorted((p for p in (self.root / "releases").iterdir() if os.path.realpath(p) not in linked),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        removed = []
+        for folder in others[keep_others:]:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+        return removed
+
+    def clean_staging(self, keep: str | None) -> None:
+        for folder in (self.root / "staging").iterdir():
+            if folder.name != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    # --- memory of failures -------------------------------------------------------------------
+    def _read(self, name: str) -> dict[str, Any]:
+        try:
+            value = json.loads((self.root / name).read_text())
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, name: str, value: dict[str, Any]) -> None:
+        tmp = self.root / f".{name}.tmp"
+        tmp.write_text(json.dumps(value, indent=1))
+        os.replace(tmp, self.root / name)
+
+    def rejected(self, sha256: str) -> str | None:
+        return self._read("rejected.json").get(sha256)
+
+    def reject(self, sha256: str, reason: str) -> None:
+        value = self._read("rejected.json")
+        value[sha256] = reason
+        self._write("rejected.json", value)
+
+    def count_failure(self, sha256: str, kind: str) -> int:
+        """Count one more failure of this kind for this release; returns how many in a row."""
+        value = self._read("failures.json")
+        counts = value.setdefault(sha256, {})
+        counts[kind] = int(counts.get(kind, 0)) + 1
+        self._write("failures.json", value)
+        return counts[kind]
+
+    def clear_failures(self, sha256: str) -> None:
+        value = self._read("failures.json")
+        if value.pop(sha256, None) is not None:
+            self._write("failures.json", value)
+
+    def jobs_done(self) -> set[str]:
+        return set(self._read("jobs.json").get("done", []))
+
+    def job_done(self, sha256: str) -> None:
+        self._write("jobs.json", {"done": sorted(self.jobs_done() | {sha256})[-50:]})
+
+    def log(self, event: str, **fields: Any) -> None:
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
+        with open(self.root / "agent.log", "a") as f:
+            f.write(json.dumps(line) + "\n")
