@@ -76,12 +76,13 @@ def main() -> int:
         while not server.started:
             time.sleep(0.02)
         try:
-            for variant in (baseline, selected):
+            for variant, compress in ((baseline, False), (selected, False), (baseline, True), (selected, True)):
                 model, labels, custom = release_custom(args.run, variant)
-                published = repo.publish_release(tmp / "keys", "stable", model, labels, custom)
+                published = repo.publish_release(tmp / "keys", "stable", model, labels, custom, compress=compress)
                 seconds = []
                 for repeat in range(args.repeats):
-                    agent = Agent(AgentConfig(server=f"http://127.0.0.1:{port}", state=tmp / f"device-{variant}-{repeat}",
+                    state = tmp / f"device-{variant}-{compress}-{repeat}"
+                    agent = Agent(AgentConfig(server=f"http://127.0.0.1:{port}", state=state,
                                               root=trusted_root, device_id=f"bench-{repeat}"))
                     start = time.perf_counter()
                     outcome = agent.check_once()
@@ -90,13 +91,14 @@ def main() -> int:
                         raise RuntimeError(f"delivery of {variant} failed: {outcome}")
                 size = published["length"] + labels.stat().st_size
                 rows.append({
-                    "variant": variant, "bytes": size, "seconds_median": statistics.median(seconds),
+                    "variant": variant, "compressed": compress, "bytes": size, "file_bytes": published["uncompressed_length"],
+                    "seconds_median": statistics.median(seconds),
                     "seconds_all": seconds, "transfer_seconds_at_rate": size / (args.rate * 1024),
                 })
         finally:
             server.should_exit = True
             thread.join(timeout=10)
-    base_row, sel_row = rows
+    base_row, sel_row, base_zst, sel_zst = rows
     report = {
         "edgeopt_update_bench": 2,
         "commit": commit(),
@@ -110,14 +112,25 @@ def main() -> int:
         "deliveries": rows,
         "bytes_ratio": base_row["bytes"] / sel_row["bytes"],
         "seconds_ratio": base_row["seconds_median"] / sel_row["seconds_median"],
+        "compression": {
+            "codec": "zstd level 3",
+            "selected_bytes_ratio": sel_row["bytes"] / sel_zst["bytes"],
+            "selected_seconds_ratio": sel_row["seconds_median"] / sel_zst["seconds_median"],
+            "baseline_bytes_ratio": base_row["bytes"] / base_zst["bytes"],
+            "baseline_seconds_ratio": base_row["seconds_median"] / base_zst["seconds_median"],
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "update.json").write_text(json.dumps(report, indent=1))
     print(f"delivery at {args.rate:g} KB/s ({'synthetic demo model' if report['synthetic_data'] else args.run}):")
-    print(f"{'variant':<20} {'bytes':>12} {'s (median)':>11} {'s at rate':>10}")
+    print(f"{'variant':<20} {'sent':>5} {'bytes':>12} {'s (median)':>11} {'s at rate':>10}")
     for r in rows:
-        print(f"{r['variant']:<20} {r['bytes']:>12,} {r['seconds_median']:>11.2f} {r['transfer_seconds_at_rate']:>10.2f}")
+        print(f"{r['variant']:<20} {'zstd' if r['compressed'] else 'file':>5} {r['bytes']:>12,} {r['seconds_median']:>11.2f} "
+              f"{r['transfer_seconds_at_rate']:>10.2f}")
     print(f"{baseline} / {selected}: {report['bytes_ratio']:.2f}x the bytes, {report['seconds_ratio']:.2f}x the time")
+    c = report["compression"]
+    print(f"zstd: {selected} {c['selected_bytes_ratio']:.2f}x fewer bytes, {c['selected_seconds_ratio']:.2f}x faster delivery; "
+          f"{baseline} {c['baseline_bytes_ratio']:.2f}x / {c['baseline_seconds_ratio']:.2f}x")
     return 0
 
 

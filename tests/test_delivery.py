@@ -81,9 +81,14 @@ class Setup:
             return None
         record = DeviceState.complete(link)
         assert record is not None, f"active -> {os.readlink(link)} is not a complete release"
-        published = {t.hashes["sha256"] for v in range(1, 100) if (p := self.repo_path / "metadata" / f"{v}.stable.json").is_file()
-                     for t in __import__("tuf.api.metadata", fromlist=["Metadata"]).Metadata.from_file(str(p)).signed.targets.values()}
-        assert record["model"]["sha256"] in published, "active is not a release the channel's key signed"
+        from tuf.api.metadata import Metadata
+
+        signed = set()  # every model the channel's key ever signed: the file sent, and what it unpacks to
+        for path in (self.repo_path / "metadata").glob("*.stable.json"):
+            for target in Metadata.from_file(str(path)).signed.targets.values():
+                signed.add(target.hashes["sha256"])
+                signed.add(((target.custom or {}).get("uncompressed") or {}).get("sha256"))
+        assert record["model"]["sha256"] in signed, "active is not a release the channel's key signed"
         return int(record["release"])
 
 
@@ -332,7 +337,7 @@ def test_7_the_device_keeps_few_releases_checks_space_and_drops_oversize_parts(s
         setup.publish(0)
         sha = setup.repo.current_release("stable")["sha256"]
         (setup.state / "staging" / sha).mkdir(parents=True)
-        oversize = setup.state / "staging" / sha / "model.tflite.part"
+        oversize = setup.state / "staging" / sha / "model.tflite.zst.part"
         oversize.write_bytes(b"\x00" * (setup.repo.current_release("stable")["length"] + 10))
         monkeypatch.setattr(DeviceState, "free_bytes", lambda self: 1000)
         full = agent.check_once()
@@ -477,7 +482,7 @@ def test_cut_connections_resume_the_download_with_range(setup):
         with CuttingProxy(server.port, cut_after=size // 3) as proxy:
             first = setup.agent(proxy.url).check_once()
         assert first.kind == "retry" and setup.active() == 1
-        part = next(setup.state.rglob("model.tflite.part"))
+        part = next(setup.state.rglob("model.tflite.zst.part"))
         assert 0 < part.stat().st_size < size
         assert str(setup.agent(server.url).check_once()) == "activated release 2"
 
@@ -597,3 +602,34 @@ def test_a_fleet_benchmark_job_is_run_when_idle_and_chosen_from_by_device_class(
                           "--device-class", "pi-class"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.startswith("pi-class (1 device(s)):")
+
+
+def test_models_travel_compressed_and_are_checked_after_decompression(setup, monkeypatch):
+    published = setup.publish(0)
+    assert published["length"] < published["uncompressed_length"]  # fewer bytes on the wire
+    with ServerThread(setup.repo_path) as server:
+        assert str(setup.agent(server.url).check_once()) == "activated release 1"
+        record = DeviceState.complete(setup.state / "active")
+        assert record["model"]["length"] == published["uncompressed_length"] and record["download"]["compression"] == "zstd"
+        # signed, but the uncompressed hash does not match what the file unpacks to (a bomb, or a bad publish)
+        model, labels, custom = release_custom(*setup.runs[1])
+        real = setup.repo.publish_release
+
+        def lying(keys, channel, model, labels, custom, compress=True):
+            out = real(keys, channel, model, labels, custom, compress)
+            role = setup.repo.load(channel)
+            role.signed.targets[f"{channel}/model"].unrecognized_fields["custom"]["uncompressed"]["length"] = 1000
+            role.signed.version += 1
+            setup.repo._sign(role, "channel-stable", setup.keys)
+            setup.repo._write(role, channel)
+            setup.repo._snapshot_and_timestamp(setup.keys, {channel: role.signed.version})
+            return out
+
+        lying(setup.keys, "stable", model, labels, custom)
+        first = setup.agent(server.url).check_once()
+        assert first.kind == "retry" and "decompressed model does not match" in str(first)
+        assert not any(p.stat().st_size > 1000 for p in setup.state.rglob("model.tflite.part"))
+        assert setup.agent(server.url).check_once().refused  # the second time: refused for good
+        setup.repo.publish_release(setup.keys, "stable", model, labels, custom, compress=False)  # plain works too
+        assert str(setup.agent(server.url).check_once()) == "activated release 3"
+    assert setup.active() == 3

@@ -56,12 +56,13 @@ def latency_against(variant: Latency, baseline: Latency, confidence: float) -> L
     return variant.model_copy(update={"ratio_low": low, "ratio_high": high, "ratio_coverage": coverage})
 
 
-def _candidate(v: Variant) -> Candidate:
+def _candidate(v: Variant, objective: Objective) -> Candidate:
     assert v.latency is not None and v.test is not None
     paired = v.paired
     interval = (v.latency.ratio_low, v.latency.ratio_high)
+    size = v.transfer_bytes if objective.size == "transfer" and v.transfer_bytes else v.size_bytes
     return Candidate(
-        name=v.name, size_bytes=v.size_bytes, latency_ms=v.latency.median_ms, metric=v.test.accuracy, backend=v.backend,
+        name=v.name, size_bytes=size, latency_ms=v.latency.median_ms, metric=v.test.accuracy, backend=v.backend,
         latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
         metric_delta_interval=(paired.low, paired.high) if paired else None,
         discordant=paired.discordant if paired else None,
@@ -88,7 +89,7 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
         variants.append(v.model_copy(update=update))
     if not measurable(variants[0]):
         raise ValueError(f"the baseline {baseline.name} was not measured; nothing can be chosen against it")
-    candidates = [_candidate(v) for v in variants if measurable(v)]
+    candidates = [_candidate(v, objective) for v in variants if measurable(v)]
     choice = select(candidates, baseline.name, objective, target)
     other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
     other = select(candidates, baseline.name, objective.replaced(form=other_form), target)

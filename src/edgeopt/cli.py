@@ -115,7 +115,7 @@ def _optimize_config(
     max_accuracy_drop: float | None, strict: bool | None, train_images: str | None,
     backends: str | None = None, calibration: str | None = None, input_range: str | None = None,
     input_mean: str | None = None, input_std: str | None = None, target: str | None = None,
-    confidence: float | None = None, no_guard: bool = False,
+    confidence: float | None = None, no_guard: bool = False, race: bool | None = None, size: str | None = None,
 ) -> OptimizeConfig:
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
@@ -153,8 +153,10 @@ def _optimize_config(
         "measure.rounds": ("--rounds", rounds),
         "measure.invocations": ("--invocations", invocations),
         "measure.train_images": ("--train-images", train_count),
+        "measure.race": ("--no-race" if race is False else "--race", race),
         "target": ("--target", names(target)),
         "objective.confidence": ("--confidence", confidence),
+        "objective.size": ("--size", size),
         "objective.form": ("--objective", objective),
         "objective.weight_size": ("--w-size", w_size),
         "objective.weight_time": ("--w-time", w_time),
@@ -189,6 +191,10 @@ def optimize(
         help="Runtimes the chosen variant must run on, e.g. litert [default: the baseline's]")] = None,
     train_images: Annotated[str | None, typer.Option(
         help="Train accuracy (a study figure) on a seeded sample of N train images, 'all', or 0 [default: 300]")] = None,
+    size: Annotated[str | None, typer.Option(
+        help="S in L: file (the model file) or transfer (the bytes a delivery sends, zstd) [default: file]")] = None,
+    race: Annotated[bool | None, typer.Option("--race/--no-race",
+        help="Stop variants that cannot win early (default), or evaluate every variant on every image")] = None,
     data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
@@ -199,7 +205,8 @@ def optimize(
 
     cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
                            objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
-                           backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard)
+                           backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard, race,
+                           size)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")

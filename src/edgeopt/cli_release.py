@@ -101,15 +101,17 @@ def publish(
     keys: KeysOption,
     channel: Annotated[str, typer.Option(help="Channel to point at the new release")] = "stable",
     variant: Annotated[str | None, typer.Option(help="Publish this variant instead of the selected one")] = None,
+    compress: Annotated[bool, typer.Option("--compress/--no-compress", help="Send the model zstd-compressed")] = True,
 ) -> None:
     """Make the selected model the channel's new release, signed by the channel's key."""
     from edgeopt.release.repository import Repository, release_custom
 
     model, labels, custom = release_custom(run_dir, variant)
-    published = Repository(repo).publish_release(keys, channel, model, labels, custom)
+    published = Repository(repo).publish_release(keys, channel, model, labels, custom, compress=compress)
+    sent = f", {published['length']:,} bytes sent (zstd)" if compress else ""
     out_console.print(
-        f"published release {published['release']} on {channel}: {custom['method']} ({published['length']:,} bytes, "
-        f"sha256 {published['model_sha256'][:12]}...)"
+        f"published release {published['release']} on {channel}: {custom['method']} "
+        f"({published['uncompressed_length']:,} bytes{sent}, sha256 {published['model_sha256'][:12]}...)"
     )
 
 

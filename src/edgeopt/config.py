@@ -73,6 +73,10 @@ class MeasureConfig(Settings):
     invocations: int = Field(50, ge=1)
     # Untimed invocations per variant before the first round.
     warmup: int = Field(10, ge=0)
+    # Evaluate where it can change the choice: variants that cannot win are found by a short
+    # latency pass and by the guard's statistics on part of the test split, and stopped
+    # (edgeopt.evaluate). False: every variant on every image (a full evaluation).
+    race: bool = True
     # Train accuracy is a study figure, not an input to the choice: measured on a seeded sample
     # of this many train images (None: all of them; 0: not measured).
     train_images: int | None = Field(300, ge=0)

@@ -65,6 +65,9 @@ class Objective(Settings):
     max_metric_loss: float | None = Field(1.0, ge=0)
     # Two-sided confidence of the metric and L intervals (guard and ties).
     confidence: float = Field(0.95, ge=0.5, lt=1.0)
+    # S in L: "file" (the model file's bytes, as the study) or "transfer" (the bytes a delivery
+    # sends: the file compressed with zstd).
+    size: Literal["file", "transfer"] = "file"
     metric: Metric = ACCURACY
 
 

@@ -18,22 +18,25 @@ import numpy as np
 
 from edgeopt import __version__ as edgeopt_version
 from edgeopt.choose import decide
-from edgeopt.config import OptimizeConfig, write_config
-from edgeopt.data.imagefolder import decode_images, scan_image_folder
+from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
+from edgeopt.data.imagefolder import DecodedImages, decode_images_cached, scan_image_folder
 from edgeopt.data.split import SPLIT_FILE, Split, build_split, check_data_matches, load_split, save_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
+from edgeopt.evaluate import CHUNK, Predict, hopeless, race
 from edgeopt.graph import describe_change, describe_model, graph_record, input_contract
 from edgeopt.machine import describe_machine
 from edgeopt.measure import (
     AccuracyResult,
     LatencyResult,
+    accuracy_of,
     accuracy_record,
     latency_record,
     measure_accuracy,
     measure_decode_ms,
     measure_latency,
+    predict_top1,
     predictions_record,
 )
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
@@ -44,7 +47,7 @@ from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
 from edgeopt.results import Data, ModelInfo, Repair, Results, Variant
-from edgeopt.runtimes.base import GraphSummary
+from edgeopt.runtimes.base import GraphSummary, Runtime
 from edgeopt.runtimes.registry import EXTRAS, get_runtime, list_runtimes
 from edgeopt.train import write_labels
 
@@ -186,15 +189,15 @@ def optimize(
     check_data_matches(split, root, split.test)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    test = decode_images(root, split.test, size, strict=config.strict)
+    test = decode_images_cached(root, split.test, size, strict=config.strict)
     if len(test.labels) == 0:
         raise DataError(f"none of the {len(split.test)} test images in {root} could be read")
     train_items = _sample(split.train_all, config.measure.train_images, split.seed)
-    train = decode_images(root, train_items, size, strict=config.strict) if train_items else None
+    train = decode_images_cached(root, train_items, size, strict=config.strict) if train_items else None
     # Calibration draws from the train part only (never validation or test), whatever is evaluated.
     calibration_items = _sample(split.train, config.representative_samples, split.seed + 1)
-    calibration = decode_images(root, calibration_items, size, strict=config.strict)
-    holdout = decode_images(root, _holdout_items(split, calibration_items), size, strict=config.strict) if any(
+    calibration = decode_images_cached(root, calibration_items, size, strict=config.strict)
+    holdout = decode_images_cached(root, _holdout_items(split, calibration_items), size, strict=config.strict) if any(
         m.guarded for m in methods) else None
     timings["decode_s"] = time.perf_counter() - t
     transform = config.pixel_transform() if source.kind == "onnx" else PIXELS
@@ -233,34 +236,17 @@ def optimize(
         progress.finish(f"built {len(artifacts)} variants")
         timings["build_s"] = time.perf_counter() - t
 
-        # Accuracy does not depend on the thread count, so it uses every core; latency is
-        # measured with the device's thread count.
+        accuracy, latency, stopped = _measure(methods, artifacts, runtimes, transform, test, train, source.classes,
+                                              config, timings, progress)
         eval_threads = max(config.measure.threads, os.cpu_count() or 1)
-        t = time.perf_counter()
-        accuracy: dict[str, dict[str, AccuracyResult]] = {}
-        progress.start("evaluating accuracy", len(methods))
-        for method in methods:
-            session = runtimes[method.backend].open(artifacts[method.name].path, eval_threads, transform)
-            accuracy[method.name] = {"test": measure_accuracy(session, test.pixels, test.labels, source.classes)}
-            if train is not None:
-                accuracy[method.name]["train"] = measure_accuracy(session, train.pixels, train.labels, source.classes)
-            progress.advance(1, method.name)
-        progress.finish(f"evaluated {len(test.labels)} test + {len(train.labels) if train else 0} train images")
-        timings["evaluate_s"] = time.perf_counter() - t
-
         threads = config.measure.threads
-        sessions = {m.name: runtimes[m.backend].open(artifacts[m.name].path, threads, transform) for m in methods}
-        t = time.perf_counter()
-        latency = measure_latency(sessions, test.pixels[:16], config.measure, progress)
-        timings["latency_s"] = time.perf_counter() - t
-        del sessions
 
         graphs = {m.name: describe_model(artifacts[m.name].path) for m in methods}
         base_graph = graphs[methods[0].name]
         variants = [
-            _variant(m, artifacts[m.name], build_seconds[m.name], accuracy[m.name], latency[m.name], threads,
+            _variant(m, artifacts[m.name], build_seconds[m.name], accuracy[m.name], latency.get(m.name), threads,
                      graphs[m.name], transform, runtimes[m.backend].version(),
-                     describe_change(graphs[m.name], base_graph) if i else "baseline")
+                     describe_change(graphs[m.name], base_graph) if i else "baseline", stopped.get(m.name, ""))
             for i, m in enumerate(methods)
         ]
         for name in ("ort_int8_static", "ort_int8_guarded"):
@@ -307,6 +293,8 @@ def optimize(
     return results
 
 
+# Invocations per variant in the short latency pass that finds hopeless variants.
+SHORT_PASS = 20
 # Held-out images for guarded methods: the validation part, then train images not calibrated on.
 HOLDOUT_IMAGES = 1000
 
@@ -328,17 +316,86 @@ def _sample(items: tuple[tuple[str, int], ...], count: int | None, seed: int) ->
     return tuple(items[i] for i in sorted(order))
 
 
+def _measure(
+    methods: list[Method], artifacts: dict[str, Artifact], runtimes: dict[str, Runtime], transform: PixelTransform,
+    test: DecodedImages, train: DecodedImages | None, classes: tuple[str, ...], config: OptimizeConfig,
+    timings: dict[str, float], progress: Progress,
+) -> tuple[dict[str, dict[str, AccuracyResult]], dict[str, LatencyResult], dict[str, str]]:
+    """Accuracy and latency, spent where they can change the choice (edgeopt.evaluate): the baseline
+    on every test image, a short latency pass, then the others raced on the test images; the full
+    latency protocol for every variant still in contention. Returns accuracy, latency and why a
+    variant was stopped early."""
+    # Accuracy does not depend on the thread count, so it uses every core; latency is measured
+    # with the device's thread count.
+    eval_threads = max(config.measure.threads, os.cpu_count() or 1)
+    threads = config.measure.threads
+    base = methods[0].name
+    t = time.perf_counter()
+    evaluators = {m.name: runtimes[m.backend].open(artifacts[m.name].path, eval_threads, transform) for m in methods}
+    timers = {m.name: runtimes[m.backend].open(artifacts[m.name].path, threads, transform) for m in methods}
+    accuracy: dict[str, dict[str, AccuracyResult]] = {base: {"test": measure_accuracy(evaluators[base], test.pixels, test.labels, classes)}}
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    short = measure_latency(timers, test.pixels[:16], MeasureConfig(threads=threads, rounds=1, invocations=SHORT_PASS, warmup=3))
+    stopped = {}
+    for m in methods[1:] if config.measure.race else []:
+        why = hopeless(artifacts[m.name].size_bytes / artifacts[base].size_bytes,
+                       short[m.name].median_ms / short[base].median_ms, accuracy[base]["test"].accuracy, config.objective)
+        if why:
+            stopped[m.name] = why
+    timings["latency_first_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    racing = [m.name for m in methods[1:] if m.name not in stopped]
+    progress.start("evaluating accuracy (raced)", len(range(0, len(test.labels), CHUNK)) * max(1, len(racing)))
+
+    def predictor(name: str) -> Predict:
+        def predict(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+            progress.advance(1, name)
+            return predict_top1(evaluators[name], test.pixels[start:stop], classes)
+        return predict
+
+    judge = config.objective if config.measure.race else config.objective.replaced(max_metric_loss=None)
+    raced = race({name: predictor(name) for name in racing}, test.labels, accuracy[base]["test"].predicted, judge)
+    progress.finish()
+    for name, result in raced.items():
+        accuracy[name] = {"test": accuracy_of(result.predicted, result.confidence, test.labels, classes)}
+        if result.stopped:
+            stopped[name] = result.stopped
+    if train is not None:
+        for m in methods:
+            if m.name not in stopped and m.name in accuracy:
+                accuracy[m.name]["train"] = measure_accuracy(evaluators[m.name], train.pixels, train.labels, classes)
+    for m in methods:
+        accuracy.setdefault(m.name, {})
+    timings["evaluate_s"] += time.perf_counter() - t
+    progress.finish(f"evaluated {len(test.labels)} test + {len(train.labels) if train else 0} train images; "
+                    f"{len(stopped)} variant(s) stopped early")
+
+    t = time.perf_counter()
+    contenders = {m.name: timers[m.name] for m in methods if m.name not in stopped}
+    latency = measure_latency(contenders, test.pixels[:16], config.measure, progress)
+    for name in stopped:
+        if name not in raced or not raced[name].predicted.size:  # hopeless: only the short pass timed it
+            latency[name] = short[name]
+    timings["latency_s"] = time.perf_counter() - t
+    return accuracy, latency, stopped
+
+
 def _variant(
-    method: Method, artifact: Artifact, build_s: float, accuracy: dict[str, AccuracyResult], latency: LatencyResult,
-    threads: int, graph: GraphSummary, transform: PixelTransform, runtime: str, change: str,
+    method: Method, artifact: Artifact, build_s: float, accuracy: dict[str, AccuracyResult], latency: LatencyResult | None,
+    threads: int, graph: GraphSummary, transform: PixelTransform, runtime: str, change: str, stopped: str = "",
 ) -> Variant:
-    test, train = accuracy["test"], accuracy.get("train")
+    test, train = accuracy.get("test"), accuracy.get("train")
     return Variant(
         name=method.name, paper_label=method.paper_label, backend=method.backend, summary=method.summary,
         file=f"variants/{artifact.path.name}", sha256=artifact.sha256, size_bytes=artifact.size_bytes, change_vs_baseline=change,
+        transfer_bytes=artifact.transfer_bytes,
         build_seconds=build_s, runtime=runtime, graph=graph_record(graph), input=input_contract(graph.inputs[0], transform),
-        test=accuracy_record(test), train=accuracy_record(train) if train is not None else None,
-        latency=latency_record(latency, threads),
+        test=accuracy_record(test) if test is not None else None,
+        train=accuracy_record(train) if train is not None else None,
+        latency=latency_record(latency, threads) if latency is not None else None, stopped_early=stopped,
         repair=Repair(**artifact.metadata) if method.guarded else None,
-        predictions=predictions_record(test, train),
+        predictions=predictions_record(test, train) if test is not None else None,
     )

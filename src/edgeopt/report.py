@@ -16,7 +16,7 @@ REPORT_FILE = "report.md"
 PLOT_FILE = "size_latency.png"
 
 TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "train acc %", "ms/image", "p90 ms", "KB",
-                "x smaller", "x faster", "L [interval]", "verdict")
+                "zstd KB", "x smaller", "x faster", "L [interval]", "verdict")
 
 
 def _pct(value: float | None) -> str:
@@ -65,6 +65,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
             f"{lat.median_ms:.2f}" if lat else "-",
             f"{lat.p90_ms:.2f}" if lat else "-",
             f"{v.size_bytes / 1024:.0f}",
+            f"{v.transfer_bytes / 1024:.0f}" if v.transfer_bytes else "-",
             f"{base.size_bytes / v.size_bytes:.2f}",
             speed,
             f"{s.L:.2f} [{s.L_low:.2f},{s.L_high:.2f}]" if s else "-",
@@ -88,7 +89,8 @@ def _choice_lines(results: Results) -> list[str]:
              else ", no accuracy guard")
     lines = [
         f"Selected: **{choice.selected}** (marked *) for {', '.join(choice.target)}. Objective: `{obj['form']}`, "
-        f"L = {obj['weight_size']:g}*dS + {obj['weight_time']:g}*dT + {obj['weight_metric']:g}*dA{guard}.",
+        f"L = {obj['weight_size']:g}*dS + {obj['weight_time']:g}*dT + {obj['weight_metric']:g}*dA{guard}; "
+        f"S is the {'file size' if obj.get('size', 'file') == 'file' else 'transfer size (zstd)'}.",
         "",
         f"*Δ pp* is each variant's test accuracy minus the baseline's on the same images, with its exact paired "
         f"{obj['confidence']:.0%} interval (McNemar); *disc.* counts the images on which exactly one of the two is right. "

@@ -87,6 +87,73 @@ def scan_image_folder(root: Path | str) -> ImageFolder:
     return ImageFolder(root=root, classes=tuple(d.name for d in class_dirs), items=tuple(items))
 
 
+# Decoded image sets kept in the cache, in bytes; the oldest go first.
+CACHE_LIMIT_BYTES = 4 * 1024**3
+
+
+def cache_dir() -> Path:
+    """Where decoded images are kept between runs: $EDGEOPT_CACHE, else the user's cache folder."""
+    base = os.environ.get("EDGEOPT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "edgeopt")
+    return Path(base) / "decoded"
+
+
+def _cache_key(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, int]) -> str | None:
+    """A key that changes when any file, its label, the folder or the size changes."""
+    import hashlib
+    import json
+
+    listing = []
+    for path, label in items:
+        try:
+            stat = (root / path).stat()
+        except OSError:
+            return None
+        listing.append((path, int(label), stat.st_size, stat.st_mtime_ns))
+    text = json.dumps([str(root.resolve()), list(size), listing])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def decode_images_cached(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, int], strict: bool = False) -> DecodedImages:
+    """decode_images, reusing an earlier decode of exactly these files at this size (a second
+    optimize on the same data does not decode again)."""
+    import json
+
+    key = _cache_key(Path(root), items, size)
+    folder = cache_dir()
+    path = folder / f"{key}.npz" if key else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as stored:
+                meta = json.loads(str(stored["meta"]))
+                if not (strict and meta["skipped"]):
+                    os.utime(path)  # recently used: evicted last
+                    return DecodedImages(stored["pixels"], stored["labels"], tuple(meta["paths"]),
+                                         tuple(tuple(s) for s in meta["skipped"]))  # type: ignore[misc]
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    decoded = decode_images(root, items, size, strict)
+    if path is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{key}.{os.getpid()}.npz"
+            meta = json.dumps({"paths": list(decoded.paths), "skipped": [list(s) for s in decoded.skipped]})
+            np.savez(tmp, pixels=decoded.pixels, labels=decoded.labels, meta=np.array(meta))
+            os.replace(tmp, path)
+            _evict(folder)
+        except OSError:
+            pass  # a cache that cannot be written is no cache, not an error
+    return decoded
+
+
+def _evict(folder: Path) -> None:
+    files = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for file in files:
+        total += file.stat().st_size
+        if total > CACHE_LIMIT_BYTES:
+            file.unlink(missing_ok=True)
+
+
 def decode_images(
     root: Path,
     items: Sequence[tuple[str, int]],

@@ -45,6 +45,8 @@ FAULT_POINTS = ("download", "staged", "renamed", "previous", "switched")
 # TUF metadata caps (bytes): far above what a few channels need, far below "endless".
 ROOT_MAX_BYTES, TIMESTAMP_MAX_BYTES, SNAPSHOT_MAX_BYTES, TARGETS_MAX_BYTES = 64 * 1024, 16 * 1024, 256 * 1024, 1024 * 1024
 MODEL_FORMATS = ("tflite", "onnx")
+# Largest model a release may unpack to (its signed uncompressed length), bytes.
+MAX_MODEL_BYTES = 2 * 1024**3
 # Release numbers are labels for people (the model's sha256 decides what is new), bounded so a
 # signed but absurd number cannot break the device's reports.
 MAX_RELEASE = 2**31 - 1
@@ -102,6 +104,13 @@ class Outcome:
 
     def __str__(self) -> str:
         return self.message
+
+
+def _model_sha256(target: Any) -> str:
+    """The sha256 of the model itself: the target's, or the signed uncompressed one of a zstd target."""
+    custom = target.custom or {}
+    plain = custom.get("uncompressed") if custom.get("compression") else None
+    return str(plain.get("sha256", "")) if isinstance(plain, dict) else str(target.hashes.get("sha256", ""))
 
 
 class Retry(Exception):
@@ -198,11 +207,11 @@ class Agent:
             return Outcome("unreachable", "unreachable")
         if model is None or labels is None:
             return Outcome("no-release", f"no release on channel {self.config.channel} yet")
-        sha = model.hashes.get("sha256", "")
+        sha = model.hashes.get("sha256", "")  # what is downloaded: identifies the release
         number = (model.custom or {}).get("release")
         release = number if isinstance(number, int) and 1 <= number <= MAX_RELEASE else 0
         active = self.state.record_of("active")
-        if active is not None and active["model"]["sha256"] == sha:
+        if active is not None and active["model"]["sha256"] == _model_sha256(model):
             self.state.clean_staging(keep=None)
             self._bench_job(updater)  # idle: time for the fleet's benchmark, if there is a new one
             return Outcome("up-to-date", "up-to-date", release)
@@ -243,13 +252,22 @@ class Agent:
 
     def _install(self, updater: Any, model: Any, labels: Any, release: int) -> Outcome:
         sha = model.hashes["sha256"]
-        fmt = str((model.custom or {}).get("format", ""))
+        custom = model.custom or {}
+        fmt = str(custom.get("format", ""))
         if fmt not in MODEL_FORMATS:
             raise Refused(f"its model format {fmt!r} is not one of {', '.join(MODEL_FORMATS)}", permanent=True)
-        record = {
-            "release": release, "channel": self.config.channel, "custom": model.custom,
-            "model": {"file": f"model.{fmt}", "length": model.length, "sha256": sha},
-            "labels": {"file": "labels.json", "length": labels.length, "sha256": labels.hashes["sha256"]},
+        compression = custom.get("compression")
+        if compression not in (None, "zstd"):
+            raise Refused(f"its compression {compression!r} is not zstd", permanent=True)
+        plain = custom.get("uncompressed") if compression else {"length": model.length, "sha256": sha}
+        if not (isinstance(plain, dict) and isinstance(plain.get("length"), int) and 0 < plain["length"] <= MAX_MODEL_BYTES
+                and isinstance(plain.get("sha256"), str) and len(plain["sha256"]) == 64):
+            raise Refused("its signed uncompressed length or sha256 is malformed", permanent=True)
+        model_entry: dict[str, Any] = {"file": f"model.{fmt}", "length": plain["length"], "sha256": plain["sha256"]}
+        labels_entry: dict[str, Any] = {"file": "labels.json", "length": labels.length, "sha256": labels.hashes["sha256"]}
+        record: dict[str, Any] = {
+            "release": release, "channel": self.config.channel, "custom": custom, "model": model_entry,
+            "labels": labels_entry, "download": {"length": model.length, "sha256": sha, "compression": compression},
         }
         folder = self.state.release_dir(record)
         if self.state.complete(folder) is None:
@@ -257,11 +275,16 @@ class Agent:
             staging = self.state.root / "staging" / sha
             self.state.clean_staging(keep=sha)
             staging.mkdir(parents=True, exist_ok=True)
-            need = model.length + labels.length + FREE_SPACE_MARGIN
+            need = model.length + (plain["length"] if compression else 0) + labels.length + FREE_SPACE_MARGIN
             if self.state.free_bytes() < need:
                 raise Retry(f"not enough free space: it needs {need:,} bytes, the device has {self.state.free_bytes():,}")
-            for entry, info in ((record["model"], model), (record["labels"], labels)):
-                self._fetch(staging, entry, info, sha)
+            if compression:
+                sent = {"file": model_entry["file"] + ".zst", "length": model.length, "sha256": sha}
+                self._fetch(staging, sent, model, sha)
+                self._decompress(staging / sent["file"], staging / model_entry["file"], model_entry, sha)
+            else:
+                self._fetch(staging, model_entry, model, sha)
+            self._fetch(staging, labels_entry, labels, sha)
             (staging / RELEASE_RECORD).write_text(json.dumps(record, indent=1))
             try:
                 smoke_test(staging, record, self.state.root / "samples", self.config.smoke)
@@ -332,6 +355,33 @@ class Agent:
                 raise self._count(sha, "hash", message)
             raise Retry(message + "; it is fetched again from the start")
         os.replace(part, final)
+
+    def _decompress(self, compressed: Path, final: Path, entry: dict[str, Any], sha: str) -> None:
+        """The zstd file into the model, never past its signed uncompressed length; it must match
+        the signed sha256 of the uncompressed model."""
+        import zstandard
+
+        if file_matches(final, entry["length"], entry["sha256"]):
+            return
+        part = final.with_name(final.name + ".part")
+        with open(compressed, "rb") as source, open(part, "wb") as target:
+            reader = zstandard.ZstdDecompressor().stream_reader(source)
+            written = 0
+            try:
+                while chunk := reader.read(1 << 20):
+                    written += len(chunk)
+                    if written > entry["length"]:
+                        break
+                    target.write(chunk)
+            except zstandard.ZstdError:
+                written = -1
+        if written != entry["length"] or not file_matches(part, entry["length"], entry["sha256"]):
+            part.unlink(missing_ok=True)
+            compressed.unlink(missing_ok=True)
+            # the compressed file matched its signed hash: the release itself is inconsistent
+            raise self._count(sha, "hash", "the decompressed model does not match its signed sha256")
+        os.replace(part, final)
+        compressed.unlink()
 
     # --- fleet benchmark jobs -------------------------------------------------------------------
     def _bench_job(self, updater: Any) -> None:

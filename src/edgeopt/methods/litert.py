@@ -59,10 +59,43 @@ def _converter(ctx: BuildContext, mode: str) -> Any:
 
 
 def _convert(ctx: BuildContext, out: Path, mode: str) -> None:
+    if mode in ("int8", "int8_uint8io"):
+        out.write_bytes(_quantized(ctx, uint8_io=mode == "int8_uint8io"))
+        return
     converter = _converter(ctx, mode)
     with captured_output(ctx.log_path):
         flatbuffer = converter.convert()
     out.write_bytes(flatbuffer)
+
+
+def _calibrated(ctx: BuildContext) -> bytes:
+    """The float model with the activation ranges of the representative images recorded: the
+    slow half of int8 conversion (the model runs on every image), done once for f2, f3 and the
+    guarded variant."""
+
+    def make() -> bytes:
+        converter = _converter(ctx, "int8")
+        converter._experimental_calibrate_only = True  # what tf.lite's own debugger does
+        with captured_output(ctx.log_path):
+            return bytes(converter.convert())
+
+    return ctx.cached("litert_calibrated", make)
+
+
+def _quantized(ctx: BuildContext, uint8_io: bool = False, denylisted_nodes: Sequence[str] = (),
+               numeric_verify: bool = False) -> bytes:
+    """The int8 model from the calibrated one (the converter's own second step, TF's mlir_quantize):
+    float or uint8 input/output; the denylisted layers left in float; with NumericVerify ops for
+    the quantization debugger."""
+    tf = import_tensorflow()
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    io_type = tf.uint8 if uint8_io else tf.float32
+    with captured_output(ctx.log_path):
+        return bytes(mlir_quantize(
+            _calibrated(ctx), input_data_type=io_type, output_data_type=io_type, enable_numeric_verify=numeric_verify,
+            denylisted_nodes=list(denylisted_nodes) or None,
+        ))
 
 
 def _float_model(ctx: BuildContext) -> Path:
@@ -98,9 +131,10 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
             yield [pixels[None].astype(np.float32)]
 
     options = tf.lite.experimental.QuantizationDebugOptions(layer_direct_compare_metrics={"nsr": _noise_to_signal})
+    debug_model = _quantized(ctx, numeric_verify=True)
     with captured_output(ctx.log_path):
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=_converter(ctx, "int8"), debug_dataset=debug_data, debug_options=options
+            quant_debug_model_content=debug_model, debug_dataset=debug_data, debug_options=options
         )
         debugger.run()
         dump = io.StringIO()
@@ -109,9 +143,7 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     ranked = [r["tensor_name"] for r in sorted(rows, key=lambda r: -float(r["nsr"]))]
 
     def build(names: Sequence[str], path: Path) -> None:
-        with captured_output(ctx.log_path):
-            debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(names))
-            path.write_bytes(debugger.get_nondebug_quantized_model())
+        path.write_bytes(_quantized(ctx, denylisted_nodes=names))
 
     return repair.search(
         ranked, build, "litert", _float_model(ctx), ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,

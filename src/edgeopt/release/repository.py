@@ -214,8 +214,11 @@ class Repository:
             tmp.replace(stored)
         return TargetFile(length=source.stat().st_size, hashes={"sha256": digest}, path=target_path), digest
 
-    def publish_release(self, keys: Path, channel: str, model: Path, labels: Path, custom: dict[str, Any]) -> dict[str, Any]:
-        """Point `channel` at a new release (model + labels), signed by the channel's key."""
+    def publish_release(self, keys: Path, channel: str, model: Path, labels: Path, custom: dict[str, Any],
+                        compress: bool = True) -> dict[str, Any]:
+        """Point `channel` at a new release (model + labels), signed by the channel's key. With
+        `compress`, the model is sent zstd-compressed; the signed metadata carries the
+        uncompressed length and sha256, which the device checks after decompressing."""
         check_channel(channel)
         with self._locked():
             if channel not in self.channels():
@@ -226,17 +229,31 @@ class Repository:
             number = previous.custom.get("release") if previous is not None else 0
             # a release number is a label for people, not a gate: a corrupt one starts the count again
             release = number + 1 if isinstance(number, int) and 0 <= number < MAX_RELEASE else 1
-            model_target, _ = self._store_target(model, f"{channel}/model")
+            extra: dict[str, Any] = {}
+            if compress:
+                import zstandard
+
+                from edgeopt.methods.base import TRANSFER_LEVEL
+
+                packed = self.path / TARGETS / f".{channel}-model.zst"
+                packed.parent.mkdir(parents=True, exist_ok=True)
+                packed.write_bytes(zstandard.ZstdCompressor(level=TRANSFER_LEVEL).compress(model.read_bytes()))
+                model_target, _ = self._store_target(packed, f"{channel}/model")
+                packed.unlink()
+                extra = {"compression": "zstd",
+                         "uncompressed": {"length": model.stat().st_size, "sha256": _sha256_file(model)}}
+            else:
+                model_target, _ = self._store_target(model, f"{channel}/model")
             labels_target, _ = self._store_target(labels, f"{channel}/labels.json")
-            custom = {**canonical(custom), "release": release, "channel": channel, "labels": f"{channel}/labels.json",
-                      "created": _now().isoformat()}
+            custom = {**canonical(custom), **extra, "release": release, "channel": channel,
+                      "labels": f"{channel}/labels.json", "created": _now().isoformat()}
             model_target.unrecognized_fields["custom"] = custom
             role.signed.targets = {model_target.path: model_target, labels_target.path: labels_target}
             self._bump(role, channel, keys, sign_as=channel_role(channel), expiry="channel")
             self._snapshot_and_timestamp(keys, {channel: role.signed.version})
             self._prune(channel)
         return {"release": release, "version": role.signed.version, "model_sha256": model_target.hashes["sha256"],
-                "length": model_target.length}
+                "length": model_target.length, "uncompressed_length": model.stat().st_size}
 
     def _prune(self, channel: str) -> None:
         """Keep the target files of the last KEEP_RELEASES versions of the channel."""
