@@ -199,3 +199,31 @@ def test_help_and_the_objective_do_not_load_tensorflow():
 def test_every_command_has_help(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and "Usage" in out
+
+
+def test_device_bench_never_writes_into_the_run_it_reads(capsys, tiny_optimized):
+    run_dir, _ = tiny_optimized
+    before = (run_dir / "results.json").read_bytes()
+    code, _, err = run(capsys, "device", "bench", run_dir, "--out", run_dir / "results.json", "--force")
+    assert_one_line_error(code, err, "which this command reads")
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_choose_and_publish_job_take_the_results_file_as_well_as_its_folder(capsys, tiny_optimized, tmp_path):
+    run_dir, _ = tiny_optimized
+    code, _, err = run(capsys, "choose", run_dir / "results.json", "--device-results", tmp_path / "none.json")
+    assert_one_line_error(code, err, "none.json")  # got past the run: the missing device file is named
+    code, _, err = run(capsys, "choose", run_dir / "labels.json", "--device-results", tmp_path / "none.json")
+    assert_one_line_error(code, err, "not an optimize run folder")
+
+
+def test_device_run_once_exits_1_when_the_repository_cannot_be_reached(capsys, tmp_path):
+    from edgeopt.release.keys import generate_keys
+    from edgeopt.release.repository import Repository
+    from tests.delivery_helpers import free_port
+
+    generate_keys(tmp_path / "keys", ("stable",))
+    root = Repository(tmp_path / "repo").init(tmp_path / "keys", ("stable",))
+    code, out, err = run(capsys, "device", "run", "--server", f"http://127.0.0.1:{free_port()}", "--state", tmp_path / "d",
+                         "--root", root, "--once")
+    assert code == 1 and "unreachable" in out and "Traceback" not in err

@@ -164,3 +164,26 @@ def test_devices_of_one_class_pool_their_rounds_and_samples(tiny_optimized):
     assert not f1.loadable and f1.load_error == "no FC v12"  # loadable only if every device loads it
     chosen = choose_for_device(load_results(run), _sha(run), pooled, Objective())
     assert chosen.choice.selected != "f1_dynamic_range"
+
+
+def test_what_the_build_machine_proved_clearly_worse_stays_out_on_a_device(tiny_optimized):
+    """A device's few samples cannot prove a variant clearly worse; the build machine's test split
+    can, and its verdict holds on the device (unless the guard is off)."""
+    run_dir, _ = tiny_optimized
+    run = load_results(run_dir)
+    classes = len(run.model.classes)
+    wrong = [(label + 1) % classes for _, label in run.data.test_items]  # f4 gets every test image wrong there
+    broken = run.model_copy(update={"variants": [
+        v.model_copy(update={"predictions": v.predictions.model_copy(update={"test": wrong}),
+                             "test": v.test.model_copy(update={"accuracy": 0.0})}) if v.name == "f4_float16" else v
+        for v in run.variants]})
+    device = bench_run(run_dir, QUICK)
+    device = device.model_copy(update={"variants": [  # and on the device it would look best of all
+        v.model_copy(update={"latency": v.latency.model_copy(update={
+            "median_ms": 1e-3, "round_medians_ms": [1e-3] * len(v.latency.round_medians_ms)})}) if v.name == "f4_float16" else v
+        for v in device.variants]})
+    chosen = choose_for_device(broken, _sha(run_dir), device, Objective())
+    assert chosen.choice.selected != "f4_float16"
+    assert any(r.startswith("f4_float16 was not eligible: clearly worse on the build machine's") for r in chosen.choice.reasons)
+    unguarded = choose_for_device(broken, _sha(run_dir), device, Objective(max_metric_loss=None))
+    assert unguarded.choice.selected == "f4_float16" and not any("build machine" in r for r in unguarded.choice.reasons)

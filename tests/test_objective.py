@@ -1,5 +1,7 @@
 """The objective: the study's table reproduced, the default sign, constraints, ties, Pareto."""
 
+from dataclasses import replace
+
 import pytest
 from pydantic import ValidationError
 
@@ -154,3 +156,34 @@ def test_bad_objective_settings_are_refused(bad):
 def test_unknown_baseline_is_a_clear_error():
     with pytest.raises(ConfigError, match="baseline 'zz'"):
         select(STUDY, "zz", Objective())
+
+
+def test_a_variant_slower_in_every_round_is_not_tied_however_wide_the_intervals():
+    """The reference run's case: f1 1.3-1.9x the baseline's time, f3 0.9-1.6x; their separate
+    intervals overlap, but f1 is slower than f3 in every round of the same rounds."""
+    right = [True] * 425 + [False] * 53  # 478 photos, 88.91%
+
+    def flipped(lost: range, won: range) -> tuple[bool, ...]:
+        return tuple(not r if i in lost or i in won else r for i, r in enumerate(right))
+
+    base = Candidate("f0", 8706e3, 13.2, 0.8891, latency_ratios=(1.0,) * 5, correct=tuple(right))
+    f1 = Candidate("f1", 2479e3, 23.8, 0.8912, latency_ratio_interval=(1.25, 1.95), latency_ratios=(1.91, 1.26, 1.76, 1.94, 1.14),
+                   metric_delta_interval=(-0.0093, 0.0117), correct=flipped(range(0, 3), range(425, 429)))
+    f3 = Candidate("f3", 2676e3, 13.7, 0.8828, latency_ratio_interval=(0.86, 1.60), latency_ratios=(1.60, 1.04, 0.86, 0.94, 1.04),
+                   metric_delta_interval=(-0.0197, 0.0100), correct=flipped(range(3, 11), range(429, 434)))
+    assert sum(f1.correct) == 426 and sum(f3.correct) == 422
+    choice = select([base, f1, f3], "f0", Objective())
+    s1, s3 = choice.score_of("f1"), choice.score_of("f3")
+    assert s1.L_low <= s3.L_high  # the old rule's "overlap"
+    assert choice.selected == "f3" and choice.tie == ()
+    # the same figures without the rounds to pair them: only the separate intervals, a tie
+    unpaired = select([base, replace(f1, latency_ratios=None), replace(f3, latency_ratios=None)], "f0", Objective())
+    assert set(unpaired.tie) == {"f1", "f3"} and unpaired.selected == "f1"
+
+
+def test_paired_rounds_that_straddle_zero_are_a_tie():
+    base = Candidate("f0", 1000, 10, 0.9, latency_ratios=(1.0,) * 5, correct=(True,) * 9 + (False,))
+    a = Candidate("a", 500, 10, 0.9, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0), correct=(True,) * 9 + (False,))
+    b = Candidate("b", 450, 10, 0.8, latency_ratios=(1.2, 0.8, 1.1, 0.9, 1.0), correct=(True,) * 8 + (False, False))
+    choice = select([base, a, b], "f0", Objective(max_metric_loss=None))  # 1 photo in 10: no guard for this toy
+    assert set(choice.tie) == {"a", "b"} and choice.selected == "a" and choice.tie_broken_by == "metric"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, ModelError
 from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
 from edgeopt.results import Accuracy, Choice, Latency, Paired, PairedClass, Predictions, Results, Variant, Verdict
 from edgeopt.stats import median_interval, paired_difference
@@ -56,16 +56,21 @@ def latency_against(variant: Latency, baseline: Latency, confidence: float) -> L
     return variant.model_copy(update={"ratio_low": low, "ratio_high": high, "ratio_coverage": coverage})
 
 
-def _candidate(v: Variant, objective: Objective) -> Candidate:
-    assert v.latency is not None and v.test is not None
+def _candidate(v: Variant, baseline: Variant, labels: Sequence[int], objective: Objective) -> Candidate:
+    assert v.latency is not None and v.test is not None and baseline.latency is not None
     paired = v.paired
     interval = (v.latency.ratio_low, v.latency.ratio_high)
     size = v.transfer_bytes if objective.size == "transfer" and v.transfer_bytes else v.size_bytes
+    rounds = min(len(v.latency.round_medians_ms), len(baseline.latency.round_medians_ms))
+    ratios = tuple(a / b for a, b in zip(v.latency.round_medians_ms[:rounds], baseline.latency.round_medians_ms[:rounds],
+                                         strict=True)) if rounds and min(baseline.latency.round_medians_ms[:rounds]) > 0 else None
+    predicted = v.predictions.test if v.predictions is not None else []
+    correct = tuple(bool(p == t) for p, t in zip(predicted, labels, strict=False)) if len(predicted) == len(labels) else None
     return Candidate(
         name=v.name, size_bytes=size, latency_ms=v.latency.median_ms, metric=v.test.accuracy, backend=v.backend,
         latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
         metric_delta_interval=(paired.low, paired.high) if paired else None,
-        discordant=paired.discordant if paired else None,
+        discordant=paired.discordant if paired else None, latency_ratios=ratios, correct=correct,
     )
 
 
@@ -88,8 +93,10 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
             update["paired"] = paired_against(v, baseline, labels, results.model.classes, confidence)
         variants.append(v.model_copy(update=update))
     if not measurable(variants[0]):
-        raise ValueError(f"the baseline {baseline.name} was not measured; nothing can be chosen against it")
-    candidates = [_candidate(v, objective) for v in variants if measurable(v)]
+        why = baseline.load_error or baseline.stopped_early or "no figures"
+        raise ModelError(f"the baseline {baseline.name} was not measured here ({why}); "
+                         "nothing can be chosen against it: measure on a runtime that loads it")
+    candidates = [_candidate(v, variants[0], labels, objective) for v in variants if measurable(v)]
     choice = select(candidates, baseline.name, objective, target)
     other_form: ObjectiveForm = "paper" if objective.form == "default" else "default"
     other = select(candidates, baseline.name, objective.replaced(form=other_form), target)
@@ -140,7 +147,27 @@ def choose_for_device(run: Results, run_sha256: str, device: Results, objective:
     known = {v.name for v in run.variants}
     if not {v.name for v in device.variants} <= known:
         raise ConfigError("the device results name variants this run does not have")
-    return decide(device, objective, device_target(device))
+    return decide(_carry_exclusions(run, device, objective), objective, device_target(device))
+
+
+def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Results:
+    """A device checks accuracy on a few labelled samples, too few to prove a variant clearly
+    worse; the build machine's whole test split can. What the guard (at this objective's
+    tolerance) or the race found clearly worse there stays out on the device."""
+    if objective.max_metric_loss is None or run.choice is None:
+        return device
+    try:
+        judged = decide(run.model_copy(update={"choice": None}), objective, tuple(run.choice.target))
+    except ConfigError:  # nothing of the run passes this objective on its own runtime: no verdicts to carry
+        return device
+    n = len(run.data.test_items)
+    out = {v.name: f"clearly worse on the build machine's {n} test images ({v.score.excluded_because})"
+           for v in judged.variants if v.score is not None and v.score.guard == "clearly worse"}
+    out |= {v.name: f"{v.stopped_early} on the build machine" for v in run.variants
+            if v.stopped_early.startswith("stopped after")}
+    return device.model_copy(update={"variants": [
+        v.model_copy(update={"stopped_early": out[v.name]}) if v.name in out and v.loadable and v is not device.variants[0] else v
+        for v in device.variants]})
 
 
 def fleet_results(repo: Path, run_sha256: str) -> dict[str, list[Results]]:

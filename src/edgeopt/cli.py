@@ -176,8 +176,8 @@ def optimize(
     input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
     input_std: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Interpreter threads [default: 1]")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 5]")] = None,
-    invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 50]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 11]")] = None,
+    invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 25]")] = None,
     representative_samples: Annotated[int | None, typer.Option(help="Train images for calibration [default: 200]")] = None,
     objective: Annotated[str | None, typer.Option(help="default (a loss of accuracy raises L) | paper (the study's sign)")] = None,
     w_size: Annotated[float | None, typer.Option(help="Weight of the size term [default: 1]")] = None,
@@ -288,8 +288,9 @@ def choose(
     from edgeopt.objective import Objective
     from edgeopt.outputs import staged_output
     from edgeopt.report import render_device_comparison
-    from edgeopt.results import RESULTS_FILE, load_results, write_results
+    from edgeopt.results import RESULTS_FILE, load_results, run_folder, write_results
 
+    run_dir = run_folder(run_dir)
     run = load_results(run_dir)
     if run.choice is None:
         raise ConfigError(f"{run_dir} holds no choice; re-run 'edgeopt optimize'")

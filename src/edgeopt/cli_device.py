@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeopt.console import EXIT_REFUSED, RichProgress, out_console
+from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, out_console
 from edgeopt.errors import ConfigError
 
 device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True, rich_markup_mode=None)
@@ -53,6 +53,8 @@ def device_run(
         out_console.print(str(outcome), highlight=False, markup=False)
         if outcome.refused:
             raise typer.Exit(EXIT_REFUSED)
+        if outcome.kind in ("unreachable", "retry"):  # nothing refused, but the check did not complete
+            raise typer.Exit(EXIT_FAILED)
     else:
         agent.run()
 
@@ -97,8 +99,8 @@ def device_bench(
     images: Annotated[Path | None, typer.Option(
         help="Labelled samples DIR/<class>/*.jpg for the accuracy check [default: the run's test images, if here]")] = None,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads (the device's cores in use)")] = 1,
-    rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 5,
-    invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 50,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 11,
+    invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 25,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
 ) -> None:
     """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
@@ -106,10 +108,13 @@ def device_bench(
     from edgeopt.device.bench import bench_run
     from edgeopt.outputs import write_bytes_atomic
 
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; pass a file name, e.g. device-results.json")
+    for read in (run_dir, images):
+        if read is not None and out.resolve().is_relative_to(read.resolve()):
+            raise ConfigError(f"--out {out} is inside {read}, which this command reads; write it elsewhere")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
                         images, RichProgress())
     write_bytes_atomic(out, results.to_json().encode())

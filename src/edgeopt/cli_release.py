@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeopt.console import out_console
+from edgeopt.console import err_console, out_console
 from edgeopt.errors import ConfigError
 
 keys_app = typer.Typer(help="Signing keys of the release repository (one per TUF role).", no_args_is_help=True,
@@ -138,8 +138,10 @@ def refresh(
     """Renew the timestamp (expires daily: run this from cron) and whatever else expires soon."""
     from edgeopt.release.repository import Repository
 
-    renewed = Repository(repo).refresh(keys)
+    renewed, warnings = Repository(repo).refresh(keys)
     out_console.print(f"re-signed: {', '.join(renewed)}")
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False)
 
 
 def serve(

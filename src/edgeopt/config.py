@@ -67,10 +67,12 @@ class MeasureConfig(Settings):
     # Interpreter threads (the device's core count).
     threads: int = Field(1, ge=1)
     # Interleaved rounds over all variants (f0 f1 ... f0 f1 ...); latency is the median of
-    # the round medians, so a slow moment of the machine hits every variant alike.
-    rounds: int = Field(5, ge=1)
+    # the round medians, so a slow moment of the machine hits every variant alike. Many short
+    # rounds rather than a few long ones: the noise is between rounds, and the interval of a
+    # median of 5 rounds is their whole range; from 9 rounds on it leaves out the extremes.
+    rounds: int = Field(11, ge=1)
     # Timed invocations per variant per round, after the warm-up.
-    invocations: int = Field(50, ge=1)
+    invocations: int = Field(25, ge=1)
     # Untimed invocations per variant before the first round.
     warmup: int = Field(10, ge=0)
     # Evaluate where it can change the choice: variants that cannot win are found by a short

@@ -46,6 +46,7 @@ class RichProgress:
 # The exit-code contract (README, "Exit codes"): every command, through this one function.
 EXIT_OK = 0
 EXIT_BUG = 1  # a bug in edgeopt: the traceback is shown
+EXIT_FAILED = 1  # device run --once: the check did not complete (unreachable, or retried later); no traceback
 EXIT_USAGE = 2  # a usage or input error: one line that says how to fix it
 EXIT_REFUSED = 3  # device run --once: an available release was refused
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)

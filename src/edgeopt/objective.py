@@ -15,8 +15,14 @@ Measurement noise is part of the choice:
 - the guard: a variant is excluded when its *whole* interval of metric loss (paired, against
   the baseline, at `confidence`) lies above the allowed loss -- clearly worse -- and kept when
   only its point estimate does (its loss may be within the tolerance; the test set cannot tell);
-- L carries an interval from the latency rounds and the metric interval; the candidates whose
-  L intervals overlap the lowest L's are a tie, broken by the better metric, then the smaller file.
+- L carries an interval from the latency rounds and the metric interval (each against the
+  baseline). Whether another candidate is measurably worse than the one with the lowest L is
+  judged on their *difference*, paired wherever the figures allow it: the latency ratios of the
+  same interleaved rounds, the metric on the same images. A candidate whose interval of
+  L - L_lowest reaches 0 is tied with it; a tie is broken by the better metric, then the
+  smaller file. (Two separate intervals against the baseline overlap far more often than the
+  candidates are alike: a variant 1.8x slower than another in every round would be "tied" with
+  it, and the tie handed to whichever is a few images more accurate.)
 """
 
 from __future__ import annotations
@@ -87,6 +93,10 @@ class Candidate:
     metric_delta_interval: tuple[float, float] | None = None
     # Images on which it and the baseline disagree about being right (None: not paired).
     discordant: int | None = None
+    # Its latency / the baseline's in each interleaved round, and whether it got each test image
+    # right (in one order for every candidate): what pairs two candidates. None: not known.
+    latency_ratios: tuple[float, ...] | None = None
+    correct: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +261,8 @@ def select(
             + ". Build variants for that runtime, or relax --max-accuracy-drop"
         )
     best = eligible[0]
-    tied = [s for s in eligible if s.L_low <= best.L_high and best.L_low <= s.L_high]
+    tied = [best] + [s for s in eligible[1:] if _difference_low(by_name[s.name], s, by_name[best.name], best,
+                                                                  baseline, objective) <= 1e-12]
 
     def better_metric(s: Score) -> float:
         m = by_name[s.name].metric
@@ -277,6 +288,41 @@ def select(
         tie_broken_by=broken_by,
         guard_rule=rule,
     )
+
+
+def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: Candidate, objective: Objective) -> float:
+    """The low end of the interval of L(a) - L(b), paired where both carry the figures for it."""
+    from edgeopt.stats import median_interval, paired_difference
+
+    w = objective
+    size = w.weight_size * (sa.delta_size - sb.delta_size)
+    ra, rb = a.latency_ratios, b.latency_ratios
+    if ra and rb and len(ra) == len(rb):
+        differences = [x - y for x, y in zip(ra, rb, strict=True)]
+        time_low = min(median_interval(differences, w.confidence)[0], sa.delta_time - sb.delta_time)
+    else:  # unpaired: the two intervals against the baseline
+        a_low = _interval(a.latency_ms / baseline.latency_ms, a.latency_ratio_interval)[0]
+        b_high = _interval(b.latency_ms / baseline.latency_ms, b.latency_ratio_interval)[1]
+        time_low = min(a_low - b_high, sa.delta_time - sb.delta_time)
+    if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct):
+        import numpy as np
+
+        paired = paired_difference(np.array(b.correct), np.array(a.correct), w.confidence)  # metric(a) - metric(b)
+        terms = (_metric_term(paired.low, baseline.metric, w), _metric_term(paired.high, baseline.metric, w))
+        metric_low = min(*terms, sa.delta_metric - sb.delta_metric)
+    else:
+        metric_low = min(_score_metric_low(sa, sb, a, b, baseline, w), sa.delta_metric - sb.delta_metric)
+    return size + w.weight_time * time_low + w.weight_metric * metric_low
+
+
+def _score_metric_low(sa: Score, sb: Score, a: Candidate, b: Candidate, baseline: Candidate, w: Objective) -> float:
+    """Unpaired: the lowest dM(a) minus the highest dM(b), from their intervals against the baseline."""
+    def term_range(c: Candidate, point: float) -> tuple[float, float]:
+        low, high = _interval(c.metric - baseline.metric, c.metric_delta_interval)
+        terms = sorted((_metric_term(low, baseline.metric, w), _metric_term(high, baseline.metric, w)))
+        return min(terms[0], point), max(terms[1], point)
+
+    return term_range(a, sa.delta_metric)[0] - term_range(b, sb.delta_metric)[1]
 
 
 def _guard_rule(objective: Objective) -> str:
@@ -325,8 +371,9 @@ def _reasons(
         else:
             how = f"the smaller file ({by_name[winner.name].size_bytes:,.0f} bytes; equal {objective.metric.name})"
         reasons.append(
-            f"Tie within measurement noise: the L intervals of {members} overlap the lowest L ({best.name}), so "
-            f"none of them is measurably better; the tie is broken by {how}."
+            f"Tie within measurement noise: {members}; none is measurably worse than the lowest L ({best.name}) "
+            f"-- the interval of each one's L minus {best.name}'s, from the same latency rounds and the same "
+            f"images, reaches 0 -- so the tie is broken by {how}."
         )
     elif len(eligible) > 1:
         runner = eligible[1]

@@ -339,8 +339,15 @@ def _measure(
     t = time.perf_counter()
     short = measure_latency(timers, test.pixels[:16], MeasureConfig(threads=threads, rounds=1, invocations=SHORT_PASS, warmup=3))
     stopped = {}
-    for m in methods[1:] if config.measure.race else []:
-        why = hopeless(artifacts[m.name].size_bytes / artifacts[base].size_bytes,
+
+    def size(name: str) -> int:  # the S of L
+        a = artifacts[name]
+        return a.transfer_bytes if config.objective.size == "transfer" and a.transfer_bytes else a.size_bytes
+
+    # "hopeless" compares with a winner whose L is at most 0: true when the baseline itself may win
+    baseline_may_win = config.target is None or methods[0].backend in config.target
+    for m in methods[1:] if config.measure.race and baseline_may_win else []:
+        why = hopeless(size(m.name) / size(base),
                        short[m.name].median_ms / short[base].median_ms, accuracy[base]["test"].accuracy, config.objective)
         if why:
             stopped[m.name] = why

@@ -256,6 +256,16 @@ class Results(Record):
         return self.model_dump_json(indent=1, by_alias=True)
 
 
+def run_folder(path: Path) -> Path:
+    """The optimize run folder a user named: the folder itself, or the folder of its results.json."""
+    path = Path(path)
+    if path.is_file() and path.name == RESULTS_FILE:
+        return path.parent
+    if not path.is_dir():
+        raise ModelError(f"{path} is not an optimize run folder; pass the folder 'edgeopt optimize' wrote (it holds {RESULTS_FILE})")
+    return path
+
+
 def load_results(path: Path) -> Results:
     """Read a results file written by optimize or device bench; a clear error otherwise."""
     path = Path(path)

@@ -11,10 +11,13 @@ a deadline and a minimum rate) -> check length and sha256 -> smoke-test the stag
 rename it into releases/ (complete) -> point `previous` at the old release -> switch `active`
 (an atomic symlink rename) -> smoke-test the active release; on failure switch back.
 
-A release is refused for good only when signed metadata proves it bad: a completed, clean
-download that does not match its signed hash twice, or a smoke test that fails twice. A transport
-fault, a cut, a slow server or one slow smoke run is retried (with backoff). Every refusal,
-including rollback and freeze attempts, is logged, reported and counted in the exit code of --once.
+A release is refused for good only when its own signed bytes prove it bad: a smoke test that fails
+twice, or a model file that matches its signed hash but unpacks to something else. What the network
+can do -- a short answer, extra bytes, a wrong range, bytes that do not match the signed hash, a
+slow server -- is retried with backoff however often it comes: a device cannot tell a lying network
+from a bad upload, and a network must never be able to block a valid release for good. Every
+refusal, including rollback and freeze attempts, is logged, reported and counted in the exit code
+of --once.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeopt.device.fetch import BoundedFetcher, Limits, RangeRefused, SlowRetrieval, download_target
+from edgeopt.device.fetch import BoundedFetcher, Incomplete, Limits, RangeRefused, SlowRetrieval, download_target, wall_clock
 from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
@@ -44,6 +47,14 @@ FAULT_STOP_S = 60.0
 FAULT_POINTS = ("download", "staged", "renamed", "previous", "switched")
 # TUF metadata caps (bytes): far above what a few channels need, far below "endless".
 ROOT_MAX_BYTES, TIMESTAMP_MAX_BYTES, SNAPSHOT_MAX_BYTES, TARGETS_MAX_BYTES = 64 * 1024, 16 * 1024, 256 * 1024, 1024 * 1024
+# A whole metadata refresh gets the time of this many bytes at the minimum rate (a new root or
+# two, timestamp, snapshot, targets and the channel's delegated targets).
+METADATA_BUDGET_BYTES = 4 * 1024 * 1024
+# Seconds a report or an upload may take, answer included.
+REPORT_S = 60.0
+# A failed fleet benchmark job waits this long before its next attempt (doubling), and is given up
+# after JOB_MAX_ATTEMPTS: a job that cannot succeed must not take the device's CPU every check.
+JOB_RETRY_S, JOB_MAX_ATTEMPTS = 3600.0, 3
 MODEL_FORMATS = ("tflite", "onnx")
 # Largest model a release may unpack to (its signed uncompressed length), bytes.
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -166,13 +177,14 @@ class Agent:
 
         channel = self.config.channel
         try:
-            updater = self._updater()
-            updater.refresh()
-            model = updater.get_targetinfo(f"{channel}/model")
-            labels_path = str((model.custom or {}).get("labels", "")) if model is not None else ""
-            if model is not None and labels_path != f"{channel}/labels.json":
-                raise Refused(f"release names labels {labels_path!r}, not {channel}/labels.json", permanent=True)
-            labels = updater.get_targetinfo(labels_path) if model is not None else None
+            with wall_clock(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
+                updater = self._updater()
+                updater.refresh()
+                model = updater.get_targetinfo(f"{channel}/model")
+                labels_path = str((model.custom or {}).get("labels", "")) if model is not None else ""
+                if model is not None and labels_path != f"{channel}/labels.json":
+                    raise Refused(f"release names labels {labels_path!r}, not {channel}/labels.json", permanent=True)
+                labels = updater.get_targetinfo(labels_path) if model is not None else None
         except exceptions.ExpiredMetadataError as exc:
             raise Refused(f"metadata expired ({exc}): the repository is frozen or was not refreshed") from None
         except exceptions.BadVersionNumberError as exc:
@@ -211,7 +223,8 @@ class Agent:
         number = (model.custom or {}).get("release")
         release = number if isinstance(number, int) and 1 <= number <= MAX_RELEASE else 0
         active = self.state.record_of("active")
-        if active is not None and active["model"]["sha256"] == _model_sha256(model):
+        if (active is not None and active["model"]["sha256"] == _model_sha256(model)
+                and active["labels"]["sha256"] == labels.hashes.get("sha256")):
             self.state.clean_staging(keep=None)
             self._bench_job(updater)  # idle: time for the fleet's benchmark, if there is a new one
             return Outcome("up-to-date", "up-to-date", release)
@@ -336,11 +349,13 @@ class Agent:
         folder, name = info.path.rsplit("/", 1)
         url = f"{self.base}/targets/{folder}/{entry['sha256']}.{name}"
         try:
-            clean = download_target(self.client, url, part, entry["length"], self.config.limits,
-                                    on_first_chunk=lambda: fault_point("download"))
+            limits = self.config.limits
+            with wall_clock(limits.deadline(entry["length"]) + limits.timeout_s, url):
+                download_target(self.client, url, part, entry["length"], limits,
+                                on_first_chunk=lambda: fault_point("download"))
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
-        except RangeRefused as exc:
+        except (RangeRefused, Incomplete) as exc:
             raise Retry(str(exc)) from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Retry(f"{entry['file']}: {exc}") from None
@@ -350,10 +365,9 @@ class Agent:
             raise Retry(f"{entry['file']}: transfer cut ({type(exc).__name__}); it resumes") from None
         if not file_matches(part, entry["length"], entry["sha256"]):
             part.unlink(missing_ok=True)
-            message = f"{entry['file']} does not match its signed sha256 (corrupt or tampered in transit)"
-            if clean:  # a whole fresh download that is wrong: proof only when it repeats
-                raise self._count(sha, "hash", message)
-            raise Retry(message + "; it is fetched again from the start")
+            times = self.state.count_failure(sha, "transfer")  # reported, never a reason to refuse
+            raise Retry(f"{entry['file']} does not match its signed sha256 (corrupt or tampered in transit; "
+                        f"{times} time{'s' if times > 1 else ''} for this release); it is fetched again from the start")
         os.replace(part, final)
 
     def _decompress(self, compressed: Path, final: Path, entry: dict[str, Any], sha: str) -> None:
@@ -392,24 +406,38 @@ class Agent:
 
         try:
             info = updater.get_targetinfo("jobs/job.json")
-            if info is None or info.hashes.get("sha256") in self.state.jobs_done():
-                return
-            samples = self.state.root / "samples"
-            if not samples.is_dir() or not any(p.is_dir() for p in samples.iterdir()):
-                self.state.log("bench-job-skipped", reason="no labelled samples in samples/<class>/")
-                return
-            work = self.state.root / "staging" / f"job-{info.hashes['sha256'][:16]}"
+        except Exception as exc:  # a benchmark never stops the agent's real work
+            self.state.log("bench-job-failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        if info is None or not self.state.job_due(info.hashes["sha256"]):
+            return
+        job_sha = info.hashes["sha256"]
+        samples = self.state.root / "samples"
+        if not samples.is_dir() or not any(p.is_dir() for p in samples.iterdir()):
+            self.state.log("bench-job-skipped", reason="no labelled samples in samples/<class>/")
+            return
+        work = self.state.root / "staging" / f"job-{job_sha[:16]}"
+        try:
             (work / "variants").mkdir(parents=True, exist_ok=True)
-            job = json.loads(Path(updater.download_target(info, str(work / "job.json"))).read_text())
+            job = json.loads(Path(self._download_signed(updater, info, work / "job.json")).read_text())
             for name, path in job["files"].items():
                 target = updater.get_targetinfo(path)
                 if target is None:
                     raise exceptions.RepositoryError(f"job file {path} is not signed")
                 destination = work / ("results.json" if name == "results" else f"variants/{Path(path).name}")
-                updater.download_target(target, str(destination))
-            self._run_job(work, job, info.hashes["sha256"])
-        except Exception as exc:  # a benchmark never stops the agent's real work
-            self.state.log("bench-job-failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                self._download_signed(updater, target, destination)
+            self._run_job(work, job, job_sha)
+        except Exception as exc:  # a benchmark never stops the agent's real work, nor repeats without end
+            attempts = self.state.job_failed(job_sha, JOB_RETRY_S, JOB_MAX_ATTEMPTS)
+            given_up = attempts >= JOB_MAX_ATTEMPTS
+            self.state.log("bench-job-abandoned" if given_up else "bench-job-failed", attempts=attempts,
+                           error=f"{type(exc).__name__}: {exc}"[:300])
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _download_signed(self, updater: Any, info: Any, destination: Path) -> str:
+        limits = self.config.limits
+        with wall_clock(limits.deadline(info.length) + limits.timeout_s, info.path):
+            return str(updater.download_target(info, str(destination)))
 
     def _run_job(self, work: Path, job: dict[str, Any], job_sha: str) -> None:
         from edgeopt.config import MeasureConfig
@@ -424,14 +452,26 @@ class Agent:
                             images=self.state.root / "samples", device_class=self.profile()["device_class"],
                             source_sha256=job["results_sha256"])
         token_file = self.config.token_file
+        kept = ""
         if token_file is not None:
-            token = Path(token_file).read_text().strip()
-            response = self.client.post(f"{self.base}/bench", params={"device": self.config.device_id},
-                                        content=results.to_json(), headers={"Authorization": f"Bearer {token}"})
-            response.raise_for_status()
+            status = self._post("/bench", results.to_json(), Path(token_file).read_text().strip())
+            if status in (404, 405, 501):  # a static server: the results stay on the device
+                kept = str(self.state.root / "bench" / f"{job_sha[:16]}.json")
+                Path(kept).parent.mkdir(exist_ok=True)
+                Path(kept).write_text(results.to_json())
+            elif status != 200:
+                raise ConnectionError(f"the server answered {status} to the results")
         self.state.job_done(job_sha)
-        self.state.log("bench-job-done", job=job["job"], variants=len(results.variants))
+        self.state.log("bench-job-done", job=job["job"], variants=len(results.variants),
+                       **({"kept": kept, "reason": "the server has no /bench"} if kept else {}))
         shutil.rmtree(work, ignore_errors=True)
+
+    def _post(self, path: str, body: str, token: str) -> int:
+        """POST to the release side within REPORT_S, answer included; its status (the body is not read)."""
+        with wall_clock(REPORT_S, f"POST {path}"), self.client.stream(
+                "POST", f"{self.base}{path}", params={"device": self.config.device_id}, content=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as response:
+            return int(response.status_code)
 
     # --- reports ------------------------------------------------------------------------------
     def profile(self) -> dict[str, Any]:
@@ -457,9 +497,7 @@ class Agent:
             refusals=list(self.refusals), device_class=self.profile()["device_class"], profile=self.profile(),
         )
         try:
-            token = Path(token_file).read_text().strip()
-            self.client.post(f"{self.base}/status", content=report.model_dump_json(),
-                             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            self._post("/status", report.model_dump_json(), Path(token_file).read_text().strip())
         except Exception:  # reporting is best effort; the next check reports again
             pass
 

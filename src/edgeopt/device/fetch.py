@@ -9,8 +9,11 @@ transfer rate, so a hostile or broken network can neither fill the device nor ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +67,28 @@ class _Pace:
             self.window_start, self.window_bytes = now, 0
 
 
+@contextlib.contextmanager
+def wall_clock(seconds: float, what: str) -> Iterator[None]:
+    """Raise SlowRetrieval when the block takes longer than `seconds`, whatever it waits on: the
+    pace is checked per chunk and the timeout per read, so a server trickling its headers, or a
+    report's answer, one byte every few seconds would pass both. SIGALRM, so only in the main
+    thread (where the agent runs); elsewhere the pace and the read timeout are the bounds."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise SlowRetrieval(f"{what}: not done within {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class BoundedFetcher(FetcherInterface):
     """TUF's fetcher over httpx, with the deadline and minimum rate of `Limits`."""
 
@@ -101,20 +126,23 @@ class RangeRefused(Exception):
     """The server would not resume; the next attempt starts the file again."""
 
 
-def download_target(client: Any, url: str, part: Path, length: int, limits: Limits,
-                    on_first_chunk: Any = None) -> bool:
-    """Fetch `url` into `part` until it holds `length` bytes, resuming what is there. Returns True
-    when the whole file came in this call from byte 0 (a clean fetch), False when it resumed.
+class Incomplete(Exception):
+    """The answer ended before the signed length; the part is kept and the next attempt resumes it."""
 
-    Raises SlowRetrieval, RangeRefused, httpx errors, or exceptions.DownloadLengthMismatchError when
-    the server sends more than `length` or the wrong range.
+
+def download_target(client: Any, url: str, part: Path, length: int, limits: Limits,
+                    on_first_chunk: Any = None) -> None:
+    """Fetch `url` into `part` until it holds `length` bytes, resuming what is there.
+
+    Raises SlowRetrieval, RangeRefused, Incomplete (a short answer), httpx errors, or
+    exceptions.DownloadLengthMismatchError when the server sends more than `length` or the wrong range.
     """
     have = part.stat().st_size if part.exists() else 0
     if have > length:  # an oversize part can never become the signed file
         part.unlink()
         have = 0
     if have == length:
-        return False
+        return
     headers = {"Range": f"bytes={have}-"} if have else {}
     pace = _Pace(limits, length - have, url)
     with client.stream("GET", url, headers=headers) as response:
@@ -133,7 +161,6 @@ def download_target(client: Any, url: str, part: Path, length: int, limits: Limi
             mode, have = "wb", 0  # the server sent it all again
         else:
             raise exceptions.DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
-        clean = have == 0
         with open(part, mode) as f:
             reported = False
             for chunk in response.iter_bytes():
@@ -149,4 +176,5 @@ def download_target(client: Any, url: str, part: Path, length: int, limits: Limi
                     reported = True
             f.flush()
             os.fsync(f.fileno())
-    return clean
+            if f.tell() < length:
+                raise Incomplete(f"{url}: the answer ended at byte {f.tell()} of {length}; the download resumes")

@@ -6,9 +6,10 @@
     active, previous             symlinks to releases/...; switched with an atomic rename
     samples/                     images for the smoke test (samples/<class>/*.jpg also checks accuracy)
     failures.json                failures per release (by model sha256), so a fault must repeat
-    jobs.json                    fleet benchmark jobs already run
+    jobs.json                    fleet benchmark jobs run or given up, and failed attempts (back-off)
+    bench/<job>.json             a job's results when the server has no /bench to take them
     rejected.json                releases refused for good, with the reason
-    agent.log                    one JSON line per event
+    agent.log, agent.log.1       one JSON line per event (rotated past LOG_MAX_BYTES)
 
 release.json records the target metadata (length, sha256, custom) that TUF verified when the
 release was fetched; a release folder is complete when every file matches it.
@@ -16,6 +17,7 @@ release was fetched; a release folder is complete when every file matches it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 RELEASE_RECORD = "release.json"
+LOG_MAX_BYTES = 1024 * 1024
 
 
 def file_matches(path: Path, length: int, sha256: str) -> bool:
@@ -139,13 +142,36 @@ class DeviceState:
         if value.pop(sha256, None) is not None:
             self._write("failures.json", value)
 
-    def jobs_done(self) -> set[str]:
-        return set(self._read("jobs.json").get("done", []))
+    def job_due(self, sha256: str) -> bool:
+        """The job is neither done (or given up) nor waiting out the back-off of a failed attempt."""
+        jobs = self._read("jobs.json")
+        failed = jobs.get("failed", {}).get(sha256, {})
+        return sha256 not in jobs.get("done", []) and time.time() >= float(failed.get("next", 0))
 
     def job_done(self, sha256: str) -> None:
-        self._write("jobs.json", {"done": sorted(self.jobs_done() | {sha256})[-50:]})
+        jobs = self._read("jobs.json")
+        jobs["done"] = [*[d for d in jobs.get("done", []) if d != sha256], sha256][-50:]
+        jobs.get("failed", {}).pop(sha256, None)
+        self._write("jobs.json", jobs)
+
+    def job_failed(self, sha256: str, retry_s: float, max_attempts: int) -> int:
+        """Count a failed attempt; the next one waits retry_s, doubling; after max_attempts the job
+        is given up (done). Returns the attempts so far."""
+        jobs = self._read("jobs.json")
+        failed = jobs.setdefault("failed", {})
+        attempts = int(failed.get(sha256, {}).get("attempts", 0)) + 1
+        failed[sha256] = {"attempts": attempts, "next": time.time() + retry_s * 2 ** (attempts - 1)}
+        self._write("jobs.json", jobs)
+        if attempts >= max_attempts:
+            self.job_done(sha256)
+        return attempts
 
     def log(self, event: str, **fields: Any) -> None:
+        """One JSON line in agent.log; past LOG_MAX_BYTES it becomes agent.log.1 (one generation kept)."""
         line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
-        with open(self.root / "agent.log", "a") as f:
+        path = self.root / "agent.log"
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(path, path.with_name("agent.log.1"))
+        with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")

@@ -42,8 +42,10 @@ FLEET = "fleet"
 # offline; the timestamp is re-signed by `publish` and `refresh` (run refresh at least daily).
 EXPIRY = {"root": dt.timedelta(days=365), "targets": dt.timedelta(days=365), "channel": dt.timedelta(days=90),
           "snapshot": dt.timedelta(days=7), "timestamp": dt.timedelta(days=1)}
-# `refresh` re-signs a role whose signature expires sooner than this.
-RENEW_BEFORE = {"channel": dt.timedelta(days=30), "snapshot": dt.timedelta(days=3), "timestamp": dt.timedelta(hours=12)}
+# `refresh` re-signs a role whose signature expires sooner than this (root and targets only when
+# their offline keys are in --keys; otherwise it warns, every day from then on).
+RENEW_BEFORE = {"root": dt.timedelta(days=60), "targets": dt.timedelta(days=60), "channel": dt.timedelta(days=30),
+                "snapshot": dt.timedelta(days=3), "timestamp": dt.timedelta(hours=12)}
 # Releases kept on the server per channel (their target files); older ones are pruned.
 KEEP_RELEASES = 5
 # Release numbers a device accepts (labels for people; the model's hash decides what is new).
@@ -272,12 +274,34 @@ class Repository:
             if file.name not in keep and not file.name.startswith("."):
                 file.unlink()
 
-    def refresh(self, keys: Path) -> list[str]:
-        """Re-sign what expires soon: the timestamp always, the snapshot and channels when due."""
-        renewed = []
+    def refresh(self, keys: Path) -> tuple[list[str], list[str]]:
+        """Re-sign what expires soon: the timestamp always; the snapshot, channels, targets and root
+        when due (root and targets need their offline keys in `keys`). Returns (renewed, warnings):
+        a warning for each role due whose key is not here, so a daily cron mails it in time."""
+        renewed, warnings = [], []
         with self._locked():
             soon = _now()
             changed = {}
+            root = self.load("root")
+            if root.signed.expires - soon < RENEW_BEFORE["root"]:
+                if key_file(keys, "root").is_file():
+                    root.signed.version += 1
+                    root.signed.expires = soon + EXPIRY["root"]
+                    self._sign(root, "root", keys)
+                    self._write(root, "root")  # devices follow the chain: N.root.json, signed by the same key
+                    renewed.append("root")
+                else:
+                    warnings.append(f"root expires {root.signed.expires:%Y-%m-%d}: "
+                                    "run 'edgeopt refresh' with the root key in --keys before then")
+            targets = self.load("targets")
+            if targets.signed.expires - soon < RENEW_BEFORE["targets"]:
+                if key_file(keys, "targets").is_file():
+                    self._bump(targets, "targets", keys)
+                    changed["targets"] = targets.signed.version
+                    renewed.append("targets")
+                else:
+                    warnings.append(f"targets expires {targets.signed.expires:%Y-%m-%d}: "
+                                    "run 'edgeopt refresh' with the targets key in --keys before then")
             for channel in self.channels():
                 role = self.load(channel)
                 if role.signed.expires - soon < RENEW_BEFORE["channel"]:
@@ -291,7 +315,7 @@ class Repository:
             else:
                 self._new_timestamp(keys, snapshot.signed.version)
             renewed.append("timestamp")
-        return renewed
+        return renewed, warnings
 
     def rotate(self, keys: Path, role: str) -> Path:
         """Replace a role's key (a lost or compromised one is revoked by this). Top-level roles are
@@ -348,8 +372,9 @@ class Repository:
     def publish_job(self, keys: Path, run_dir: Path, variants: tuple[str, ...] | None = None) -> dict[str, Any]:
         """A fleet benchmark job: the run's results and candidate variants, signed by the targets
         role under jobs/<id>/, and jobs/job.json naming the current job. Agents run it when idle."""
-        from edgeopt.results import RESULTS_FILE, load_results
+        from edgeopt.results import RESULTS_FILE, load_results, run_folder
 
+        run_dir = run_folder(run_dir)
         results = load_results(run_dir)
         names = list(variants) if variants else [v.name for v in results.variants]
         unknown = [n for n in names if n not in {v.name for v in results.variants}]
