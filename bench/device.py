@@ -45,7 +45,7 @@ def old_runtime_python() -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args()
     if not MODEL.is_dir():
         print(f"{MODEL} is missing; run python bench/reference.py first", file=sys.stderr)
