@@ -88,15 +88,32 @@ def test_L_interval_adds_the_latency_rounds_and_the_accuracy_interval():
     assert s.L_low < s.L < s.L_high
 
 
-def test_overlapping_L_intervals_are_a_tie_broken_by_the_better_metric():
-    # f2 has the lowest L, but f4's interval overlaps it and f4 loses nothing
-    f2 = Candidate("f2", 2677e3, 14.10, 0.8912, latency_ratio_interval=(1.10, 1.50), metric_delta_interval=(-0.0178, 0.0038))
-    f4 = Candidate("f4", 4418e3, 13.08, 0.9017, latency_ratio_interval=(1.00, 1.40), metric_delta_interval=(0.0, 0.0))
-    choice = select(reference(f2, f4), "f0", Objective())
+def _correct(n: int, wrong: range) -> tuple[bool, ...]:
+    return tuple(i not in wrong for i in range(n))
+
+
+def test_a_tie_goes_to_a_measurably_better_metric():
+    # f2 has the lowest L; f4's L is not measurably worse, and f4 is right on 30 photos f2 gets wrong
+    base = Candidate("f0", 8706e3, 13.0, 0.90, latency_ratios=(1.0,) * 5, correct=_correct(500, range(450, 500)))
+    f2 = Candidate("f2", 2677e3, 13.0, 0.84, latency_ratios=(1.3, 0.7, 1.2, 0.8, 1.0), correct=_correct(500, range(420, 500)))
+    f4 = Candidate("f4", 4418e3, 13.0, 0.90, latency_ratios=(0.7, 1.3, 0.8, 1.2, 1.0), correct=_correct(500, range(450, 500)))
+    choice = select([base, f2, f4], "f0", Objective(max_metric_loss=None))
     assert choice.score_of("f2").L < choice.score_of("f4").L
-    assert set(choice.tie) == {"f2", "f4"} and choice.tie_broken_by == "metric"
-    assert choice.selected == "f4"
-    assert any(r.startswith("Tie within measurement noise") and "better test_accuracy" in r for r in choice.reasons)
+    assert set(choice.tie) == {"f2", "f4"} and choice.tie_broken_by == "metric" and choice.selected == "f4"
+    assert any(r.startswith("Tie within measurement noise") and "measurably better test_accuracy" in r for r in choice.reasons)
+
+
+def test_a_tie_is_not_handed_to_a_metric_a_few_photos_apart():
+    # the reference run's f3 and f4: 3 photos of 478 apart, 13 discordant -- noise; the smaller file wins
+    base = Candidate("f0", 8706e3, 13.0, 0.8891, latency_ratios=(1.0,) * 5, correct=_correct(478, range(425, 478)))
+    # f3 loses 8 photos f0 gets right (0-7) and wins 5 f0 gets wrong (425-429)
+    f3 = Candidate("f3", 2676e3, 13.0, 0.8828, latency_ratios=(1.3, 0.7, 1.2, 0.8, 1.0),
+                   correct=tuple(8 <= i < 430 for i in range(478)))
+    f4 = Candidate("f4", 4418e3, 13.0, 0.8891, latency_ratios=(0.7, 1.3, 0.8, 1.2, 1.0), correct=base.correct)
+    assert sum(f3.correct) == 422
+    choice = select([base, f3, f4], "f0", Objective())
+    assert set(choice.tie) == {"f3", "f4"} and choice.tie_broken_by == "size" and choice.selected == "f3"
+    assert any("differs by no more than the test images can tell" in r for r in choice.reasons)
 
 
 def test_a_tie_between_equally_accurate_variants_goes_to_the_smaller_file():
@@ -186,4 +203,4 @@ def test_paired_rounds_that_straddle_zero_are_a_tie():
     a = Candidate("a", 500, 10, 0.9, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0), correct=(True,) * 9 + (False,))
     b = Candidate("b", 450, 10, 0.8, latency_ratios=(1.2, 0.8, 1.1, 0.9, 1.0), correct=(True,) * 8 + (False, False))
     choice = select([base, a, b], "f0", Objective(max_metric_loss=None))  # 1 photo in 10: no guard for this toy
-    assert set(choice.tie) == {"a", "b"} and choice.selected == "a" and choice.tie_broken_by == "metric"
+    assert set(choice.tie) == {"a", "b"} and choice.selected == "b" and choice.tie_broken_by == "size"

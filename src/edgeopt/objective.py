@@ -19,10 +19,12 @@ Measurement noise is part of the choice:
   baseline). Whether another candidate is measurably worse than the one with the lowest L is
   judged on their *difference*, paired wherever the figures allow it: the latency ratios of the
   same interleaved rounds, the metric on the same images. A candidate whose interval of
-  L - L_lowest reaches 0 is tied with it; a tie is broken by the better metric, then the
-  smaller file. (Two separate intervals against the baseline overlap far more often than the
-  candidates are alike: a variant 1.8x slower than another in every round would be "tied" with
-  it, and the tie handed to whichever is a few images more accurate.)
+  L - L_lowest reaches 0 is tied with it; a tie is broken by the better metric where it is
+  measurably better (paired, on the same images), else by the smaller file: a metric a few
+  images apart is noise too, and breaking on it would hand the choice to the latency draw.
+  (Two separate intervals against the baseline overlap far more often than the candidates are
+  alike: a variant 1.8x slower than another in every round would be "tied" with it, and the
+  tie handed to whichever is a few images more accurate.)
 """
 
 from __future__ import annotations
@@ -268,13 +270,14 @@ def select(
         m = by_name[s.name].metric
         return -m if objective.metric.higher_is_better else m
 
-    winner = min(tied, key=lambda s: (better_metric(s), by_name[s.name].size_bytes, s.L))
+    # The tie goes to the best metric only where it is measurably better: among the tied, those
+    # not measurably worse than the most accurate one stay, and of them the smaller file wins.
+    top = min(tied, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))
+    leaders = [s for s in tied if s is top or not _measurably_worse(by_name[s.name], by_name[top.name], objective)]
+    winner = min(leaders, key=lambda s: (by_name[s.name].size_bytes, better_metric(s), s.L))
     broken_by = ""
     if len(tied) > 1:
-        metrics = {by_name[s.name].metric for s in tied}
-        broken_by = "metric" if len(metrics) > 1 and better_metric(winner) < max(better_metric(s) for s in tied) else "size"
-        if broken_by == "metric" and sum(better_metric(s) == better_metric(winner) for s in tied) > 1:
-            broken_by = "metric, then size"
+        broken_by = "size" if len(leaders) == len(tied) else ("metric" if len(leaders) == 1 else "metric, then size")
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
@@ -313,6 +316,21 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
     else:
         metric_low = min(_score_metric_low(sa, sb, a, b, baseline, w), sa.delta_metric - sb.delta_metric)
     return size + w.weight_time * time_low + w.weight_metric * metric_low
+
+
+def _measurably_worse(a: Candidate, b: Candidate, objective: Objective) -> bool:
+    """Whether a's metric is measurably worse than b's: the paired interval of a - b (on the same
+    images) lies wholly on the worse side of 0. Unpaired figures: only an exact difference counts."""
+    if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct):
+        import numpy as np
+
+        from edgeopt.stats import paired_difference
+
+        paired = paired_difference(np.array(b.correct), np.array(a.correct), objective.confidence)
+        return paired.high < 0 if objective.metric.higher_is_better else paired.low > 0
+    if a.metric_delta_interval is None and b.metric_delta_interval is None:
+        return a.metric < b.metric if objective.metric.higher_is_better else a.metric > b.metric
+    return False
 
 
 def _score_metric_low(sa: Score, sb: Score, a: Candidate, b: Candidate, baseline: Candidate, w: Objective) -> float:
@@ -361,15 +379,18 @@ def _reasons(
     ]
     if len(tied) > 1:
         members = ", ".join(f"{s.name} {s.L:.2f} [{s.L_low:.2f}, {s.L_high:.2f}]" for s in tied)
+        scale = objective.metric.display_scale
         if broken_by.startswith("metric"):
-            how = (f"the better {objective.metric.name} ({winner.name} "
-                   f"{by_name[winner.name].metric * objective.metric.display_scale:.2f}"
-                   + (f" vs {best.name} {by_name[best.name].metric * objective.metric.display_scale:.2f}"
-                      if best is not winner else "") + ")")
+            how = (f"the measurably better {objective.metric.name} ({winner.name} "
+                   f"{by_name[winner.name].metric * scale:.2f}"
+                   + (f" vs {best.name} {by_name[best.name].metric * scale:.2f}" if best is not winner else "") + ")")
             if broken_by == "metric, then size":
                 how += ", then the smaller file"
         else:
-            how = f"the smaller file ({by_name[winner.name].size_bytes:,.0f} bytes; equal {objective.metric.name})"
+            spread = sorted(by_name[s.name].metric * scale for s in tied)
+            how = (f"the smaller file ({by_name[winner.name].size_bytes:,.0f} bytes): their {objective.metric.name} "
+                   + (f"is equal ({spread[0]:.2f})" if spread[0] == spread[-1] else
+                      f"({spread[0]:.2f} to {spread[-1]:.2f}) differs by no more than the test images can tell"))
         reasons.append(
             f"Tie within measurement noise: {members}; none is measurably worse than the lowest L ({best.name}) "
             f"-- the interval of each one's L minus {best.name}'s, from the same latency rounds and the same "
