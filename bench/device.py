@@ -60,7 +60,7 @@ def main() -> int:
     sh(*edgeopt, "device", "bench", RUN, "--out", new, "--rounds", str(args.rounds), "--force")
     sh(old_runtime_python(), "-m", "edgeopt", "device", "bench", RUN, "--out", old, "--rounds", str(args.rounds), "--force")
     choice = work / "choice"
-    sh(*edgeopt, "choose", RUN, "--device-results", new, old, "--out", choice, "--force")
+    sh(*edgeopt, "choose", RUN, "--device-results", new, "--device-results", old, "--out", choice, "--force")
     from edgeopt.results import load_results
 
     devices = {}

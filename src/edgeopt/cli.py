@@ -271,7 +271,8 @@ def classify(
 def choose(
     run_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt optimize'")],
     device_results: Annotated[list[Path] | None, typer.Option(
-        "--device-results", help="Results file(s) written by 'edgeopt device bench' on the target device(s)")] = None,
+        "--device-results",
+        help="Results file written by 'edgeopt device bench' on a target device (repeat the option for several devices)")] = None,
     fleet: Annotated[Path | None, typer.Option(help="A release repository: use its fleet's benchmarks of this run")] = None,
     device_class: Annotated[str | None, typer.Option(help="With --fleet: only this device class [default: each class]")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and each device's results with its choice")] = None,
