@@ -3,6 +3,7 @@ optimize. Runs where ../shared exists (the dev machine and CI); skipped with a r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -34,8 +35,9 @@ def test_transfer_learning_on_real_photos_then_optimize(subset, tmp_path):
                          batch_size=16, lr_min=1e-4, lr_max=2e-3, augment=True, seed=0, patience=10)
     trained = train(subset, tmp_path / "model", config)
     assert trained.classes == ("cardboard", "glass", "metal", "paper", "plastic")
-    opt = OptimizeConfig(backends=("litert",), representative_samples=50,
-                         measure=MeasureConfig(rounds=2, invocations=10, warmup=3))
+    backends = ("litert", "onnxruntime") if importlib.util.find_spec("onnxruntime") else ("litert",)
+    opt = OptimizeConfig(backends=backends, representative_samples=50,
+                         measure=MeasureConfig(rounds=2, invocations=10, warmup=3, race=False))
     results = optimize(tmp_path / "model", tmp_path / "opt", opt)
     f0 = results.variant("f0_float32")
     # ImageNet features on 48 photos a class: far above the 20% of chance
@@ -43,6 +45,15 @@ def test_transfer_learning_on_real_photos_then_optimize(subset, tmp_path):
     print({v.name: round(v.test.accuracy, 3) for v in results.variants})
     assert not results.data.synthetic
     assert results.variant("f2_int8").size_bytes < 0.35 * f0.size_bytes
+    # On real photos a quantized variant can be clearly worse (on this 96-px head trained to ~70%,
+    # int8 has lost 11.7 pp of 60 photos, [2.1, 11.7]); the product's promise is that such a
+    # variant is never chosen: the guard marks it, it is not eligible, the choice is not it.
+    verdicts = {v.name: v.score for v in results.variants if v.score is not None}
+    assert verdicts[results.selected.name].guard != "clearly worse"
+    for name, score in verdicts.items():
+        assert score.eligible is False or score.guard != "clearly worse", name
+        if score.guard == "clearly worse":
+            assert "clearly more than the allowed 1 pp" in score.excluded_because, name
     report = (tmp_path / "opt" / "report.md").read_text()
     assert "SYNTHETIC" not in report and "cardboard" in report
     assert json.loads((tmp_path / "opt" / "labels.json").read_text())["classes"][0] == "cardboard"
