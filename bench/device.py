@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import provenance  # bench/, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "cache"
 MODEL = CACHE / "trashnet5-mnv2-a1.0-224"
@@ -79,7 +81,7 @@ def main() -> int:
             } for v in results.variants],
         }
     build = load_results(RUN)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = provenance.commit("bench/device.py")
     report = {
         "edgeopt_device_bench": 1,
         "commit": commit,

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import provenance  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -46,16 +47,6 @@ TARGETS = {
     "litert_five_seconds_max": 90.0,
     "all_default_seconds_max": 180.0,
 }
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench/reference.py"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("+uncommitted" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def train_reference(cache: Path, image_size: int, retrain: bool) -> tuple[Path, float, bool]:
@@ -225,7 +216,7 @@ def main() -> int:
     first = runs["1 thread"]
     reference = {
         "edgeopt_reference": 2,
-        "commit": commit(),
+        "commit": provenance.commit("bench/reference.py"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "image_size": args.image_size,
         "machine": first.machine,

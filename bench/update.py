@@ -15,13 +15,14 @@ import argparse
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import provenance  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,16 +31,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench/update.py"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("+uncommitted" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -101,7 +92,7 @@ def main() -> int:
     base_row, sel_row, base_zst, sel_zst = rows
     report = {
         "edgeopt_update_bench": 2,
-        "commit": commit(),
+        "commit": provenance.commit("bench/update.py"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(args.run),
         "synthetic_data": results.data.synthetic,

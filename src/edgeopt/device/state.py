@@ -18,13 +18,14 @@ release was fetched; a release folder is complete when every file matches it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from edgeopt.methods.base import sha256_of
 
 RELEASE_RECORD = "release.json"
 LOG_MAX_BYTES = 1024 * 1024
@@ -33,13 +34,7 @@ LOG_MAX_BYTES = 1024 * 1024
 def file_matches(path: Path, length: int, sha256: str) -> bool:
     """True when the file has exactly this length and sha256 (read in chunks, never whole)."""
     try:
-        if path.stat().st_size != length:
-            return False
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest() == sha256
+        return path.stat().st_size == length and sha256_of(path) == sha256
     except OSError:
         return False
 

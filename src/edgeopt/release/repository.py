@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ConfigError, ModelError
+from edgeopt.methods.base import sha256_of
 from edgeopt.outputs import write_bytes_atomic
 from edgeopt.release.keys import TOP_LEVEL_ROLES, channel_role, check_channel, generate_key, key_file, load_signer, retire_key
 
@@ -206,7 +207,7 @@ class Repository:
         """Copy a file under its hash name; return its TargetFile and its sha256."""
         from tuf.api.metadata import TargetFile
 
-        digest = _sha256_file(source)
+        digest = sha256_of(source)
         folder, name = target_path.rsplit("/", 1)
         stored = self.path / TARGETS / folder / f"{digest}.{name}"
         stored.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ class Repository:
                 model_target, _ = self._store_target(packed, f"{channel}/model")
                 packed.unlink()
                 extra = {"compression": "zstd",
-                         "uncompressed": {"length": model.stat().st_size, "sha256": _sha256_file(model)}}
+                         "uncompressed": {"length": model.stat().st_size, "sha256": sha256_of(model)}}
             else:
                 model_target, _ = self._store_target(model, f"{channel}/model")
             labels_target, _ = self._store_target(labels, f"{channel}/labels.json")
@@ -413,14 +414,6 @@ class Repository:
     def current_release(self, channel: str) -> dict[str, Any] | None:
         target = self.load(channel).signed.targets.get(f"{channel}/model")
         return None if target is None else {"length": target.length, "sha256": target.hashes["sha256"], **target.custom}
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def release_custom(run_dir: Path, variant: str | None) -> tuple[Path, Path, dict[str, Any]]:
