@@ -116,6 +116,7 @@ def _optimize_config(
     backends: str | None = None, calibration: str | None = None, input_range: str | None = None,
     input_mean: str | None = None, input_std: str | None = None, target: str | None = None,
     confidence: float | None = None, no_guard: bool = False, race: bool | None = None, size: str | None = None,
+    fine_tune_epochs: int | None = None, sparsity: float | None = None, clusters: int | None = None,
 ) -> OptimizeConfig:
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
@@ -162,6 +163,9 @@ def _optimize_config(
         "objective.weight_time": ("--w-time", w_time),
         "objective.weight_metric": ("--w-accuracy", w_accuracy),
         "objective.max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
+        "retrain.epochs": ("--fine-tune-epochs", fine_tune_epochs),
+        "retrain.sparsity": ("--sparsity", sparsity),
+        "retrain.clusters": ("--clusters", clusters),
     }, config, "optimize")
 
 
@@ -195,6 +199,10 @@ def optimize(
         help="S in L: file (the model file) or transfer (the bytes a delivery sends, zstd) [default: file]")] = None,
     race: Annotated[bool | None, typer.Option("--race/--no-race",
         help="Stop variants that cannot win early (default), or evaluate every variant on every image")] = None,
+    fine_tune_epochs: Annotated[int | None, typer.Option(
+        help="Retraining methods (qat_int8, pruned_int8, clustered_int8): epochs on the train split [default: 2]")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="pruned_int8: share of each kernel set to zero [default: 0.5]")] = None,
+    clusters: Annotated[int | None, typer.Option(help="clustered_int8: distinct values per kernel [default: 16]")] = None,
     data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
@@ -206,7 +214,7 @@ def optimize(
     cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
                            objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
                            backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard, race,
-                           size)
+                           size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")
@@ -338,7 +346,8 @@ def methods_cmd() -> None:
     from edgeopt.methods.registry import METHODS
 
     for name, method in METHODS.items():
-        out_console.print(f"{name:<20} {method.backend:<12} {method.summary}", highlight=False)
+        opt_in = f" [opt-in, {method.cost}]" if method.retrains else ""
+        out_console.print(f"{name:<20} {method.backend:<12} {method.summary}{opt_in}", highlight=False)
 
 
 def _register_subcommands() -> None:

@@ -84,6 +84,22 @@ class MeasureConfig(Settings):
     train_images: int | None = Field(300, ge=0)
 
 
+class RetrainConfig(Settings):
+    """How the retraining methods (qat_int8, pruned_int8, clustered_int8) fine-tune a copy of the
+    model on its own train split before converting it."""
+
+    # Fine-tuning epochs over the train split (the test split is never seen).
+    epochs: int = Field(2, ge=1)
+    # Adam's learning rate, constant: a tenth of the study's fine-tuning rates, since the model is trained.
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    # pruned_int8: the share of each pointwise and dense kernel set to zero.
+    sparsity: float = Field(0.5, gt=0, lt=1)
+    # clustered_int8: distinct values per pointwise and dense kernel.
+    clusters: int = Field(16, ge=2, le=256)
+    seed: int = 0
+
+
 class OptimizeConfig(Settings):
     """What `edgeopt optimize` builds, how it measures and how it chooses."""
 
@@ -111,6 +127,8 @@ class OptimizeConfig(Settings):
     input_mean: Triple | None = None
     input_std: Triple | None = None
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    # The opt-in retraining methods' fine-tuning.
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     objective: Objective = Field(default_factory=Objective)
     # The runtimes the chosen variant must run on. None: the baseline's (LiteRT for a Keras
     # model, as the study did); a variant of another runtime is measured and shown, not chosen.

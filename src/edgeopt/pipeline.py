@@ -42,6 +42,7 @@ from edgeopt.measure import (
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.registry import get_method, list_methods
 from edgeopt.methods.repair import RepairNotNeeded
+from edgeopt.methods.retrain import require_tfmot
 from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
@@ -136,10 +137,13 @@ def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method
                 )
     else:
         backends = [get_runtime(b).name for b in config.backends]  # refuses unknown or missing ones
+    # The retraining methods fine-tune for minutes: only when named.
     names = list(config.methods) if config.methods else [
-        m for m in list_methods() if get_method(m).backend in backends
+        m for m in list_methods() if get_method(m).backend in backends and not get_method(m).retrains
     ]
     methods = [get_method(n) for n in names]
+    if any(m.retrains for m in methods):
+        require_tfmot()
     if source.kind == "onnx":
         dropped = [m.name for m in methods if m.source == "keras"]
         methods = [m for m in methods if m.source != "keras"]
@@ -199,6 +203,9 @@ def optimize(
     calibration = decode_images_cached(root, calibration_items, size, strict=config.strict)
     holdout = decode_images_cached(root, _holdout_items(split, calibration_items), size, strict=config.strict) if any(
         m.guarded for m in methods) else None
+    # The retraining methods fine-tune on the whole train part (never validation or test).
+    fine_tune = decode_images_cached(root, split.train, size, strict=config.strict) if any(
+        m.retrains for m in methods) else None
     timings["decode_s"] = time.perf_counter() - t
     transform = config.pixel_transform() if source.kind == "onnx" else PIXELS
 
@@ -216,6 +223,9 @@ def optimize(
             holdout=holdout.pixels if holdout is not None else None,
             holdout_labels=holdout.labels if holdout is not None else None,
             repair_target_pp=config.repair_target_pp,
+            train_pixels=fine_tune.pixels if fine_tune is not None else None,
+            train_labels=fine_tune.labels if fine_tune is not None else None,
+            retrain=config.retrain,
         )
         artifacts: dict[str, Artifact] = {}
         build_seconds: dict[str, float] = {}
@@ -404,5 +414,6 @@ def _variant(
         train=accuracy_record(train) if train is not None else None,
         latency=latency_record(latency, threads) if latency is not None else None, stopped_early=stopped,
         repair=Repair(**artifact.metadata) if method.guarded else None,
+        training=artifact.metadata if method.retrains else {},
         predictions=predictions_record(test, train) if test is not None else None,
     )

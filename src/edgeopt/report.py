@@ -181,6 +181,11 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
                 f"{r.changed_after_pct:.2f}% after (held-out loss {r.loss_before_pp:+.2f} -> {r.loss_after_pp:+.2f} pp). "
                 f"{r.sensitivity} {r.note}".rstrip()
             )
+    retrained = [v for v in results.variants if v.training]
+    if retrained:
+        lines += ["", "## Retrained variants (fine-tuned on the train split, never the test photos)", ""]
+        for v in retrained:
+            lines.append(f"- **{v.name}**: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in v.training.items()))
     lines += ["", "## Accuracy per class (test split): variant, and the paired difference to the baseline in pp", ""]
     classes = results.model.classes
     rows = []

@@ -176,6 +176,9 @@ class Variant(Record):
     predictions: Predictions | None = None
     score: Verdict | None = None
     repair: Repair | None = None
+    # A retraining method's fine-tuning: epochs, images, learning rate, seconds, last-epoch train
+    # accuracy, and what it reached (sparsity_reached, max_unique_values_per_kernel).
+    training: dict[str, float | int] = Field(default_factory=dict)
     # Racing: images evaluated, and why evaluation stopped before the whole test split ("" when it did not).
     stopped_early: str = ""
 

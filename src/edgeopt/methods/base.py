@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.config import RetrainConfig
 from edgeopt.pixels import PIXELS, PixelTransform
 
 
@@ -59,6 +60,10 @@ class BuildContext:
     calibration_method: str = "MinMax"
     # ONNX Runtime static int8 weights (see OptimizeConfig.ort_reduce_range).
     reduce_range: bool | None = None
+    # The model's whole train split (uint8 pixels, labels), decoded only for the retraining methods.
+    train_pixels: np.ndarray | None = None
+    train_labels: np.ndarray | None = None
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
@@ -91,6 +96,9 @@ class Method:
     # repairs (built first), whose file it checks before repairing anything.
     guarded: bool = False
     repairs: str = ""
+    # Fine-tunes the model on its train split (opt-in: never in the default set); what that costs.
+    retrains: bool = False
+    cost: str = ""
 
 
 # zstd's own default level: on these models level 19 compresses no better and is 100x slower.

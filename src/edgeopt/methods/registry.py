@@ -6,10 +6,12 @@ from edgeopt.errors import ConfigError
 from edgeopt.methods.base import Method
 from edgeopt.methods.litert import LITERT_METHODS
 from edgeopt.methods.onnx import ONNX_METHODS
+from edgeopt.methods.retrain import RETRAIN_METHODS
 
 METHODS: dict[str, Method] = {
     **LITERT_METHODS,
     **ONNX_METHODS,
+    **RETRAIN_METHODS,
 }
 
 

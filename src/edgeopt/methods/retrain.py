@@ -1,0 +1,259 @@
+"""The study's future work: quantization-aware training, pruning and weight clustering, each a
+fine-tuning of the model on its own train split, then int8 as f2 is (float input and output).
+
+Made with TensorFlow Model Optimization (tfmot), the library these techniques come from. What we
+chose and why (see also TECH-NOTES):
+- tfmot 0.8 works only with the legacy tf-keras (Keras 2); edgeopt's models are Keras 3. tf-keras
+  needs the `tensorflow` package (edgeopt's [build] extra installs it rather than tensorflow-cpu:
+  the same release, so nothing else changes) and tfmot sets TF_USE_LEGACY_KERAS=1 when imported.
+  The rest of edgeopt imports `keras` (3) directly, which that variable does not affect.
+- The Keras 3 classifier is rebuilt in tf-keras, layer by layer with the same names, and its weights
+  copied (outputs agree to ~1e-7). Only that copy is fine-tuned: the source model is never modified.
+- The rebuild is flat (MobileNetV2's layers inside the classifier's own graph): tfmot cannot wrap or
+  quantize a model nested in a model.
+- BatchNorm stays frozen (inference mode), as in edgeopt's own fine-tuning of a pretrained backbone.
+- Pruning and clustering touch the pointwise and dense kernels only (>= 95% of the weights): the
+  depthwise and first convs are small and the most sensitive. Clustering is per layer, k-means++.
+- The combination tfmot supports (sparsity- and cluster-preserving QAT) is not built: each step is
+  another fine-tuning, and the table shows whether its parts pay off first.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt._tf import import_tensorflow
+from edgeopt.errors import BackendUnavailableError, ModelError
+from edgeopt.methods.base import BuildContext, Method
+from edgeopt.quiet import captured_output
+
+# What `edgeopt methods` says these cost: the 224-px reference model, 1,912 train photos, 2 cores.
+COST = "retrains: ~5 min per fine-tuning epoch at 224 px on 2 cores, plus ~1 min to convert"
+
+
+def require_tfmot() -> None:
+    """Refuse before any work when the optional extra is missing (pip install 'edgeopt[tfmot]')."""
+    import importlib.util
+
+    missing = [m for m in ("tf_keras", "tensorflow_model_optimization") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"{missing[0]} is not installed: the retraining methods need pip install 'edgeopt[tfmot]'"
+        )
+
+
+def _import_tfmot() -> tuple[Any, Any, Any]:
+    require_tfmot()
+    tf = import_tensorflow()
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    return tf, tf_keras, tfmot
+
+
+def _legacy_copy(ctx: BuildContext) -> Any:
+    """edgeopt's Keras 3 classifier rebuilt flat in tf-keras with the same weights (a new model on every call)."""
+    from edgeopt.train import load_keras_model
+
+    _, tf_keras, _ = _import_tfmot()
+    source = ctx.cached("keras_model", lambda: load_keras_model(ctx.source))
+    by_name = {layer.name: layer for layer in source.layers}
+    backbones = [layer for layer in source.layers if re.fullmatch(r"mobilenetv2_[0-9.]+_\d+", layer.name)]
+    if len(backbones) != 1 or not {"to_unit_range", "probabilities"} <= set(by_name):
+        raise ModelError(f"{ctx.source}: the retraining methods rebuild edgeopt's own MobileNetV2 classifier "
+                         "(made by 'edgeopt train'); this model has another architecture")
+    alpha = float(backbones[0].name.split("_")[1])
+    by_name.update({layer.name: layer for layer in backbones[0].layers})
+    size = source.input_shape[1]
+    dropout = by_name["dropout"].rate if "dropout" in by_name else 0.0
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input((size, size, 3), name="pixels")
+    x = tf_keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    backbone = tf_keras.applications.MobileNetV2(input_tensor=x, alpha=alpha, include_top=False, weights=None)
+    x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(backbone.output)
+    x = tf_keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = tf_keras.layers.Dense(source.output_shape[-1], activation="softmax", name="probabilities")(x)
+    model = tf_keras.Model(inputs, outputs, name="edgeopt_mobilenetv2")
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        twin = by_name.get(layer.name)
+        weights = [np.asarray(w) for w in twin.get_weights()] if twin is not None else []
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            raise ModelError(f"{ctx.source}: layer {layer.name} does not match MobileNetV2 alpha={alpha}; the "
+                             "retraining methods need a model made by 'edgeopt train'")
+        layer.set_weights(weights)
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = False
+    return model
+
+
+def _compressible(layer: Any, tf_keras: Any) -> bool:
+    """The kernels pruning and clustering change: pointwise convs and the dense layer."""
+    if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+        return False
+    if isinstance(layer, tf_keras.layers.Conv2D):
+        return layer.kernel_size == (1, 1)
+    return isinstance(layer, tf_keras.layers.Dense)
+
+
+def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any]) -> dict[str, Any]:
+    """Fit on the train split (horizontal flips; the test split is never seen) with Adam."""
+    tf, tf_keras, _ = _import_tfmot()
+    settings = ctx.retrain
+    if ctx.train_pixels is None or ctx.train_labels is None or not len(ctx.train_labels):
+        raise ModelError("the retraining methods need the model's train split; optimize decodes it when asked for them")
+    tf_keras.utils.set_random_seed(settings.seed)
+    pixels, labels = ctx.train_pixels, ctx.train_labels
+
+    def flip(x: Any, y: Any) -> tuple[Any, Any]:
+        return tf.image.random_flip_left_right(x, seed=settings.seed), y
+
+    data = (tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.int32)))
+            .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
+            .map(lambda x, y: (tf.cast(x, tf.float32), y)).map(flip)
+            .batch(settings.batch_size))
+    model.compile(optimizer=tf_keras.optimizers.Adam(settings.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    started = time.perf_counter()
+    with captured_output(ctx.log_path):
+        history = model.fit(data, epochs=settings.epochs, verbose=0, callbacks=callbacks)
+    return {
+        "fine_tune_epochs": settings.epochs,
+        "fine_tune_images": int(len(labels)),
+        "learning_rate": settings.learning_rate,
+        "fine_tune_s": round(time.perf_counter() - started, 1),
+        "train_accuracy_last_epoch": round(float(history.history["accuracy"][-1]), 4),
+    }
+
+
+def _steps(ctx: BuildContext) -> int:
+    assert ctx.train_labels is not None
+    return ctx.retrain.epochs * -(-len(ctx.train_labels) // ctx.retrain.batch_size)
+
+
+def _representative(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
+    for pixels in ctx.representative:
+        yield [pixels[None].astype(np.float32)]
+
+
+def _convert_int8(ctx: BuildContext, model: Any, out: Path) -> None:
+    """int8 weights and activations, float input and output (as f2). For a QAT model the ranges come
+    from its fake-quant nodes; the calibration images fill in the ops QAT does not cover (the
+    input's rescaling)."""
+    tf, _, _ = _import_tfmot()
+    # A concrete function, as litert.py converts: from_keras_model gives the same graph 15x slower.
+    shape = [None, *model.input_shape[1:]]
+    function = tf.function(lambda pixels: model(pixels, training=False))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="pixels"))])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: _representative(ctx)
+    with captured_output(ctx.log_path):
+        out.write_bytes(converter.convert())
+
+
+def prepare_qat(ctx: BuildContext) -> Any:
+    """The model with fake-quant nodes on every layer but the input's rescaling (quantize_apply)."""
+    _, tf_keras, tfmot = _import_tfmot()
+    quantization = tfmot.quantization.keras
+    model = _legacy_copy(ctx)
+
+    def annotate(layer: Any) -> Any:
+        # Rescaling has no QAT config; the converter calibrates it from the representative images.
+        return layer if isinstance(layer, tf_keras.layers.Rescaling) else quantization.quantize_annotate_layer(layer)
+
+    # clone_function returns the copy's own layers (weights and all), wrapped or not.
+    annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+    with quantization.quantize_scope(), captured_output(ctx.log_path):
+        return quantization.quantize_apply(annotated)
+
+
+def build_qat_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
+    model = prepare_qat(ctx)
+    metadata = _fine_tune(model, ctx, callbacks=[])
+    _convert_int8(ctx, model, out)
+    return metadata
+
+
+def prepare_pruned(ctx: BuildContext) -> Any:
+    """The model with the pointwise and dense kernels wrapped for magnitude pruning to the target
+    sparsity (polynomial schedule over the first two thirds of the fine-tuning steps)."""
+    _, tf_keras, tfmot = _import_tfmot()
+    sparsity = tfmot.sparsity.keras
+    model = _legacy_copy(ctx)
+    steps = _steps(ctx)
+    schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=ctx.retrain.sparsity,
+                                        begin_step=0, end_step=max(1, (2 * steps) // 3), frequency=max(1, steps // 20))
+
+    def wrap(layer: Any) -> Any:
+        return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule) if _compressible(layer, tf_keras) else layer
+
+    return tf_keras.models.clone_model(model, clone_function=wrap)
+
+
+def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
+    _, tf_keras, tfmot = _import_tfmot()
+    model = prepare_pruned(ctx)
+    metadata = _fine_tune(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    kernels = [layer.get_weights()[0] for layer in stripped.layers if _compressible(layer, tf_keras)]
+    metadata["target_sparsity"] = ctx.retrain.sparsity
+    metadata["sparsity_reached"] = round(float(sum(np.sum(k == 0) for k in kernels) / sum(k.size for k in kernels)), 4)
+    _convert_int8(ctx, stripped, out)
+    return metadata
+
+
+def prepare_clustered(ctx: BuildContext) -> Any:
+    """The model with the pointwise and dense kernels clustered (k-means++ centroids per layer,
+    fine-tuned with the centroids)."""
+    _, tf_keras, tfmot = _import_tfmot()
+    clustering = tfmot.clustering.keras
+    model = _legacy_copy(ctx)
+    centroid_init = clustering.CentroidInitialization.KMEANS_PLUS_PLUS
+
+    def wrap(layer: Any) -> Any:
+        if not _compressible(layer, tf_keras):
+            return layer
+        return clustering.cluster_weights(layer, number_of_clusters=ctx.retrain.clusters,
+                                          cluster_centroids_init=centroid_init)
+
+    with captured_output(ctx.log_path):
+        return tf_keras.models.clone_model(model, clone_function=wrap)
+
+
+def build_clustered_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
+    _, tf_keras, tfmot = _import_tfmot()
+    model = prepare_clustered(ctx)
+    metadata = _fine_tune(model, ctx, callbacks=[])
+    stripped = tfmot.clustering.keras.strip_clustering(model)
+    kernels = [layer.get_weights()[0] for layer in stripped.layers if _compressible(layer, tf_keras)]
+    metadata["clusters"] = ctx.retrain.clusters
+    metadata["max_unique_values_per_kernel"] = int(max(np.unique(k).size for k in kernels))
+    _convert_int8(ctx, stripped, out)
+    return metadata
+
+
+RETRAIN_METHODS = {
+    "qat_int8": Method(
+        name="qat_int8", backend="litert", source="keras", suffix=".tflite", retrains=True, cost=COST,
+        summary="quantization-aware training: fake-quant nodes, fine-tuned on the train split, then int8 as f2",
+        build=build_qat_int8, calibrated=True,
+    ),
+    "pruned_int8": Method(
+        name="pruned_int8", backend="litert", source="keras", suffix=".tflite", retrains=True, cost=COST,
+        summary="magnitude pruning of the pointwise and dense kernels (--sparsity), fine-tuned, then int8 as f2",
+        build=build_pruned_int8, calibrated=True,
+    ),
+    "clustered_int8": Method(
+        name="clustered_int8", backend="litert", source="keras", suffix=".tflite", retrains=True, cost=COST,
+        summary="weight clustering of the pointwise and dense kernels (--clusters per layer), fine-tuned, then int8",
+        build=build_clustered_int8, calibrated=True,
+    ),
+}

@@ -1,0 +1,150 @@
+"""The retraining methods (QAT, pruning, clustering) on the tiny model: what each must do to the
+weights and the graph, kept through conversion, without losing the accuracy a user would notice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeopt.config import RetrainConfig
+from edgeopt.data.imagefolder import decode_images
+from edgeopt.data.split import load_split
+from edgeopt.errors import BackendUnavailableError
+from edgeopt.methods.base import BuildContext, build_artifact
+from edgeopt.methods.registry import get_method, list_methods
+from tests.conftest import TINY_SIZE
+
+pytest.importorskip("tensorflow_model_optimization", reason="the retraining methods need pip install 'edgeopt[tfmot]'")
+
+RETRAIN = RetrainConfig(epochs=2, learning_rate=1e-4, batch_size=16, sparsity=0.6, clusters=4)
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_model):
+    split = load_split(tiny_model / "split.json")
+    root = Path(split.data_root)
+    return decode_images(root, split.train, TINY_SIZE), decode_images(root, split.test, TINY_SIZE)
+
+
+def _context(tiny_model, splits, tmp_path, **retrain) -> BuildContext:
+    train, _ = splits
+    return BuildContext(
+        source=tiny_model, representative=train.pixels[:20], log_path=tmp_path / "convert.log",
+        work_dir=tmp_path / "work", train_pixels=train.pixels, train_labels=train.labels,
+        retrain=RETRAIN.model_copy(update=retrain),
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tiny_model, splits, tmp_path_factory):
+    """Each method built once per module (name -> (Artifact, BuildContext))."""
+    cache: dict = {}
+
+    def build(name):
+        if name not in cache:
+            folder = tmp_path_factory.mktemp(name)
+            ctx = _context(tiny_model, splits, folder)
+            cache[name] = build_artifact(get_method(name), ctx, folder), ctx
+        return cache[name]
+
+    return build
+
+
+def _accuracy(path: Path, pixels: np.ndarray, labels: np.ndarray) -> float:
+    from edgeopt.runtimes.registry import get_runtime
+
+    session = get_runtime("litert").open(path, threads=1)
+    predictions = [int(np.argmax(session.predict(p[None]))) for p in pixels]
+    return float(np.mean(np.array(predictions) == labels))
+
+
+def _pointwise_kernels(path: Path) -> list[np.ndarray]:
+    """The 1x1 conv and dense weight tensors of a .tflite (int8 in an int8 model)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    kernels = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in ("CONV_2D", "FULLY_CONNECTED"):
+            continue
+        weights = tensors[op["inputs"][1]]
+        shape = tuple(weights["shape"])
+        if op["op_name"] == "FULLY_CONNECTED" or shape[1:3] == (1, 1):
+            kernels.append(interpreter.get_tensor(weights["index"]).reshape(shape[0], -1))
+    return kernels
+
+
+def test_retraining_methods_are_opt_in_and_listed_with_their_cost():
+    retraining = [m for m in list_methods() if get_method(m).retrains]
+    assert retraining == ["qat_int8", "pruned_int8", "clustered_int8"]
+    assert all("min" in get_method(m).cost for m in retraining)
+
+
+def test_a_missing_tfmot_is_refused_before_any_work(monkeypatch, tiny_model, tmp_path):
+    import importlib.util
+
+    from edgeopt.config import OptimizeConfig
+    from edgeopt.pipeline import optimize
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow_model_optimization" else real_find_spec(name, *a))
+    with pytest.raises(BackendUnavailableError, match=r"edgeopt\[tfmot\]"):
+        optimize(tiny_model, tmp_path / "out", OptimizeConfig(methods=("f0_float32", "qat_int8")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_qat_trains_with_fake_quant_nodes_and_converts_to_a_full_int8_graph(tiny_model, splits, tmp_path, built):
+    from edgeopt.graph import describe_model
+    from edgeopt.methods.retrain import prepare_qat
+
+    tf = pytest.importorskip("tensorflow")
+    ctx = _context(tiny_model, splits, tmp_path)
+    model = prepare_qat(ctx)
+    graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, *TINY_SIZE, 3], tf.float32)).graph
+    fake_quant = [op for op in graph.get_operations() if op.type.startswith("FakeQuantWithMinMaxVars")]
+    convs = [op for op in graph.get_operations() if op.type in ("Conv2D", "DepthwiseConv2dNative")]
+    # every conv's weights and its output are fake-quantized while training
+    assert len(fake_quant) >= 2 * len(convs) > 0
+
+    artifact, _ = built("qat_int8")
+    g = describe_model(artifact.path)
+    assert g.inputs[0].dtype == "float32" and g.outputs[0].dtype == "float32"  # as f2
+    assert max(g.weight_dtypes, key=lambda k: g.weight_dtypes[k][1]) == "int8"
+    assert g.quantize_ops == 1 and g.dequantize_ops == 1  # int8 from the input to the output
+    assert not {"VAR_HANDLE", "READ_VARIABLE"} & set(g.op_counts)
+    assert artifact.metadata["fine_tune_images"] == len(splits[0].labels)
+
+
+@pytest.mark.parametrize("name", ["qat_int8", "pruned_int8", "clustered_int8"])
+def test_a_retrained_variant_keeps_the_float_models_test_accuracy(name, splits, built):
+    """Within 5 points of the float model on the tiny test split (3 of its 60 images)."""
+    _, test = splits
+    baseline = _accuracy(built("f0_float32")[0].path, test.pixels, test.labels)
+    assert baseline > 0.4  # twice chance: the tiny model means something
+    assert _accuracy(built(name)[0].path, test.pixels, test.labels) >= baseline - 0.05
+
+
+def test_pruning_reaches_its_sparsity_and_the_int8_file_keeps_it(built):
+    artifact, ctx = built("pruned_int8")
+    assert artifact.metadata["sparsity_reached"] >= ctx.retrain.sparsity - 0.01
+    kernels = _pointwise_kernels(artifact.path)
+    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros >= ctx.retrain.sparsity - 0.01
+    unpruned = _pointwise_kernels(built("f2_int8")[0].path)
+    assert sum(int(np.sum(k == 0)) for k in unpruned) / sum(k.size for k in unpruned) < 0.1
+
+
+def test_clustering_leaves_at_most_k_values_per_kernel_channel_in_the_int8_file(built):
+    artifact, ctx = built("clustered_int8")
+    k = ctx.retrain.clusters
+    assert artifact.metadata["max_unique_values_per_kernel"] <= k
+    # int8 scales each output channel on its own: k values per kernel stay k values per channel
+    kernels = _pointwise_kernels(artifact.path)
+    assert max(np.unique(row).size for kernel in kernels for row in kernel) <= k
+    unclustered = _pointwise_kernels(built("f2_int8")[0].path)
+    assert max(np.unique(row).size for kernel in unclustered for row in kernel) > 4 * k
