@@ -52,6 +52,7 @@ def main() -> int:
     if not MODEL.is_dir():
         print(f"{MODEL} is missing; run python bench/reference.py first", file=sys.stderr)
         return 2
+    commit = provenance.commit("bench/device.py")  # the code the run starts with
     edgeopt = [sys.executable, "-m", "edgeopt"]
     started = time.perf_counter()
     sh(*edgeopt, "optimize", MODEL, "--out", RUN, "--backends", "litert", "--threads", "1", "--force")
@@ -81,7 +82,6 @@ def main() -> int:
             } for v in results.variants],
         }
     build = load_results(RUN)
-    commit = provenance.commit("bench/device.py")
     report = {
         "edgeopt_device_bench": 1,
         "commit": commit,

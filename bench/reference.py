@@ -188,6 +188,7 @@ def main() -> int:
     from edgeopt.config import MeasureConfig, OptimizeConfig
     from edgeopt.pipeline import optimize
 
+    commit = provenance.commit("bench/reference.py")  # the code the run starts with
     started = time.perf_counter()
     model_dir, train_s, cached = train_reference(args.cache, args.image_size, args.retrain)
     stage_seconds = {("training (cached run)" if cached else "training"): train_s}
@@ -216,7 +217,7 @@ def main() -> int:
     first = runs["1 thread"]
     reference = {
         "edgeopt_reference": 2,
-        "commit": provenance.commit("bench/reference.py"),
+        "commit": commit,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "image_size": args.image_size,
         "machine": first.machine,

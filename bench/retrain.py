@@ -67,9 +67,9 @@ def render(record: dict[str, Any], results: Any) -> str:
         "# The study's future work on the reference model (bench/retrain.py)", "",
         f"Commit {record['commit']}, {record['created']}. {record['machine'].get('cpu', '')}, 1 thread, "
         f"{len(results.data.test_items)} test photos, every variant on every photo. Fine-tuning: "
-        f"{record['retrain']['epochs']} epochs on the {results.variant('qat_int8').training.get('fine_tune_images')} "
-        f"train photos, Adam {record['retrain']['learning_rate']}, sparsity {record['retrain']['sparsity']}, "
-        f"{record['retrain']['clusters']} clusters. Total {record['total_seconds']:.0f} s.", "",
+        f"{record['retrain']['epochs']} epochs on the {record['train_images']} "
+        f"train photos, sparsity {record['retrain']['sparsity']}, {record['retrain']['clusters']} clusters per kernel. "
+        f"Total {record['total_seconds']:.0f} s.", "",
         "| variant | KB | zstd KB | zstd / f0 file | test acc % | Δ pp [95%] | disc. | ms (median) | L | build s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -84,8 +84,12 @@ def render(record: dict[str, Any], results: Any) -> str:
         )
     lines += ["", "## What the fine-tuning did", ""]
     for v in results.variants:
-        if v.training:
-            lines.append(f"- **{v.name}**: " + ", ".join(f"{k.replace('_', ' ')} {val}" for k, val in v.training.items()))
+        if v.training is not None:
+            t = v.training
+            lines.append(f"- **{v.name}**: {t.seconds:.0f} s of fine-tuning, Adam {t.learning_rate:g}; last epoch's train accuracy "
+                         f"{100 * t.train_accuracy_last_epoch:.1f}%"
+                         + (f"; sparsity reached {t.sparsity_reached:.1%}" if t.sparsity_reached is not None else "")
+                         + (f"; at most {t.max_unique_values_per_kernel} values per kernel" if t.clusters else ""))
     lines += ["", f"Selected by the default objective: **{results.choice.selected}**.", "", "## Targets (issue 13)", ""]
     for label, t in record["targets"].items():
         lines.append(f"- {label}: {t['value']} — **{'met' if t['met'] else 'NOT MET'}**" + (f" ({t['note']})" if t.get("note") else ""))
@@ -108,6 +112,7 @@ def main() -> int:
     from edgeopt.config import MeasureConfig, OptimizeConfig, RetrainConfig
     from edgeopt.pipeline import optimize
 
+    commit = provenance.commit("bench/retrain.py")  # the code the run starts with
     started = time.perf_counter()
     model_dir, _, _ = train_reference(args.cache, 224, False)
     chosen = {k: v for k, v in (("epochs", args.epochs), ("sparsity", args.sparsity), ("clusters", args.clusters)) if v is not None}
@@ -117,10 +122,11 @@ def main() -> int:
         results = optimize(model_dir, Path(tmp) / "retrain", config)
     record = {
         "edgeopt_retrain": 1,
-        "commit": provenance.commit("bench/retrain.py"),
+        "commit": commit,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": results.machine,
         "retrain": retrain.model_dump(),
+        "train_images": results.variant("qat_int8").training.images,
         "targets_spec": TARGETS,
         "total_seconds": time.perf_counter() - started,
         "run": json.loads(results.to_json()),

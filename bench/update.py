@@ -44,6 +44,7 @@ def main() -> int:
         print(f"{args.run} is not an optimize output; run 'edgeopt demo' first or pass --run DIR", file=sys.stderr)
         return 2
 
+    commit = provenance.commit("bench/update.py")  # the code the run starts with
     import uvicorn
 
     from edgeopt.device.agent import Agent, AgentConfig
@@ -92,7 +93,7 @@ def main() -> int:
     base_row, sel_row, base_zst, sel_zst = rows
     report = {
         "edgeopt_update_bench": 2,
-        "commit": provenance.commit("bench/update.py"),
+        "commit": commit,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(args.run),
         "synthetic_data": results.data.synthetic,

@@ -81,3 +81,36 @@ def test_update_benchmark_is_well_formed():
     for row in update["deliveries"]:
         # nothing arrives faster than the bandwidth allows
         assert row["seconds_median"] >= 0.9 * row["transfer_seconds_at_rate"]
+
+
+RETRAIN = RESULTS / "retrain.json"
+
+
+def _retrain() -> dict:
+    if not RETRAIN.is_file():
+        pytest.skip("bench/results/retrain.json has not been produced (python bench/retrain.py)")
+    return json.loads(RETRAIN.read_text())
+
+
+def test_retrain_benchmark_is_a_full_run_of_committed_code_and_its_choice_follows():
+    record = _retrain()
+    assert record["commit"] and "+uncommitted" not in record["commit"]
+    run = Results.model_validate(record["run"])
+    names = [v.name for v in run.variants]
+    assert names[0] == "f0_float32" and {"qat_int8", "pruned_int8", "clustered_int8"} <= set(names)
+    for v in run.variants:
+        assert len(v.predictions.test) == len(run.data.test_items)  # every variant on every image
+        assert (v.training is not None) == (v.name in ("qat_int8", "pruned_int8", "clustered_int8"))
+    objective = Objective.model_validate(run.choice.objective)
+    assert decide(run.model_copy(update={"choice": None}), objective, tuple(run.choice.target)).choice == run.choice
+
+
+def test_retrain_markdown_shows_the_stored_numbers_and_every_target():
+    record = _retrain()
+    text = (RESULTS / "retrain.md").read_text()
+    assert record["commit"] in text
+    run = Results.model_validate(record["run"])
+    for v in run.variants:
+        assert f"| {v.name} | {v.size_bytes / 1024:.0f} |" in text and f"{100 * v.test.accuracy:.2f}" in text
+    for label, target in record["targets"].items():
+        assert f"{label}: {target['value']} — **{'met' if target['met'] else 'NOT MET'}**" in text

@@ -169,6 +169,16 @@ def _optimize_config(
     }, config, "optimize")
 
 
+def _check_retrain_flags(cfg: OptimizeConfig, **flags: float | None) -> None:
+    """A retraining flag without the method it tunes would be silently ignored: refuse it."""
+    wanted = {"fine_tune_epochs": ("qat_int8", "pruned_int8", "clustered_int8"), "sparsity": ("pruned_int8",),
+              "clusters": ("clustered_int8",)}
+    for flag, value in flags.items():
+        if value is not None and not set(wanted[flag]) & set(cfg.methods or ()):
+            raise ConfigError(f"--{flag.replace('_', '-')} tunes {' / '.join(wanted[flag])}, which --methods does not "
+                              f"name; add it, e.g. --methods f0_float32,f2_int8,{wanted[flag][0]}")
+
+
 @app.command()
 def optimize(
     model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train', or an .onnx model (needs --data)")],
@@ -201,8 +211,10 @@ def optimize(
         help="Stop variants that cannot win early (default), or evaluate every variant on every image")] = None,
     fine_tune_epochs: Annotated[int | None, typer.Option(
         help="Retraining methods (qat_int8, pruned_int8, clustered_int8): epochs on the train split [default: 2]")] = None,
-    sparsity: Annotated[float | None, typer.Option(help="pruned_int8: share of each kernel set to zero [default: 0.5]")] = None,
-    clusters: Annotated[int | None, typer.Option(help="clustered_int8: distinct values per kernel [default: 16]")] = None,
+    sparsity: Annotated[float | None, typer.Option(
+        help="pruned_int8: share of each pointwise and dense kernel set to zero [default: 0.5]")] = None,
+    clusters: Annotated[int | None, typer.Option(
+        help="clustered_int8: distinct values per pointwise and dense kernel [default: 16]")] = None,
     data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
@@ -215,6 +227,7 @@ def optimize(
                            objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
                            backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard, race,
                            size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
+    _check_retrain_flags(cfg, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")

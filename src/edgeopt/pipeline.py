@@ -47,7 +47,7 @@ from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
-from edgeopt.results import Data, ModelInfo, Repair, Results, Variant
+from edgeopt.results import Data, ModelInfo, Repair, Results, Training, Variant
 from edgeopt.runtimes.base import GraphSummary, Runtime
 from edgeopt.runtimes.registry import EXTRAS, get_runtime, list_runtimes
 from edgeopt.train import write_labels
@@ -142,13 +142,13 @@ def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method
         m for m in list_methods() if get_method(m).backend in backends and not get_method(m).retrains
     ]
     methods = [get_method(n) for n in names]
-    if any(m.retrains for m in methods):
-        require_tfmot()
     if source.kind == "onnx":
         dropped = [m.name for m in methods if m.source == "keras"]
         methods = [m for m in methods if m.source != "keras"]
         if config.methods and dropped:
             notes.append(f"Not built from an ONNX model: {', '.join(dropped)}.")
+    if any(m.retrains for m in methods):
+        require_tfmot()
     missing = sorted({m.backend for m in methods} - set(installed))
     if missing:
         raise BackendUnavailableError(
@@ -414,6 +414,6 @@ def _variant(
         train=accuracy_record(train) if train is not None else None,
         latency=latency_record(latency, threads) if latency is not None else None, stopped_early=stopped,
         repair=Repair(**artifact.metadata) if method.guarded else None,
-        training=artifact.metadata if method.retrains else {},
+        training=Training(**artifact.metadata) if method.retrains else None,
         predictions=predictions_record(test, train) if test is not None else None,
     )

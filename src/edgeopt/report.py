@@ -181,11 +181,19 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
                 f"{r.changed_after_pct:.2f}% after (held-out loss {r.loss_before_pp:+.2f} -> {r.loss_after_pp:+.2f} pp). "
                 f"{r.sensitivity} {r.note}".rstrip()
             )
-    retrained = [v for v in results.variants if v.training]
+    retrained = [v for v in results.variants if v.training is not None]
     if retrained:
         lines += ["", "## Retrained variants (fine-tuned on the train split, never the test photos)", ""]
         for v in retrained:
-            lines.append(f"- **{v.name}**: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in v.training.items()))
+            t = v.training
+            assert t is not None
+            reached = (f"; sparsity {t.sparsity_reached:.1%} of the pruned kernels (target {t.target_sparsity:.0%})"
+                       if t.sparsity_reached is not None else "")
+            values = (f"; at most {t.max_unique_values_per_kernel} values per clustered kernel"
+                      if t.clusters is not None else "")
+            lines.append(f"- **{v.name}**: {t.epochs} epochs on {t.images} train images, Adam {t.learning_rate:g}, "
+                         f"{t.seconds:.0f} s; last epoch's train accuracy {100 * t.train_accuracy_last_epoch:.1f}%"
+                         f"{reached}{values}.")
     lines += ["", "## Accuracy per class (test split): variant, and the paired difference to the baseline in pp", ""]
     classes = results.model.classes
     rows = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from edgeopt.errors import ModelError
 
@@ -151,6 +151,20 @@ class Repair(Record):
     note: str = ""
 
 
+class Training(Record):
+    """What a retraining method (qat_int8, pruned_int8, clustered_int8) did before conversion."""
+
+    epochs: int
+    images: int  # the model's train split; never validation or test images
+    learning_rate: float
+    seconds: float
+    train_accuracy_last_epoch: float  # with augmentation and dropout on, as fitted
+    target_sparsity: float | None = None
+    sparsity_reached: float | None = None  # zeros in the pruned kernels before conversion
+    clusters: int | None = None
+    max_unique_values_per_kernel: int | None = None  # of the clustered kernels, before conversion
+
+
 class Variant(Record):
     name: str
     paper_label: str = ""
@@ -176,11 +190,18 @@ class Variant(Record):
     predictions: Predictions | None = None
     score: Verdict | None = None
     repair: Repair | None = None
-    # A retraining method's fine-tuning: epochs, images, learning rate, seconds, last-epoch train
-    # accuracy, and what it reached (sparsity_reached, max_unique_values_per_kernel).
-    training: dict[str, float | int] = Field(default_factory=dict)
+    # A retraining method's fine-tuning (None for every other variant, and then left out of the
+    # file, so that a device on an older edgeopt still reads the results of a default run).
+    training: Training | None = None
     # Racing: images evaluated, and why evaluation stopped before the whole test split ("" when it did not).
     stopped_early: str = ""
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_training(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("training", 0) is None:
+            del data["training"]
+        return data
 
 
 class ModelInfo(Record):

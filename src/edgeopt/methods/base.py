@@ -7,12 +7,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeopt.config import RetrainConfig
 from edgeopt.pixels import PIXELS, PixelTransform
+
+if TYPE_CHECKING:
+    from edgeopt.config import RetrainConfig
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class BuildContext:
     # The model's whole train split (uint8 pixels, labels), decoded only for the retraining methods.
     train_pixels: np.ndarray | None = None
     train_labels: np.ndarray | None = None
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    # How they fine-tune (None: RetrainConfig's defaults).
+    retrain: RetrainConfig | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:

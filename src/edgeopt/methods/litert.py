@@ -24,12 +24,17 @@ from edgeopt.quiet import captured_output
 SENSITIVITY_IMAGES = 64
 
 
+def source_keras_model(ctx: BuildContext) -> Any:
+    """The source Keras model, loaded once per run (methods never modify it)."""
+    from edgeopt.train import load_keras_model
+
+    return ctx.cached("keras_model", lambda: load_keras_model(ctx.source))
+
+
 def _concrete_function(ctx: BuildContext) -> Any:
     def make() -> Any:
-        from edgeopt.train import load_keras_model
-
         tf = import_tensorflow()
-        model = load_keras_model(ctx.source)
+        model = source_keras_model(ctx)
         shape = [None, *model.input_shape[1:]]  # a free batch size lets evaluation batch
         fn = tf.function(lambda pixels: model(pixels, training=False))
         return model, fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="pixels"))

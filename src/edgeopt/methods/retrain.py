@@ -13,7 +13,8 @@ chose and why (see also TECH-NOTES):
   quantize a model nested in a model.
 - BatchNorm stays frozen (inference mode), as in edgeopt's own fine-tuning of a pretrained backbone.
 - Pruning and clustering touch the pointwise and dense kernels only (>= 95% of the weights): the
-  depthwise and first convs are small and the most sensitive. Clustering is per layer, k-means++.
+  depthwise and first convs are small and the most sensitive. Clustering is per kernel, k-means++
+  (int8 then scales each output channel on its own: at most k values per channel in the file).
 - The combination tfmot supports (sparsity- and cluster-preserving QAT) is not built: each step is
   another fine-tuning, and the table shows whether its parts pay off first.
 """
@@ -29,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from edgeopt._tf import import_tensorflow
-from edgeopt.errors import BackendUnavailableError, ModelError
+from edgeopt.config import RetrainConfig
+from edgeopt.errors import BackendUnavailableError, DataError, ModelError
 from edgeopt.methods.base import BuildContext, Method
+from edgeopt.methods.litert import source_keras_model
 from edgeopt.quiet import captured_output
 
 # What `edgeopt methods` says these cost: the 224-px reference model, 1,912 train photos, 2 cores.
@@ -51,18 +54,27 @@ def require_tfmot() -> None:
 def _import_tfmot() -> tuple[Any, Any, Any]:
     require_tfmot()
     tf = import_tensorflow()
-    import tensorflow_model_optimization as tfmot
-    import tf_keras
-
+    try:
+        # tfmot sets TF_USE_LEGACY_KERAS=1 for the rest of the process (and its children): tf.keras
+        # becomes tf-keras. edgeopt imports `keras` (3) directly everywhere else, which it does not affect.
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"TF Model Optimization cannot be imported ({exc}); reinstall it: pip install -c requirements-lock.txt "
+            "'edgeopt[tfmot]'"
+        ) from None
     return tf, tf_keras, tfmot
+
+
+def _settings(ctx: BuildContext) -> RetrainConfig:
+    return ctx.retrain or RetrainConfig()
 
 
 def _legacy_copy(ctx: BuildContext) -> Any:
     """edgeopt's Keras 3 classifier rebuilt flat in tf-keras with the same weights (a new model on every call)."""
-    from edgeopt.train import load_keras_model
-
     _, tf_keras, _ = _import_tfmot()
-    source = ctx.cached("keras_model", lambda: load_keras_model(ctx.source))
+    source = source_keras_model(ctx)
     by_name = {layer.name: layer for layer in source.layers}
     backbones = [layer for layer in source.layers if re.fullmatch(r"mobilenetv2_[0-9.]+_\d+", layer.name)]
     if len(backbones) != 1 or not {"to_unit_range", "probabilities"} <= set(by_name):
@@ -103,12 +115,14 @@ def _compressible(layer: Any, tf_keras: Any) -> bool:
     return isinstance(layer, tf_keras.layers.Dense)
 
 
-def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any]) -> dict[str, Any]:
+def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rate: float) -> dict[str, Any]:
     """Fit on the train split (horizontal flips; the test split is never seen) with Adam."""
     tf, tf_keras, _ = _import_tfmot()
-    settings = ctx.retrain
+    settings = _settings(ctx)
+    learning_rate = settings.learning_rate or learning_rate
     if ctx.train_pixels is None or ctx.train_labels is None or not len(ctx.train_labels):
-        raise ModelError("the retraining methods need the model's train split; optimize decodes it when asked for them")
+        raise DataError(f"{ctx.source}: none of the model's train images could be read, and the retraining methods "
+                        "fine-tune on them; pass --data DIR if the data folder moved since training")
     tf_keras.utils.set_random_seed(settings.seed)
     pixels, labels = ctx.train_pixels, ctx.train_labels
 
@@ -119,23 +133,25 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any]) -> dict[str,
             .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
             .map(lambda x, y: (tf.cast(x, tf.float32), y)).map(flip)
             .batch(settings.batch_size))
-    model.compile(optimizer=tf_keras.optimizers.Adam(settings.learning_rate),
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     started = time.perf_counter()
     with captured_output(ctx.log_path):
         history = model.fit(data, epochs=settings.epochs, verbose=0, callbacks=callbacks)
     return {
-        "fine_tune_epochs": settings.epochs,
-        "fine_tune_images": int(len(labels)),
-        "learning_rate": settings.learning_rate,
-        "fine_tune_s": round(time.perf_counter() - started, 1),
+        "epochs": settings.epochs,
+        "images": int(len(labels)),
+        "learning_rate": learning_rate,
+        "seconds": round(time.perf_counter() - started, 1),
         "train_accuracy_last_epoch": round(float(history.history["accuracy"][-1]), 4),
     }
 
 
 def _steps(ctx: BuildContext) -> int:
+    """Optimizer steps of the whole fine-tuning (the last, partial batch of an epoch is one step)."""
     assert ctx.train_labels is not None
-    return ctx.retrain.epochs * -(-len(ctx.train_labels) // ctx.retrain.batch_size)
+    settings = _settings(ctx)
+    return settings.epochs * -(-len(ctx.train_labels) // settings.batch_size)
 
 
 def _representative(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
@@ -172,12 +188,77 @@ def prepare_qat(ctx: BuildContext) -> Any:
     # clone_function returns the copy's own layers (weights and all), wrapped or not.
     annotated = tf_keras.models.clone_model(model, clone_function=annotate)
     with quantization.quantize_scope(), captured_output(ctx.log_path):
-        return quantization.quantize_apply(annotated)
+        qat = quantization.quantize_apply(annotated, scheme=_depthwise_float_scheme())
+    _start_activation_ranges(qat, model, ctx)
+    return qat
+
+
+def _depthwise_float_scheme() -> Any:
+    """tfmot's default 8-bit scheme, except that depthwise kernels are not fake-quantized while training.
+
+    tfmot 0.8 quantizes a conv kernel "per axis" along its last axis, which for a depthwise kernel
+    (h, w, channels, 1) is the depth multiplier: one range for all channels, and the converter keeps it.
+    MobileNetV2's depthwise kernels differ per channel by orders of magnitude (BatchNorm rescales them
+    after). Left float in training, they are quantized per channel by the converter, as in f2."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_scheme as scheme,
+    )
+
+    _, tf_keras, _ = _import_tfmot()
+
+    class Registry(registry.Default8BitQuantizeRegistry):  # type: ignore[misc]
+        def get_quantize_config(self, layer: Any) -> Any:
+            if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+                return registry.Default8BitQuantizeConfig([], ["activation"], False)
+            return super().get_quantize_config(layer)
+
+    class Scheme(scheme.Default8BitQuantizeScheme):  # type: ignore[misc]
+        def get_quantize_registry(self) -> Any:
+            return Registry()
+
+    return Scheme()
+
+
+def _start_activation_ranges(qat: Any, float_model: Any, ctx: BuildContext) -> None:
+    """Start every activation range of the QAT model at the float model's min/max on the calibration
+    images, as post-training int8 calibrates them. tfmot starts them at [-6, 6] and moves them by an
+    exponential average of decay 0.999: a fine-tuning of a few hundred steps would leave them far from
+    the activations' ranges (about +-38 at MobileNetV2's first projection)."""
+    _, tf_keras, _ = _import_tfmot()
+    targets: list[tuple[str, Any, Any]] = []  # (float layer name, min variable, max variable)
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None:
+            continue
+        weight_ranges = {id(v) for _, _, variables in getattr(layer, "_weight_vars", []) for v in variables.values()}
+        ranges = {v.name.split("/")[-1].split(":")[0]: v for v in layer.non_trainable_weights if id(v) not in weight_ranges}
+        for name, low in ranges.items():
+            high = ranges.get(name[:-len("_min")] + "_max") if name.endswith("_min") else None
+            if high is not None:
+                targets.append((inner.name, low, high))
+    if not targets:
+        return
+    names = sorted({name for name, _, _ in targets})
+    probe = tf_keras.Model(float_model.input, [float_model.get_layer(n).output for n in names])
+    sample = ctx.representative.astype(np.float32)
+    lows = {n: 0.0 for n in names}  # int8 ranges always hold 0
+    highs = {n: 0.0 for n in names}
+    for start in range(0, len(sample), 32):
+        outputs = probe(sample[start:start + 32], training=False)
+        for n, value in zip(names, outputs if len(names) > 1 else [outputs], strict=True):
+            lows[n] = min(lows[n], float(np.min(value)))
+            highs[n] = max(highs[n], float(np.max(value)))
+    for name, low, high in targets:
+        low.assign(lows[name])
+        high.assign(highs[name])
 
 
 def build_qat_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     model = prepare_qat(ctx)
-    metadata = _fine_tune(model, ctx, callbacks=[])
+    metadata = _fine_tune(model, ctx, callbacks=[], learning_rate=1e-5)
     _convert_int8(ctx, model, out)
     return metadata
 
@@ -189,7 +270,7 @@ def prepare_pruned(ctx: BuildContext) -> Any:
     sparsity = tfmot.sparsity.keras
     model = _legacy_copy(ctx)
     steps = _steps(ctx)
-    schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=ctx.retrain.sparsity,
+    schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=_settings(ctx).sparsity,
                                         begin_step=0, end_step=max(1, (2 * steps) // 3), frequency=max(1, steps // 20))
 
     def wrap(layer: Any) -> Any:
@@ -201,18 +282,18 @@ def prepare_pruned(ctx: BuildContext) -> Any:
 def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     _, tf_keras, tfmot = _import_tfmot()
     model = prepare_pruned(ctx)
-    metadata = _fine_tune(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    metadata = _fine_tune(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], learning_rate=1e-4)
     stripped = tfmot.sparsity.keras.strip_pruning(model)
     kernels = [layer.get_weights()[0] for layer in stripped.layers if _compressible(layer, tf_keras)]
-    metadata["target_sparsity"] = ctx.retrain.sparsity
+    metadata["target_sparsity"] = _settings(ctx).sparsity
     metadata["sparsity_reached"] = round(float(sum(np.sum(k == 0) for k in kernels) / sum(k.size for k in kernels)), 4)
     _convert_int8(ctx, stripped, out)
     return metadata
 
 
 def prepare_clustered(ctx: BuildContext) -> Any:
-    """The model with the pointwise and dense kernels clustered (k-means++ centroids per layer,
-    fine-tuned with the centroids)."""
+    """The model with the pointwise and dense kernels clustered, each as a whole (k-means++
+    centroids, fine-tuned with the weights)."""
     _, tf_keras, tfmot = _import_tfmot()
     clustering = tfmot.clustering.keras
     model = _legacy_copy(ctx)
@@ -221,7 +302,11 @@ def prepare_clustered(ctx: BuildContext) -> Any:
     def wrap(layer: Any) -> Any:
         if not _compressible(layer, tf_keras):
             return layer
-        return clustering.cluster_weights(layer, number_of_clusters=ctx.retrain.clusters,
+        # Per layer: tfmot's per-channel clustering loops over channels in Python (with it, these tests on
+        # the tiny model ran past 10 minutes instead of 3), and cluster_weights(cluster_per_channel=True) returns every
+        # conv without bias (all of MobileNetV2's) unclustered: tfmot 0.8.1 counts its channels as the
+        # size of its last trainable weight, the kernel.
+        return clustering.cluster_weights(layer, number_of_clusters=_settings(ctx).clusters,
                                           cluster_centroids_init=centroid_init)
 
     with captured_output(ctx.log_path):
@@ -231,10 +316,10 @@ def prepare_clustered(ctx: BuildContext) -> Any:
 def build_clustered_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     _, tf_keras, tfmot = _import_tfmot()
     model = prepare_clustered(ctx)
-    metadata = _fine_tune(model, ctx, callbacks=[])
+    metadata = _fine_tune(model, ctx, callbacks=[], learning_rate=1e-4)
     stripped = tfmot.clustering.keras.strip_clustering(model)
     kernels = [layer.get_weights()[0] for layer in stripped.layers if _compressible(layer, tf_keras)]
-    metadata["clusters"] = ctx.retrain.clusters
+    metadata["clusters"] = _settings(ctx).clusters
     metadata["max_unique_values_per_kernel"] = int(max(np.unique(k).size for k in kernels))
     _convert_int8(ctx, stripped, out)
     return metadata
