@@ -81,13 +81,17 @@ def _pointwise_kernels(path: Path) -> list[np.ndarray]:
     return kernels
 
 
-def test_retraining_methods_are_opt_in_and_listed_with_their_cost(tiny_model):
+def test_retraining_methods_are_opt_in_and_listed_with_their_cost(tiny_model, capsys):
+    from edgeopt.cli import main
     from edgeopt.config import OptimizeConfig
     from edgeopt.pipeline import load_model_folder, resolve_methods
 
     retraining = [m for m in list_methods() if get_method(m).retrains]
     assert retraining == ["qat_int8", "pruned_int8", "clustered_int8"]
-    assert all("min" in get_method(m).cost for m in retraining)
+    assert main(["methods"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert all(f"[opt-in, {get_method(m).cost}]" in listed[m] for m in retraining)
+    assert "opt-in" not in listed["f2_int8"]
     default, _ = resolve_methods(OptimizeConfig(), load_model_folder(tiny_model, None))
     assert "f2_int8" in [m.name for m in default] and not any(m.retrains for m in default)
 

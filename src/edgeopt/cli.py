@@ -360,7 +360,7 @@ def methods_cmd() -> None:
 
     for name, method in METHODS.items():
         opt_in = f" [opt-in, {method.cost}]" if method.retrains else ""
-        out_console.print(f"{name:<20} {method.backend:<12} {method.summary}{opt_in}", highlight=False)
+        out_console.print(f"{name:<20} {method.backend:<12} {method.summary}{opt_in}", highlight=False, markup=False)
 
 
 def _register_subcommands() -> None:

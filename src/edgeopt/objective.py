@@ -21,7 +21,9 @@ Measurement noise is part of the choice:
   same interleaved rounds, the metric on the same images. A candidate whose interval of
   L - L_lowest reaches 0 is tied with it; a tie is broken by the better metric where it is
   measurably better (paired, on the same images), else by the smaller file: a metric a few
-  images apart is noise too, and breaking on it would hand the choice to the latency draw.
+  images apart is noise too, and breaking on it would hand the choice to the latency draw. A tied
+  candidate measurably worse than the baseline (its paired interval excludes 0) never wins the tie
+  against one that is not, whatever its file size.
   (Two separate intervals against the baseline overlap far more often than the candidates are
   alike: a variant 1.8x slower than another in every round would be "tied" with it, and the
   tie handed to whichever is a few images more accurate.)
@@ -270,14 +272,18 @@ def select(
         m = by_name[s.name].metric
         return -m if objective.metric.higher_is_better else m
 
+    # A tied variant the test images show to lose against the baseline never wins the tie against
+    # one they do not (a smaller file must not buy a measurable loss).
+    kept = [s for s in tied if not _measurably_worse(by_name[s.name], baseline, objective)] or tied
     # The tie goes to the best metric only where it is measurably better: among the tied, those
     # not measurably worse than the most accurate one stay, and of them the smaller file wins.
-    top = min(tied, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))
-    leaders = [s for s in tied if s is top or not _measurably_worse(by_name[s.name], by_name[top.name], objective)]
+    top = min(kept, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))
+    leaders = [s for s in kept if s is top or not _measurably_worse(by_name[s.name], by_name[top.name], objective)]
     winner = min(leaders, key=lambda s: (by_name[s.name].size_bytes, better_metric(s), s.L))
     broken_by = ""
     if len(tied) > 1:
         broken_by = "size" if len(leaders) == len(tied) else ("metric" if len(leaders) == 1 else "metric, then size")
+    set_aside = [s for s in tied if s not in kept]
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
@@ -286,7 +292,7 @@ def select(
         baseline=baseline_name,
         selected=winner.name,
         ranking=tuple(ranking),
-        reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule)),
+        reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule, set_aside)),
         tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
         tie_broken_by=broken_by,
         guard_rule=rule,
@@ -367,6 +373,7 @@ def _fmt_loss(s: Score, unit: str) -> str:
 def _reasons(
     winner: Score, best: Score, tied: list[Score], broken_by: str, ranking: list[Score],
     by_name: dict[str, Candidate], baseline_name: str, objective: Objective, rule: str,
+    set_aside: Sequence[Score] = (),
 ) -> list[str]:
     unit = objective.metric.loss_unit
     eligible = [s for s in ranking if s.eligible]
@@ -396,6 +403,12 @@ def _reasons(
             f"-- the interval of each one's L minus {best.name}'s, from the same latency rounds and the same "
             f"images, reaches 0 -- so the tie is broken by {how}."
         )
+        if set_aside:
+            reasons.append(
+                f"Set aside in the tie: {', '.join(f'{s.name} ({_fmt_loss(s, unit)})' for s in set_aside)}, measurably "
+                f"worse than {baseline_name} on the same images; a tied variant that is not is preferred to it, "
+                "whatever its file size."
+            )
     elif len(eligible) > 1:
         runner = eligible[1]
         reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f} [{runner.L_low:.2f}, {runner.L_high:.2f}]; "

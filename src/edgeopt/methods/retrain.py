@@ -36,8 +36,8 @@ from edgeopt.methods.base import BuildContext, Method
 from edgeopt.methods.litert import source_keras_model
 from edgeopt.quiet import captured_output
 
-# What `edgeopt methods` says these cost: the 224-px reference model, 1,912 train photos, 2 cores.
-COST = "retrains: ~5 min per fine-tuning epoch at 224 px on 2 cores, plus ~1 min to convert"
+# What `edgeopt methods` says these cost, measured by bench/retrain.py (reference model, 2 cores).
+COST = "retrains: ~3.5 min per fine-tuning epoch at 224 px on 2 cores (1,720 photos)"
 
 
 def require_tfmot() -> None:
