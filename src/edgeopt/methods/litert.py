@@ -31,18 +31,24 @@ def source_keras_model(ctx: BuildContext) -> Any:
     return ctx.cached("keras_model", lambda: load_keras_model(ctx.source))
 
 
+def concrete_function_of(model: Any) -> Any:
+    """The inference function the converter takes (a Keras 3 or tf-keras model)."""
+    tf = import_tensorflow()
+    shape = [None, *model.input_shape[1:]]  # a free batch size lets evaluation batch
+    fn = tf.function(lambda pixels: model(pixels, training=False))
+    return fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="pixels"))
+
+
 def _concrete_function(ctx: BuildContext) -> Any:
     def make() -> Any:
-        tf = import_tensorflow()
         model = source_keras_model(ctx)
-        shape = [None, *model.input_shape[1:]]  # a free batch size lets evaluation batch
-        fn = tf.function(lambda pixels: model(pixels, training=False))
-        return model, fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="pixels"))
+        return model, concrete_function_of(model)
 
     return ctx.cached("keras_concrete_function", make)[1]
 
 
-def _representative(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
+def representative_images(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
+    """The calibration images, one at a time, as the converter's representative_dataset yields them."""
     for pixels in ctx.representative:
         yield [pixels[None].astype(np.float32)]
 
@@ -53,7 +59,7 @@ def _converter(ctx: BuildContext, mode: str) -> Any:
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode in ("int8", "int8_uint8io"):
-        converter.representative_dataset = lambda: _representative(ctx)
+        converter.representative_dataset = lambda: representative_images(ctx)
     if mode == "int8_uint8io":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8

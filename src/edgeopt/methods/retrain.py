@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from edgeopt._tf import import_tensorflow
 from edgeopt.config import RetrainConfig
 from edgeopt.errors import BackendUnavailableError, DataError, ModelError
 from edgeopt.methods.base import BuildContext, Method
-from edgeopt.methods.litert import source_keras_model
+from edgeopt.methods.litert import concrete_function_of, representative_images, source_keras_model
 from edgeopt.quiet import captured_output
 
 # What `edgeopt methods` says these cost, measured by bench/retrain.py (reference model, 2 cores).
@@ -157,23 +156,15 @@ def _steps(ctx: BuildContext) -> int:
     return settings.epochs * -(-len(ctx.train_labels) // settings.batch_size)
 
 
-def _representative(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
-    for pixels in ctx.representative:
-        yield [pixels[None].astype(np.float32)]
-
-
 def _convert_int8(ctx: BuildContext, model: Any, out: Path) -> None:
     """int8 weights and activations, float input and output (as f2). For a QAT model the ranges come
     from its fake-quant nodes; the calibration images fill in the ops QAT does not cover (the
     input's rescaling)."""
     tf, _, _ = _import_tfmot()
     # A concrete function, as litert.py converts: from_keras_model gives the same graph 15x slower.
-    shape = [None, *model.input_shape[1:]]
-    function = tf.function(lambda pixels: model(pixels, training=False))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="pixels"))])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function_of(model)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: _representative(ctx)
+    converter.representative_dataset = lambda: representative_images(ctx)
     with captured_output(ctx.log_path):
         out.write_bytes(converter.convert())
 
