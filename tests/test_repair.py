@@ -19,16 +19,21 @@ from tests.conftest import TINY_SIZE
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
 
 
-def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: list[int]):
-    """Models are files holding k; the held-out predictions of each k are given."""
+def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: list[int]) -> list[str]:
+    """Models are files holding k; the held-out predictions of each k are given. Returns the
+    files run on the held-out images, in order."""
+    runs = []
+
     def top1(path, backend, pixels):
         text = Path(path).read_text()
+        runs.append(text)
         return np.array(reference if text == "float" else predictions_by_k[int(text)])
 
     monkeypatch.setattr(repair, "holdout_top1", top1)
+    return runs
 
 
-def run_search(tmp_path, target):
+def run_search(tmp_path, target, answers=None):
     (tmp_path / "float").write_text("float")
     built = []
 
@@ -37,7 +42,7 @@ def run_search(tmp_path, target):
         Path(path).write_text(str(len(names)))
 
     record = repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)),
-                           LABELS, target, tmp_path / "out.tflite", "test sensitivity")
+                           LABELS, target, tmp_path / "out.tflite", "test sensitivity", answers)
     return record, built
 
 
@@ -55,6 +60,30 @@ def test_search_stops_at_the_fewest_float_ops_within_the_target(tmp_path, monkey
     assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 20.0, 0.0])
     assert (tmp_path / "out.tflite").read_text() == "2"
     assert not list(tmp_path.glob(".out-k*"))  # the candidates it did not keep are gone
+
+
+def test_the_check_and_the_search_run_each_distinct_file_on_the_held_out_images_once(tmp_path, monkeypatch):
+    # a pass over 1,000 held-out images is most of a guarded build's time: the float model is asked
+    # by the check and the search, and the k = 0 candidate has the sibling's bytes
+    right = LABELS.tolist()
+    wrong = [(x + 1) % 3 for x in right]
+    by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 2: right}
+    runs = fake_models(monkeypatch, by_k, right)
+    (tmp_path / "sibling").write_text("0")
+    (tmp_path / "float").write_text("float")
+    answers: dict = {}
+    repair.check_needed(tmp_path / "sibling", "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)), LABELS, 5.0,
+                        "sibling", answers)
+    record, built = run_search(tmp_path, target=5.0, answers=answers)
+    assert built == [0, 1, 2] and record["spared"] == ["op0", "op1"]
+    assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 10.0, 0.0])
+    assert sorted(runs) == ["0", "1", "2", "float"]
+    # without the shared answers, the same check and search run the float model and k = 0 twice
+    runs.clear()
+    repair.check_needed(tmp_path / "sibling", "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)), LABELS, 5.0,
+                        "sibling")
+    run_search(tmp_path, target=5.0)
+    assert sorted(runs) == ["0", "0", "1", "2", "float", "float"]
 
 
 def test_changed_answers_count_even_when_they_cancel_out_in_accuracy(tmp_path, monkeypatch):

@@ -52,6 +52,8 @@ class BuildContext:
     repair_target_pp: float = 1.0
     # The variants built so far (name -> file): a guarded method first checks its unguarded sibling.
     built: dict[str, Path] = field(default_factory=dict)
+    # Each model file's top-1 answers on the held-out images, by sha256 (methods.repair).
+    held_out_answers: dict[str, np.ndarray] = field(default_factory=dict)
     # Where converter chatter goes.
     log_path: Path | None = None
     # Work files (e.g. an ONNX export) that more than one method needs.

@@ -230,15 +230,18 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     assert ctx.work_dir is not None
     if "ort_int8_static" in ctx.built:
         repair.check_needed(ctx.built["ort_int8_static"], "onnxruntime", _float_onnx(ctx), ctx.holdout,
-                            ctx.holdout_labels, ctx.repair_target_pp, "ort_int8_static")
-    first = ctx.work_dir / "qdq-full.onnx"
-    _quantize_static(ctx, first)
+                            ctx.holdout_labels, ctx.repair_target_pp, "ort_int8_static", ctx.held_out_answers)
+        first = ctx.built["ort_int8_static"]  # the same call would build the same file again
+    else:
+        first = ctx.work_dir / "qdq-full.onnx"
+        _quantize_static(ctx, first)
     ranked, images = _ranked_activations(ctx, first)
     record = repair.search(
         ranked, lambda names, path: _quantize_static(ctx, path, names), "onnxruntime", _float_onnx(ctx),
         ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
         sensitivity=(f"Sensitivity: the signal-to-quantization-noise ratio of each activation (ONNX Runtime's "
                      f"qdq_loss_debug) on {images} held-out images; the repair quantizes the noisiest to 16 bits."),
+        answers=ctx.held_out_answers,
     )
     return record
 
