@@ -137,7 +137,9 @@ class Choice:
     ranking: tuple[Score, ...]
     reasons: tuple[str, ...]
     # The candidates tied with the lowest L within noise (empty when the lowest L stands alone),
-    # and what broke the tie: "metric" or "size".
+    # and what broke the tie: "metric", "size" or "metric, then size", after "set aside, then "
+    # when tied variants measurably worse than the baseline were set aside first ("set aside" alone
+    # when that left one).
     tie: tuple[str, ...] = ()
     tie_broken_by: str = ""
     # The guard's rule in one sentence, with its numbers.
@@ -280,10 +282,12 @@ def select(
     top = min(kept, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))
     leaders = [s for s in kept if s is top or not _measurably_worse(by_name[s.name], by_name[top.name], objective)]
     winner = min(leaders, key=lambda s: (by_name[s.name].size_bytes, better_metric(s), s.L))
-    broken_by = ""
-    if len(tied) > 1:
-        broken_by = "size" if len(leaders) == len(tied) else ("metric" if len(leaders) == 1 else "metric, then size")
     set_aside = [s for s in tied if s not in kept]
+    broken_by = ""
+    if len(kept) > 1:  # what decided among the tied that were not set aside
+        broken_by = "size" if len(leaders) == len(kept) else ("metric" if len(leaders) == 1 else "metric, then size")
+    if set_aside:
+        broken_by = "set aside" + (f", then {broken_by}" if broken_by else "")
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
@@ -292,7 +296,8 @@ def select(
         baseline=baseline_name,
         selected=winner.name,
         ranking=tuple(ranking),
-        reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule, set_aside)),
+        reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule, set_aside,
+                               leaders)),
         tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
         tie_broken_by=broken_by,
         guard_rule=rule,
@@ -373,7 +378,7 @@ def _fmt_loss(s: Score, unit: str) -> str:
 def _reasons(
     winner: Score, best: Score, tied: list[Score], broken_by: str, ranking: list[Score],
     by_name: dict[str, Candidate], baseline_name: str, objective: Objective, rule: str,
-    set_aside: Sequence[Score] = (),
+    set_aside: Sequence[Score] = (), leaders: Sequence[Score] = (),
 ) -> list[str]:
     unit = objective.metric.loss_unit
     eligible = [s for s in ranking if s.eligible]
@@ -387,28 +392,37 @@ def _reasons(
     if len(tied) > 1:
         members = ", ".join(f"{s.name} {s.L:.2f} [{s.L_low:.2f}, {s.L_high:.2f}]" for s in tied)
         scale = objective.metric.display_scale
-        if broken_by.startswith("metric"):
-            how = (f"the measurably better {objective.metric.name} ({winner.name} "
-                   f"{by_name[winner.name].metric * scale:.2f}"
-                   + (f" vs {best.name} {by_name[best.name].metric * scale:.2f}" if best is not winner else "") + ")")
-            if broken_by == "metric, then size":
-                how += ", then the smaller file"
-        else:
-            spread = sorted(by_name[s.name].metric * scale for s in tied)
+        rest = [s for s in tied if s not in set_aside]
+        decided = broken_by.removeprefix("set aside").removeprefix(", then ")
+
+        def names(scores: Sequence[Score]) -> str:
+            return ", ".join(s.name for s in scores)
+
+        if decided.startswith("metric"):
+            top = min(leaders, key=lambda s: by_name[s.name].metric * (-1 if objective.metric.higher_is_better else 1))
+            dropped = [s for s in rest if s not in leaders]
+            how = (f"the measurably better {objective.metric.name} ({top.name} {by_name[top.name].metric * scale:.2f}; "
+                   f"{names(dropped)} measurably {'lower' if objective.metric.higher_is_better else 'higher'} on the same "
+                   "images)")
+            if decided == "metric, then size":
+                how += (f", then the smaller file among {names(leaders)} ({winner.name}, "
+                        f"{by_name[winner.name].size_bytes:,.0f} bytes)")
+        elif decided == "size":
+            spread = sorted(by_name[s.name].metric * scale for s in rest)
             how = (f"the smaller file ({by_name[winner.name].size_bytes:,.0f} bytes): their {objective.metric.name} "
                    + (f"is equal ({spread[0]:.2f})" if spread[0] == spread[-1] else
                       f"({spread[0]:.2f} to {spread[-1]:.2f}) differs by no more than the test images can tell"))
+        else:
+            how = ""
+        if set_aside:
+            how = (f"setting aside {', '.join(f'{s.name} ({_fmt_loss(s, unit)})' for s in set_aside)}, measurably "
+                   f"worse than {baseline_name} on the same images (a tied variant that is not is preferred to it, "
+                   "whatever its file size)" + (f", then among {names(rest)} by {how}" if how else ""))
         reasons.append(
             f"Tie within measurement noise: {members}; none is measurably worse than the lowest L ({best.name}) "
             f"-- the interval of each one's L minus {best.name}'s, from the same latency rounds and the same "
             f"images, reaches 0 -- so the tie is broken by {how}."
         )
-        if set_aside:
-            reasons.append(
-                f"Set aside in the tie: {', '.join(f'{s.name} ({_fmt_loss(s, unit)})' for s in set_aside)}, measurably "
-                f"worse than {baseline_name} on the same images; a tied variant that is not is preferred to it, "
-                "whatever its file size."
-            )
     elif len(eligible) > 1:
         runner = eligible[1]
         reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f} [{runner.L_low:.2f}, {runner.L_high:.2f}]; "
