@@ -70,6 +70,27 @@ def test_a_bug_exits_1_with_the_traceback_and_says_it_is_a_bug(tmp_path):
     assert "this is a bug in edgeopt" in proc.stderr
 
 
+def test_ctrl_c_inside_a_library_exec_still_exits_130_under_python_m(tmp_path):
+    # CI caught `python -m edgeopt optimize` dying by SIGINT (-2) after printing "interrupted": the
+    # Ctrl-C had landed in code a library ran with exec(<string>) while importing, which CPython then
+    # treats as unhandled at exit. Only `python -m` takes that path; here it is made to happen every time.
+    (tmp_path / "ctrl_c_in_exec.py").write_text(textwrap.dedent("""
+        import sys
+        import edgeopt.classify
+        from edgeopt.cli import entry
+        def interrupted(*args, **kwargs):
+            exec("raise KeyboardInterrupt", {})
+        edgeopt.classify.classify = interrupted
+        sys.argv = ["edgeopt", "classify", "m.tflite", "x.jpg"]
+        entry()
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "ctrl_c_in_exec"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=60)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def _start_optimize(model: Path, out: Path, extra_env: dict[str, str] | None = None, script: str | None = None):
     args = ["optimize", str(model), "--out", str(out), "--methods", "f0_float32,f4_float16", "--rounds", "2",
             "--invocations", "5"]

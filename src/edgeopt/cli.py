@@ -375,6 +375,11 @@ _register_subcommands()
 
 
 def _interrupted(signum: int | None) -> int:
+    # CPython marks a KeyboardInterrupt that leaves code run by exec(<string>) -- libraries build
+    # classes that way on import -- as unhandled even when it is caught later, and under
+    # `python -m edgeopt` then ends the process by SIGINT instead of with our exit code. Running
+    # another exec(<string>) clears that mark.
+    exec("pass", {})
     name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
     err_console.print(f"{name}: nothing was written under a final output name", highlight=False, markup=False)
     return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
