@@ -297,7 +297,7 @@ def select(
         selected=winner.name,
         ranking=tuple(ranking),
         reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule, set_aside,
-                               leaders)),
+                               leaders, top)),
         tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
         tie_broken_by=broken_by,
         guard_rule=rule,
@@ -378,7 +378,7 @@ def _fmt_loss(s: Score, unit: str) -> str:
 def _reasons(
     winner: Score, best: Score, tied: list[Score], broken_by: str, ranking: list[Score],
     by_name: dict[str, Candidate], baseline_name: str, objective: Objective, rule: str,
-    set_aside: Sequence[Score] = (), leaders: Sequence[Score] = (),
+    set_aside: Sequence[Score] = (), leaders: Sequence[Score] = (), top: Score | None = None,
 ) -> list[str]:
     unit = objective.metric.loss_unit
     eligible = [s for s in ranking if s.eligible]
@@ -399,7 +399,7 @@ def _reasons(
             return ", ".join(s.name for s in scores)
 
         if decided.startswith("metric"):
-            top = min(leaders, key=lambda s: by_name[s.name].metric * (-1 if objective.metric.higher_is_better else 1))
+            assert top is not None  # the most accurate of the tied that were kept (select)
             dropped = [s for s in rest if s not in leaders]
             how = (f"the measurably better {objective.metric.name} ({top.name} {by_name[top.name].metric * scale:.2f}; "
                    f"{names(dropped)} measurably {'lower' if objective.metric.higher_is_better else 'higher'} on the same "

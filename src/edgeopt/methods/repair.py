@@ -21,7 +21,6 @@ This is the one place a method measures accuracy while it builds, so it opens a 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ConfigError
+from edgeopt.methods.base import sha256_of
 
 # Largest share of the ranked ops the search may leave in float: beyond that the "int8" model is
 # mostly float and loses its point.
@@ -82,7 +82,7 @@ def held_out_answers(path: Path, backend: str, pixels: np.ndarray,
     is usually the sibling's very bytes; each costs a pass over every held-out image."""
     if answers is None:
         return holdout_top1(path, backend, pixels)
-    key = f"{backend}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()}"
+    key = f"{backend}:{sha256_of(Path(path))}"
     if key not in answers:
         answers[key] = holdout_top1(path, backend, pixels)
     return answers[key]
