@@ -49,10 +49,13 @@ class OrtSession:
         if len(self.input.shape) != 4:
             raise ModelError(f"{path} takes input of shape {self.input.shape}; edgeopt runs image classifiers")
         self._transform = transform
-        self._resizable = self.input.shape[0] == -1
+        # DynamicQuantizeLinear takes one scale for its whole input tensor: in a batch, each image's
+        # answer would depend on the images beside it, and a device classifies one at a time.
+        # (An op type is stored as plain bytes in the file; a device has onnxruntime without onnx.)
+        self._batched = self.input.shape[0] == -1 and b"DynamicQuantizeLinear" not in path.read_bytes()
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        step = EVAL_BATCH if self._resizable else 1
+        step = EVAL_BATCH if self._batched else 1
         outputs = [  # encoded a chunk at a time: a thousand images in float32 are 600 MB
             self._session.run([self.output.name],
                               {self.input.name: encode_pixels(pixels[i : i + step], self.input, self._transform)})[0]
