@@ -118,6 +118,9 @@ def test_interruption_leaves_no_output_and_no_partial_files(tiny_model, tmp_path
     with pytest.raises(KeyboardInterrupt):
         optimize(tiny_model, out, TINY_OPTIMIZE)
     assert list(tmp_path.iterdir()) == []
+    # nor a process building ONNX Runtime's variants (methods.build) that would go on writing there
+    pid = os.getpid()
+    assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []
 
 
 def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path):

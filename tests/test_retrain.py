@@ -101,13 +101,14 @@ def test_a_missing_tfmot_is_refused_before_any_work(monkeypatch, tiny_model, tmp
 
     from edgeopt import pipeline
     from edgeopt.config import OptimizeConfig
+    from edgeopt.methods import build
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorflow_model_optimization" else real_find_spec(name, *a))
     work = []
     monkeypatch.setattr(pipeline, "decode_images_cached", lambda *a, **k: work.append("decode"))
-    monkeypatch.setattr(pipeline, "build_artifact", lambda *a, **k: work.append("build"))
+    monkeypatch.setattr(build, "build_artifact", lambda *a, **k: work.append("build"))
     with pytest.raises(BackendUnavailableError, match=r"edgeopt\[tfmot\]"):
         pipeline.optimize(tiny_model, tmp_path / "out", OptimizeConfig(methods=("f0_float32", "qat_int8")))
     assert work == [] and not (tmp_path / "out").exists()
@@ -120,6 +121,7 @@ class _Stop(Exception):
 def test_fine_tuning_gets_the_train_split_and_never_a_test_image(tfmot, monkeypatch, tiny_model, splits, tmp_path):
     from edgeopt import pipeline
     from edgeopt.config import OptimizeConfig
+    from edgeopt.methods import build
 
     seen = []
 
@@ -127,7 +129,7 @@ def test_fine_tuning_gets_the_train_split_and_never_a_test_image(tfmot, monkeypa
         seen.append(ctx)
         raise _Stop
 
-    monkeypatch.setattr(pipeline, "build_artifact", capture)
+    monkeypatch.setattr(build, "build_artifact", capture)
     with pytest.raises(_Stop):
         pipeline.optimize(tiny_model, tmp_path / "out", OptimizeConfig(methods=("f0_float32", "qat_int8")))
     train, test = splits

@@ -39,9 +39,9 @@ from edgeopt.measure import (
     predict_top1,
     predictions_record,
 )
-from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
+from edgeopt.methods.base import Artifact, BuildContext, Method
+from edgeopt.methods.build import build_variants
 from edgeopt.methods.registry import get_method, list_methods
-from edgeopt.methods.repair import RepairNotNeeded
 from edgeopt.methods.retrain import require_tfmot
 from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS, PixelTransform
@@ -227,22 +227,12 @@ def optimize(
             train_labels=fine_tune.labels if fine_tune is not None else None,
             retrain=config.retrain,
         )
-        artifacts: dict[str, Artifact] = {}
-        build_seconds: dict[str, float] = {}
         progress.start("building variants", len(methods))
         t = time.perf_counter()
-        for method in list(methods):
-            t_method = time.perf_counter()
-            try:
-                artifacts[method.name] = build_artifact(method, ctx, variants_dir)
-            except RepairNotNeeded as exc:
-                methods.remove(method)
-                method_notes.append(f"{method.name}: {exc}.")
-                progress.advance(1, f"{method.name}: not needed")
-                continue
-            ctx.built[method.name] = artifacts[method.name].path
-            build_seconds[method.name] = time.perf_counter() - t_method
-            progress.advance(1, method.name)
+        built = build_variants(methods, ctx, variants_dir, progress, config.build_processes)
+        artifacts, build_seconds = built.artifacts, built.seconds
+        methods = [m for m in methods if m.name in artifacts]
+        method_notes += [f"{name}: {why}." for name, why in built.not_needed.items()]
         progress.finish(f"built {len(artifacts)} variants")
         timings["build_s"] = time.perf_counter() - t
 

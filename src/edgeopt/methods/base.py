@@ -54,6 +54,8 @@ class BuildContext:
     built: dict[str, Path] = field(default_factory=dict)
     # Each model file's top-1 answers on the held-out images, by sha256 (methods.repair).
     held_out_answers: dict[str, np.ndarray] = field(default_factory=dict)
+    # Threads of those held-out passes: the cores shared among the processes building (methods.build).
+    holdout_threads: int = 2
     # Where converter chatter goes.
     log_path: Path | None = None
     # Work files (e.g. an ONNX export) that more than one method needs.

@@ -230,7 +230,7 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     assert ctx.work_dir is not None
     if "ort_int8_static" in ctx.built:
         repair.check_needed(ctx.built["ort_int8_static"], "onnxruntime", _float_onnx(ctx), ctx.holdout,
-                            ctx.holdout_labels, ctx.repair_target_pp, "ort_int8_static", ctx.held_out_answers)
+                            ctx.holdout_labels, ctx.repair_target_pp, "ort_int8_static", ctx.held_out_answers, ctx.holdout_threads)
         first = ctx.built["ort_int8_static"]  # the same call would build the same file again
     else:
         first = ctx.work_dir / "qdq-full.onnx"
@@ -241,7 +241,7 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
         ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
         sensitivity=(f"Sensitivity: the signal-to-quantization-noise ratio of each activation (ONNX Runtime's "
                      f"qdq_loss_debug) on {images} held-out images; the repair quantizes the noisiest to 16 bits."),
-        answers=ctx.held_out_answers,
+        answers=ctx.held_out_answers, threads=ctx.holdout_threads,
     )
     return record
 

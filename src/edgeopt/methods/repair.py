@@ -54,13 +54,14 @@ def _step(k: int, predicted: np.ndarray, reference: np.ndarray, labels: np.ndarr
 
 def check_needed(sibling: Path, backend: str, float_model: Path, holdout: np.ndarray | None,
                  labels: np.ndarray | None, target_pp: float, sibling_name: str,
-                 answers: dict[str, np.ndarray] | None = None) -> None:
+                 answers: dict[str, np.ndarray] | None = None, threads: int = 2) -> None:
     """Raise RepairNotNeeded when the unguarded sibling changes few enough held-out answers.
-    `answers` keeps each file's held-out answers for `search` (see held_out_answers)."""
+    `answers` keeps each file's held-out answers for `search` (see held_out_answers); `threads`
+    runs them."""
     if holdout is None or labels is None or len(labels) == 0:
         raise ConfigError("a guarded method needs held-out images; the model's split has no validation part")
-    step = _step(0, held_out_answers(sibling, backend, holdout, answers),
-                 held_out_answers(float_model, backend, holdout, answers), labels)
+    step = _step(0, held_out_answers(sibling, backend, holdout, answers, threads),
+                 held_out_answers(float_model, backend, holdout, answers, threads), labels)
     if step.changed_pp <= target_pp:
         raise RepairNotNeeded(
             f"{sibling_name} changes {step.changed_pp:.2f}% of {len(labels)} held-out answers of the float model, within "
@@ -69,22 +70,22 @@ def check_needed(sibling: Path, backend: str, float_model: Path, holdout: np.nda
         )
 
 
-def holdout_top1(path: Path, backend: str, pixels: np.ndarray) -> np.ndarray:
+def holdout_top1(path: Path, backend: str, pixels: np.ndarray, threads: int = 2) -> np.ndarray:
     from edgeopt.runtimes.registry import get_runtime
 
-    return get_runtime(backend).open(path, 2).predict(pixels).argmax(axis=1)
+    return get_runtime(backend).open(path, threads).predict(pixels).argmax(axis=1)
 
 
 def held_out_answers(path: Path, backend: str, pixels: np.ndarray,
-                     answers: dict[str, np.ndarray] | None) -> np.ndarray:
+                     answers: dict[str, np.ndarray] | None, threads: int = 2) -> np.ndarray:
     """holdout_top1, run once per distinct file of one build: `answers` maps a file's sha256 to
     them. The float model is asked by the check and by the search, and a search's k = 0 candidate
     is usually the sibling's very bytes; each costs a pass over every held-out image."""
     if answers is None:
-        return holdout_top1(path, backend, pixels)
+        return holdout_top1(path, backend, pixels, threads)
     key = f"{backend}:{sha256_of(Path(path))}"
     if key not in answers:
-        answers[key] = holdout_top1(path, backend, pixels)
+        answers[key] = holdout_top1(path, backend, pixels, threads)
     return answers[key]
 
 
@@ -99,13 +100,14 @@ def search(
     out: Path,
     sensitivity: str,
     answers: dict[str, np.ndarray] | None = None,
+    threads: int = 2,
 ) -> dict[str, Any]:
     """Write to `out` the int8 model with the fewest float ops whose held-out answers differ from
     the float model's on at most `target_pp` percent of the images; return the repair record
     (edgeopt.results.Repair fields)."""
     if holdout is None or labels is None or len(labels) == 0:
         raise ConfigError("a guarded method needs held-out images; the model's split has no validation part")
-    reference = held_out_answers(float_model, backend, holdout, answers)
+    reference = held_out_answers(float_model, backend, holdout, answers, threads)
     limit = max(1, int(len(ranked) * MAX_FLOAT_SHARE))
     ks = [0] + [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= limit]
     steps: list[Step] = []
@@ -113,7 +115,7 @@ def search(
     for k in ks:
         candidate = out.with_name(f".{out.stem}-k{k}{out.suffix}")
         build(ranked[:k], candidate)
-        step = _step(k, held_out_answers(candidate, backend, holdout, answers), reference, labels)
+        step = _step(k, held_out_answers(candidate, backend, holdout, answers, threads), reference, labels)
         steps.append(step)
         if best is None or (step.changed_pp, step.spared) < best[:2]:
             if best is not None:
