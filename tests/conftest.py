@@ -65,5 +65,27 @@ def tiny_optimized(tiny_model, tmp_path_factory) -> tuple[Path, dict]:
     return out, results
 
 
+def build_workers(pid: int) -> list[int]:
+    """The live build workers (methods.build) that process `pid` started (Linux: reads /proc)."""
+    found = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:  # the process has ended
+        return []
+    for path in [task / "children" for task in tasks]:
+        for child in _read(path).split():  # a zombie's cmdline is empty
+            if "run_build_worker" in _read(Path(f"/proc/{child}/cmdline")):
+                found.append(int(child))
+    return found
+
+
+def _read(path: Path) -> str:
+    """A /proc file, or "" when its thread or process ended while this looked."""
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def needs(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data only on the dev/CI machine)")

@@ -3,6 +3,7 @@ errors that building everything in one process gives."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,15 +14,18 @@ import pytest
 from edgeopt.data.imagefolder import decode_images
 from edgeopt.data.split import load_split
 from edgeopt.errors import ModelError
-from edgeopt.methods import registry
+from edgeopt.methods import build, registry
 from edgeopt.methods.base import BuildContext
 from edgeopt.methods.build import build_variants
 from edgeopt.methods.registry import get_method
 from edgeopt.progress import NullProgress
 from edgeopt.runtimes.registry import get_runtime
-from tests.conftest import TINY_SIZE
+from tests.conftest import TINY_SIZE, build_workers
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
 
 NAMES = ("f0_float32", "f2_int8", "ort_fp32", "ort_int8_static")
+ORT = ("ort_fp32", "ort_int8_static")
 
 
 @pytest.fixture(scope="module")
@@ -34,46 +38,52 @@ def split_pixels(tiny_model):
 def _context(tiny_model, folder: Path, calibration: np.ndarray, **changes) -> BuildContext:
     (folder / "variants").mkdir(parents=True)
     (folder / "work").mkdir()
-    return BuildContext(source=tiny_model, representative=calibration, log_path=folder / "convert.log",
-                        work_dir=folder / "work", **changes)
+    return BuildContext(**{"source": tiny_model, "representative": calibration, "log_path": folder / "convert.log",
+                           "work_dir": folder / "work", **changes})
 
 
-def _children() -> list[int]:
-    return [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
-
-
-def _built_here_only(ctx, path):
-    raise AssertionError("an ONNX Runtime method was built in the calling process")
+def _build(tiny_model, folder: Path, calibration: np.ndarray, processes: int, names=NAMES, **changes):
+    ctx = _context(tiny_model, folder, calibration, **changes)
+    return build_variants([get_method(n) for n in names], ctx, folder / "variants", NullProgress(), processes), ctx
 
 
 def test_a_runtime_built_in_a_worker_gives_the_variants_one_process_gives(tiny_model, tmp_path, split_pixels,
                                                                            monkeypatch):
     calibration, test = split_pixels
-    one = build_variants([get_method(n) for n in NAMES], _context(tiny_model, tmp_path / "one", calibration),
-                         tmp_path / "one" / "variants", NullProgress(), processes=1)
-    # From here on this process cannot build an ONNX Runtime variant: two processes must build them elsewhere.
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    for name in ("ort_fp32", "ort_int8_static"):
-        monkeypatch.setitem(registry.METHODS, name, replace(registry.METHODS[name], build=_built_here_only))
-    ctx = _context(tiny_model, tmp_path / "two", calibration)
-    two = build_variants([get_method(n) for n in NAMES], ctx, tmp_path / "two" / "variants", NullProgress(), processes=2)
+    one, _ = _build(tiny_model, tmp_path / "one", calibration, processes=1)
+    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    for name in ORT:
+        monkeypatch.setitem(registry.METHODS, name, replace(registry.METHODS[name], build=_fail_here))
+    two, ctx = _build(tiny_model, tmp_path / "two", calibration, processes=2)
 
     assert list(two.artifacts) == list(one.artifacts) == list(NAMES)
     assert set(ctx.built) == set(NAMES)  # the worker's files are known to the methods after them
     for name in ("f0_float32", "f2_int8"):
         assert two.artifacts[name].sha256 == one.artifacts[name].sha256
-    for name in ("ort_fp32", "ort_int8_static"):  # tf2onnx's bytes differ between exports, the answers do not
+    for name in ORT:  # tf2onnx's bytes differ between exports, the answers do not
         a, b = (get_runtime("onnxruntime").open(r.artifacts[name].path).predict(test) for r in (one, two))
         assert np.array_equal(a.argmax(axis=1), b.argmax(axis=1))
         assert np.abs(a - b).max() < 1e-5
-    assert _children() == []
+    assert build_workers(os.getpid()) == []
 
 
-def test_a_user_error_in_the_worker_reaches_the_caller_as_itself_and_the_worker_is_gone(tiny_model, tmp_path,
-                                                                                         split_pixels, monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    ctx = replace(_context(tiny_model, tmp_path, split_pixels[0]), work_dir=None)  # an ONNX export needs one
-    with pytest.raises(ModelError, match="an ONNX export needs a work folder"):
-        build_variants([get_method(n) for n in ("f0_float32", "ort_fp32")], ctx, tmp_path / "variants",
-                       NullProgress(), processes=2)
-    assert _children() == []
+def _fail_here(ctx, path):
+    raise AssertionError("an ONNX Runtime method was built in the calling process")
+
+
+def test_a_user_error_in_the_worker_reaches_the_caller_as_itself(tiny_model, tmp_path, split_pixels, monkeypatch):
+    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    monkeypatch.setitem(registry.METHODS, "ort_fp32", replace(registry.METHODS["ort_fp32"], build=_fail_here))
+    with pytest.raises(ModelError, match="an ONNX export needs a work folder"):  # raised in the worker only
+        _build(tiny_model, tmp_path, split_pixels[0], 2, ("f0_float32", "ort_fp32"), work_dir=None)
+    assert build_workers(os.getpid()) == []
+
+
+def test_what_a_dead_worker_did_not_build_is_built_here_with_a_warning(tiny_model, tmp_path, split_pixels,
+                                                                        monkeypatch, caplog):
+    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    monkeypatch.setattr(build, "_BOOT", "import os; os._exit(3)")  # a worker that dies at once (say, OOM)
+    with caplog.at_level(logging.WARNING):
+        built, _ = _build(tiny_model, tmp_path, split_pixels[0], 2, ("f0_float32", "ort_fp32"))
+    assert list(built.artifacts) == ["f0_float32", "ort_fp32"] and built.artifacts["ort_fp32"].path.is_file()
+    assert "ended (exit code 3) after 0 of them; building the rest here" in caplog.text

@@ -85,14 +85,14 @@ def test_each_ort_method_makes_the_graph_it_promises(tiny_optimized, test_pixels
     assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.85
 
 
-@pytest.mark.parametrize("name", ["ort_int8_dynamic", "ort_int8_static", "ort_fp32"])
-def test_an_image_gets_the_answer_a_device_classifying_it_alone_gets(tiny_optimized, test_pixels, name):
+@pytest.mark.parametrize("name, atol", [("ort_int8_dynamic", 1e-6), ("ort_int8_static", 1e-6), ("ort_fp32", 1e-5)])
+def test_an_image_gets_the_answer_a_device_classifying_it_alone_gets(tiny_optimized, test_pixels, name, atol):
     # Evaluation runs images in batches; DynamicQuantizeLinear quantizes its whole input with one
     # scale, so batched, one photo's scores would depend on the photos beside it.
     session = get_runtime("onnxruntime").open(_file(tiny_optimized, name))
     batched = session.predict(test_pixels[:32])
     alone = np.concatenate([session.predict(test_pixels[i : i + 1]) for i in range(32)])
-    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=atol)  # float sums may be ordered otherwise
 
 
 def test_static_quantization_records_uint8_activations_on_the_input(tiny_optimized):

@@ -5,19 +5,23 @@ Runtime's quantizer and its calibration bookkeeping -- so on a machine with a se
 methods of a second runtime are built in a worker process while this one builds the baseline's
 runtime. A method depends only on earlier methods of its own runtime (a guarded variant checks
 its plain sibling), never on another runtime's, so the two chains are independent and each
-keeps the registry's order. The files, and so every measurement of them, are those of building
-one after another; only the wall time changes.
+keeps the registry's order. The files, and so every accuracy figure, are those of building one
+after another; the wall time, and each method's build seconds, change.
 
-The worker is a new interpreter (TensorFlow's threads do not survive a fork) in its own session,
-so Ctrl-C at the terminal reaches only the parent, which stops it; it also exits by itself when
-its parent is gone, so that nothing keeps writing into an output folder that its command has
-already removed.
+The worker is a new interpreter (TensorFlow's threads do not survive a fork; multiprocessing's
+spawn would import the caller's main script again) in its own session, so Ctrl-C at the terminal
+reaches only this process, which stops it; it also dies with this process, so that nothing keeps
+writing into an output folder that its command has already removed. A worker that dies on its
+own (say, out of memory) costs time, not the run: what it had not built is built here.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -27,13 +31,27 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from edgeopt import interrupts
 from edgeopt.errors import EdgeoptError
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.repair import RepairNotNeeded
 from edgeopt.progress import Progress
 
-# A method's artifact and its build seconds, or why it was not needed and 0.
-Outcome = tuple[Artifact | str, float]
+log = logging.getLogger(__name__)
+
+# What the worker interpreter runs: the caller's sys.path first, then edgeopt.
+_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[3]); "
+         "from edgeopt.methods.build import run_build_worker; run_build_worker()")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One method's build: its artifact and seconds, or why it was not needed."""
+
+    name: str
+    artifact: Artifact | None
+    seconds: float = 0.0
+    not_needed: str = ""
 
 
 @dataclass
@@ -46,6 +64,11 @@ class Built:
     not_needed: dict[str, str] = field(default_factory=dict)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
                    processes: int = 1) -> Built:
     """Build every method into out_dir, the first method's runtime in this process and, with
@@ -54,97 +77,109 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
     for method in methods:
         chains.setdefault(method.backend, []).append(method)
     ordered = list(chains.values())
-    processes = max(1, min(processes, os.cpu_count() or 1, len(ordered)))
+    if getattr(sys, "frozen", False) or not sys.executable:  # no interpreter to start a worker with
+        processes = 1
+    processes = max(1, min(processes, usable_cores(), len(ordered)))
     local = [m for chain in ordered[:1] + ordered[processes:] for m in chain]
     remote = ordered[1:processes]
     # Two processes each running a held-out pass on both cores of a two-core machine only fight
     # over them (ONNX Runtime's threads spin while they wait): each gets its share of the cores.
-    ctx.holdout_threads = max(1, (os.cpu_count() or 1) // processes) if remote else 2
-    results: dict[str, Outcome] = {}
+    ctx.holdout_threads = max(1, usable_cores() // processes) if remote else 2
+    outcomes: dict[str, Outcome] = {}
+
+    def build_here(method: Method) -> None:
+        outcomes[method.name] = _build_one(method, ctx, out_dir)
+        progress.advance(1, f"{method.name}: not needed" if outcomes[method.name].not_needed else method.name)
+        interrupts.raise_if_received()  # a Ctrl-C that a converter swallowed stops the build here
+
     workers: list[_Worker] = []
     try:
         for chain in remote:
-            workers.append(_Worker(chain, ctx, out_dir))
+            workers.append(_Worker(chain))  # registered before it gets its job: stopped whatever happens next
+            workers[-1].send(ctx, out_dir)
         for method in local:
-            results[method.name] = _build_one(method, ctx, out_dir)
-            progress.advance(1, method.name)
+            build_here(method)
         for worker in workers:
-            for name, result in worker.receive():
-                results[name] = result
-                if isinstance(result[0], Artifact):
-                    ctx.built[name] = result[0].path
-                progress.advance(1, name)
+            for outcome in worker.receive():
+                outcomes[outcome.name] = outcome
+                if outcome.artifact is not None:
+                    ctx.built[outcome.name] = outcome.artifact.path
+                progress.advance(1, outcome.name)
+            for method in worker.chain:
+                if method.name not in outcomes:  # the worker died: build the rest here
+                    build_here(method)
     finally:
         for worker in workers:
             worker.stop()
     built = Built()
     for method in methods:
-        outcome, seconds = results[method.name]
-        if isinstance(outcome, Artifact):
-            built.artifacts[method.name] = outcome
-            built.seconds[method.name] = seconds
+        outcome = outcomes[method.name]
+        if outcome.artifact is not None:
+            built.artifacts[method.name] = outcome.artifact
+            built.seconds[method.name] = outcome.seconds
         else:
-            built.not_needed[method.name] = outcome
+            built.not_needed[method.name] = outcome.not_needed
     return built
 
 
 def _build_one(method: Method, ctx: BuildContext, out_dir: Path) -> Outcome:
-    """The method's artifact (recorded in ctx.built for the methods after it) and its build
-    seconds, or why it was not needed."""
+    """Build one method (recorded in ctx.built for the methods after it)."""
     started = time.perf_counter()
     try:
         artifact = build_artifact(method, ctx, out_dir)
     except RepairNotNeeded as exc:
-        return str(exc), 0.0
+        return Outcome(method.name, None, not_needed=str(exc))
     ctx.built[method.name] = artifact.path
-    return artifact, time.perf_counter() - started
+    return Outcome(method.name, artifact, time.perf_counter() - started)
 
 
 class _Worker:
-    """One process building one runtime's chain, reporting each method as it is done.
+    """A process building one runtime's chain, reporting each method as it is done."""
 
-    Started as `python -c` rather than through multiprocessing: multiprocessing's spawn imports
-    the caller's main module again in the child, so a user's script without a __main__ guard
-    would run a second time in it (and hang the first in its write of the job)."""
-
-    def __init__(self, chain: list[Method], ctx: BuildContext, out_dir: Path) -> None:
-        import edgeopt
-
-        self.names = [m.name for m in chain]
+    def __init__(self, chain: list[Method]) -> None:
+        self.chain = chain
         read, write = os.pipe()
-        env = dict(os.environ)
-        package_root = str(Path(edgeopt.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from edgeopt.methods.build import work; work()", str(write), str(os.getpid())],
-            stdin=subprocess.PIPE, pass_fds=(write,), env=env,
-            start_new_session=True,  # Ctrl-C at the terminal reaches the parent only, which stops this
-        )
-        os.close(write)
-        self._conn = Connection(read, writable=False)
-        # The parent's cache holds live objects (a loaded Keras model); the worker makes its own.
-        job = (self.names, replace(ctx, built=dict(ctx.built), held_out_answers={}, _cache={}), out_dir)
-        assert self._process.stdin is not None
         try:
-            with self._process.stdin as stdin:
+            self.process = subprocess.Popen(
+                # -P: the current folder does not go before the caller's sys.path
+                [sys.executable, "-P", "-c", _BOOT, str(write), str(os.getpid()), json.dumps(sys.path)],
+                stdin=subprocess.PIPE, pass_fds=(write,),
+                start_new_session=True,  # Ctrl-C at the terminal reaches the parent only, which stops this
+            )
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        self._conn = Connection(read, writable=False)
+
+    def send(self, ctx: BuildContext, out_dir: Path) -> None:
+        """The job: the method names (the worker's registry has the same methods), the context
+        without the parent's live objects, and without the train split unless a method retrains."""
+        retrains = any(m.retrains for m in self.chain)
+        job = ([m.name for m in self.chain],
+               replace(ctx, built=dict(ctx.built), held_out_answers={}, _cache={},
+                       train_pixels=ctx.train_pixels if retrains else None,
+                       train_labels=ctx.train_labels if retrains else None),
+               out_dir)
+        assert self.process.stdin is not None
+        try:
+            with self.process.stdin as stdin:
                 pickle.dump(job, stdin, protocol=pickle.HIGHEST_PROTOCOL)
         except BrokenPipeError:
-            pass  # it died before reading its job: receive() says so
-        except BaseException:  # Ctrl-C while sending it
-            self.stop()
-            raise
+            pass  # it died before reading its job: receive() finds it gone
 
-    def receive(self) -> list[tuple[str, Outcome]]:
-        """Wait for every method of the chain; raise what the worker raised."""
-        done: list[tuple[str, Outcome]] = []
-        while len(done) < len(self.names):
+    def receive(self) -> list[Outcome]:
+        """Every method the worker built; fewer when it died (said as a warning); raises what
+        it raised."""
+        done: list[Outcome] = []
+        while len(done) < len(self.chain):
             try:
                 kind, payload = self._conn.recv()
             except EOFError:
-                raise RuntimeError(
-                    f"the worker process building {', '.join(self.names)} died (exit code "
-                    f"{self._process.wait()}) after {len(done)} of them"
-                ) from None
+                log.warning("the process building %s ended (exit code %s) after %d of them; building the rest "
+                            "here", ", ".join(m.name for m in self.chain), self.process.wait(), len(done))
+                break
             if kind == "error":
                 raise payload
             done.append(payload)
@@ -152,28 +187,32 @@ class _Worker:
 
     def stop(self) -> None:
         """End the worker (at once when it is still building: its output is being discarded)."""
-        if self._process.poll() is None:
-            self._process.terminate()
-        self._process.wait()
+        try:
+            self.process.terminate()
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         self._conn.close()
 
 
-def work() -> None:
+def run_build_worker() -> None:
     """The worker's main: read the job from stdin, send each method's outcome down the pipe
-    whose descriptor is argv[1], stop when the parent (argv[2]) is gone."""
+    whose descriptor is argv[1]; die with the parent (argv[2])."""
     from edgeopt.methods.registry import get_method
 
-    conn, parent = Connection(int(sys.argv[1]), readable=False), int(sys.argv[2])
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    results, parent = int(sys.argv[1]), int(sys.argv[2])
+    os.set_inheritable(results, False)  # nothing it starts may hold the pipe open after it dies
+    _die_with(parent)
+    conn = Connection(results, readable=False)
     try:
         names, ctx, out_dir = pickle.load(sys.stdin.buffer)
-    except Exception:  # noqa: BLE001 -- a job cut short: the parent was stopped while sending it
+    except Exception:  # a job cut short: the parent was stopped while sending it
         os._exit(1)
     try:
         try:
             for name in names:
-                conn.send(("built", (name, _build_one(get_method(name), ctx, out_dir))))
-        except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the parent, which raises it
+                conn.send(("built", _build_one(get_method(name), ctx, out_dir)))
+        except BaseException as exc:  # every failure goes back to the parent, which raises it
             conn.send(("error", _portable(exc)))
         conn.close()
     except OSError:  # the parent is gone: nobody is left to tell, and nothing to print on its terminal
@@ -186,10 +225,22 @@ def _portable(exc: BaseException) -> BaseException:
     if isinstance(exc, EdgeoptError):
         try:
             return pickle.loads(pickle.dumps(exc))
-        except Exception:  # noqa: BLE001 -- any pickling failure: fall back to the traceback
+        except Exception:  # any pickling failure: fall back to the traceback
             pass
     text = "".join(traceback.format_exception(exc))
     return RuntimeError(f"a build worker failed:\n{text}")
+
+
+def _die_with(parent: int) -> None:
+    """Linux kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere, and in case
+    the parent died before that was set, a thread watches for it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
 def _exit_when_orphaned(parent: int) -> None:
