@@ -46,18 +46,21 @@ def run_search(tmp_path, target, answers=None):
     return record, built
 
 
-def test_search_stops_at_the_fewest_float_ops_within_the_target(tmp_path, monkeypatch):
-    # float gets 8/10 right; k=0 changes 3 answers (all for the worse), k=1 changes 2, k=2 none
+def test_search_finds_the_fewest_float_ops_within_the_target(tmp_path, monkeypatch):
+    # float gets 8/10 right; k=0 changes 3 answers (all for the worse), k=1 changes 2, k>=2 none
     right = LABELS.tolist()
     wrong = [(x + 1) % 3 for x in right]
     reference = right[:8] + wrong[8:]
-    by_k = {0: wrong[:3] + right[3:8] + wrong[8:], 1: wrong[:2] + right[2:8] + wrong[8:], 2: reference, 4: reference}
+    by_k = {0: wrong[:3] + right[3:8] + wrong[8:], 1: wrong[:2] + right[2:8] + wrong[8:], 2: reference, 4: reference,
+            8: reference}
     fake_models(monkeypatch, by_k, reference)
     record, built = run_search(tmp_path, target=5.0)
-    assert built == [0, 1, 2]  # no more builds than needed
+    # 8 = a quarter of the 40 ranked ops, the most it may keep in float: it meets the target, so the
+    # search bisects k = 0, 1, 2, 4, 8 and never builds k = 4
+    assert built == [0, 8, 2, 1]
     assert record["spared"] == ["op0", "op1"] and record["changed_before_pct"] == pytest.approx(30.0)
     assert record["changed_after_pct"] == pytest.approx(0.0) and record["loss_before_pp"] == pytest.approx(30.0)
-    assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 20.0, 0.0])
+    assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 20.0, 0.0, 0.0])
     assert (tmp_path / "out.tflite").read_text() == "2"
     assert not list(tmp_path.glob(".out-k*"))  # the candidates it did not keep are gone
 
@@ -67,7 +70,7 @@ def test_the_check_and_the_search_run_each_distinct_file_on_the_held_out_images_
     # by the check and the search, and the k = 0 candidate has the sibling's bytes
     right = LABELS.tolist()
     wrong = [(x + 1) % 3 for x in right]
-    by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 2: right}
+    by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 2: right, 8: right}
     runs = fake_models(monkeypatch, by_k, right)
     (tmp_path / "sibling").write_text("0")
     (tmp_path / "float").write_text("float")
@@ -75,15 +78,15 @@ def test_the_check_and_the_search_run_each_distinct_file_on_the_held_out_images_
     repair.check_needed(tmp_path / "sibling", "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)), LABELS, 5.0,
                         "sibling", answers)
     record, built = run_search(tmp_path, target=5.0, answers=answers)
-    assert built == [0, 1, 2] and record["spared"] == ["op0", "op1"]
-    assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 10.0, 0.0])
-    assert sorted(runs) == ["0", "1", "2", "float"]
+    assert built == [0, 8, 2, 1] and record["spared"] == ["op0", "op1"]
+    assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 10.0, 0.0, 0.0])
+    assert sorted(runs) == ["0", "1", "2", "8", "float"]
     # without the shared answers, the same check and search run the float model and k = 0 twice
     runs.clear()
     repair.check_needed(tmp_path / "sibling", "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)), LABELS, 5.0,
                         "sibling")
     run_search(tmp_path, target=5.0)
-    assert sorted(runs) == ["0", "0", "1", "2", "float", "float"]
+    assert sorted(runs) == ["0", "0", "1", "2", "8", "float", "float"]
 
 
 def test_changed_answers_count_even_when_they_cancel_out_in_accuracy(tmp_path, monkeypatch):
@@ -91,24 +94,27 @@ def test_changed_answers_count_even_when_they_cancel_out_in_accuracy(tmp_path, m
     right = LABELS.tolist()
     wrong = [(x + 1) % 3 for x in right]
     reference = right[:8] + wrong[8:]
-    by_k = {0: wrong[:2] + right[2:8] + right[8:], 1: reference}
+    by_k = {0: wrong[:2] + right[2:8] + right[8:], 1: reference, 2: reference, 8: reference}
     fake_models(monkeypatch, by_k, reference)
     record, built = run_search(tmp_path, target=5.0)
     assert record["steps"][0]["loss_pp"] == pytest.approx(0.0) and record["steps"][0]["changed_pct"] == pytest.approx(40.0)
-    assert built == [0, 1] and record["spared"] == ["op0"]
+    assert built == [0, 8, 2, 1] and record["spared"] == ["op0"]
 
 
-def test_search_keeps_the_least_damage_when_no_k_reaches_the_target(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("changed_at_8", "kept"), [(2, 8), (3, 0), (4, 0)])
+def test_when_even_the_most_float_ops_miss_the_target_the_search_ends_there(tmp_path, monkeypatch, changed_at_8, kept):
+    # every k changes at least one answer of ten (10%, the target is 5%): the k between 0 and the
+    # largest are never built, and the one that changed fewer answers is kept (k = 0 on a tie)
     right = LABELS.tolist()
     wrong = [(x + 1) % 3 for x in right]
-    reference = right
-    by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 2: wrong[:2] + right[2:], 4: wrong[:2] + right[2:],
-            8: wrong[:2] + right[2:]}
-    fake_models(monkeypatch, by_k, reference)
-    record, built = run_search(tmp_path, target=5.0)  # every k changes at least one answer of ten: 10%
-    assert built == [0, 1, 2, 4, 8]  # 8 = a quarter of the 40 ranked ops, the most it may leave in float
-    assert record["spared"] == ["op0"] and record["changed_after_pct"] == pytest.approx(10.0)
-    assert "none reached the target" in record["note"]
+    by_k = {0: wrong[:3] + right[3:], 1: wrong[:1] + right[1:], 8: wrong[:changed_at_8] + right[changed_at_8:]}
+    fake_models(monkeypatch, by_k, right)
+    record, built = run_search(tmp_path, target=5.0)
+    assert built == [0, 8]
+    assert len(record["spared"]) == kept and (tmp_path / "out.tflite").read_text() == str(kept)
+    assert record["changed_after_pct"] == pytest.approx(10.0 * min(3, changed_at_8))
+    assert [s["spared"] for s in record["steps"]] == [0, 8] and "none reached the target" in record["note"]
+    assert not list(tmp_path.glob(".out-k*"))
 
 
 def test_a_guarded_method_needs_held_out_images(tmp_path):
