@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.methods.build import usable_cores
+from edgeopt.machine import usable_cores
 from tests.conftest import build_workers, write_image
 
 EDGEOPT = [sys.executable, "-m", "edgeopt"]

@@ -71,6 +71,11 @@ def library_versions() -> dict[str, str]:
     return _versions(LIBRARIES)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def describe_machine() -> dict[str, Any]:
     flags = cpu_flags()
     return {

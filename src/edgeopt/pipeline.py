@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
 from edgeopt.evaluate import CHUNK, Predict, hopeless, race
 from edgeopt.graph import describe_change, describe_model, graph_record, input_contract
-from edgeopt.machine import describe_machine
+from edgeopt.machine import describe_machine, usable_cores
 from edgeopt.measure import (
     AccuracyResult,
     LatencyResult,
@@ -238,7 +237,7 @@ def optimize(
 
         accuracy, latency, stopped = _measure(methods, artifacts, runtimes, transform, test, train, source.classes,
                                               config, timings, progress)
-        eval_threads = max(config.measure.threads, os.cpu_count() or 1)
+        eval_threads = max(config.measure.threads, usable_cores())
         threads = config.measure.threads
 
         graphs = {m.name: describe_model(artifacts[m.name].path) for m in methods}
@@ -327,7 +326,7 @@ def _measure(
     variant was stopped early."""
     # Accuracy does not depend on the thread count, so it uses every core; latency is measured
     # with the device's thread count.
-    eval_threads = max(config.measure.threads, os.cpu_count() or 1)
+    eval_threads = max(config.measure.threads, usable_cores())
     threads = config.measure.threads
     base = methods[0].name
     t = time.perf_counter()

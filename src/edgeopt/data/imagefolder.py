@@ -17,6 +17,7 @@ import numpy as np
 
 from edgeopt.errors import DataError
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
+from edgeopt.machine import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def decode_images(
         except ImageError as exc:
             return str(exc)
 
-    workers = min(8, os.cpu_count() or 1)
+    workers = min(8, usable_cores())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, items))
     pixels, labels, paths, skipped = [], [], [], []

@@ -10,7 +10,6 @@ inference runtime, numpy and Pillow.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from edgeopt import __version__
 from edgeopt.config import MeasureConfig
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.errors import DataError, ModelError
-from edgeopt.machine import describe_machine
+from edgeopt.machine import describe_machine, usable_cores
 from edgeopt.machine import device_class as device_class_of
 from edgeopt.measure import (
     accuracy_record,
@@ -91,7 +90,7 @@ def bench_run(
         raise DataError(f"none of the {len(items)} images in {root} could be read")
     scale, offset = _contract(run)
     transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]))
-    eval_threads = max(measure.threads, os.cpu_count() or 1)
+    eval_threads = max(measure.threads, usable_cores())
     opened: dict[str, Session] = {}
     errors: dict[str, str] = {}
     accuracy = {}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from edgeopt import interrupts
 from edgeopt.errors import EdgeoptError
+from edgeopt.machine import usable_cores
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.repair import RepairNotNeeded
 from edgeopt.progress import Progress
@@ -64,11 +65,6 @@ class Built:
     not_needed: dict[str, str] = field(default_factory=dict)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, e.g. a container's share), not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
                    processes: int = 1) -> Built:
     """Build every method into out_dir, the first method's runtime in this process and, with
@@ -84,7 +80,8 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
     remote = ordered[1:processes]
     # Two processes each running a held-out pass on both cores of a two-core machine only fight
     # over them (ONNX Runtime's threads spin while they wait): each gets its share of the cores.
-    ctx.holdout_threads = max(1, usable_cores() // processes) if remote else 2
+    if remote:
+        ctx.holdout_threads = max(1, usable_cores() // processes)
     outcomes: dict[str, Outcome] = {}
 
     def build_here(method: Method) -> None:
