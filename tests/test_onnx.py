@@ -102,7 +102,7 @@ def test_static_quantization_records_uint8_activations_on_the_input(tiny_optimiz
 
 def _build_static(tiny_optimized, out, **options):
     rng = np.random.default_rng(0)
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     ctx = BuildContext(
         source=_file(tiny_optimized, "ort_fp32"),
         representative=rng.integers(0, 256, (8, *TINY_SIZE, 3), dtype=np.uint8),
@@ -120,6 +120,16 @@ def test_calibration_method_is_selectable(tiny_optimized, tmp_path):
     assert describe_model(built["Entropy"].path).op_counts["QuantizeLinear"] > 0
     with pytest.raises(ConfigError, match="MinMax, Entropy, Percentile"):
         _build_static(tiny_optimized, tmp_path / "bad", calibration_method="KL")
+
+
+def test_a_calibration_cache_cut_short_by_a_dead_build_worker_is_computed_again(tiny_optimized, tmp_path):
+    whole = _build_static(tiny_optimized, tmp_path / "whole")
+    cache = tmp_path / "whole" / "work" / "calibration-MinMax.json"
+    cut = tmp_path / "cut" / "work" / cache.name
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    assert _build_static(tiny_optimized, tmp_path / "cut").sha256 == whole.sha256
+    assert json.loads(cut.read_bytes()) == json.loads(cache.read_bytes())
 
 
 def test_reduce_range_stores_7_bit_weights(tiny_optimized, tmp_path):

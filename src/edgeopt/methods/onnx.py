@@ -7,6 +7,7 @@ edgeopt works without the [onnx] extra.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -183,6 +184,7 @@ def _quantize_static(ctx: BuildContext, out: Path, activations_16bit: Sequence[s
     reader = _pixel_reader(src, ctx.representative, ctx)
     # ranges are computed once per run and reused by every static build (guarded ones build several)
     cache = (ctx.work_dir or src.parent) / f"calibration-{ctx.calibration_method}.json"
+    _drop_if_cut_short(cache)
     with captured_output(ctx.log_path):
         quantize_static(
             str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -192,6 +194,18 @@ def _quantize_static(ctx: BuildContext, out: Path, activations_16bit: Sequence[s
             calibration_cache_path=str(cache),
         )
     return {"seven_bit_weights": len(seven_bit)}
+
+
+def _drop_if_cut_short(cache: Path) -> None:
+    """Remove a calibration cache that does not read whole, so that it is computed again: a build
+    worker that died while ONNX Runtime wrote it (methods.build then builds its methods here) leaves
+    it cut short, and ONNX Runtime would fail on it rather than calibrate."""
+    try:
+        json.loads(cache.read_bytes())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        cache.unlink(missing_ok=True)
 
 
 def build_int8_static(ctx: BuildContext, out: Path) -> dict[str, Any]:
