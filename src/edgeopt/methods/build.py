@@ -84,9 +84,12 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
         ctx.holdout_threads = max(1, usable_cores() // processes)
     outcomes: dict[str, Outcome] = {}
 
+    def done(outcome: Outcome) -> None:
+        outcomes[outcome.name] = outcome
+        progress.advance(1, f"{outcome.name}: not needed" if outcome.not_needed else outcome.name)
+
     def build_here(method: Method) -> None:
-        outcomes[method.name] = _build_one(method, ctx, out_dir)
-        progress.advance(1, f"{method.name}: not needed" if outcomes[method.name].not_needed else method.name)
+        done(_build_one(method, ctx, out_dir))
         interrupts.raise_if_received()  # a Ctrl-C that a converter swallowed stops the build here
 
     workers: list[_Worker] = []
@@ -98,10 +101,9 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
             build_here(method)
         for worker in workers:
             for outcome in worker.receive():
-                outcomes[outcome.name] = outcome
+                done(outcome)
                 if outcome.artifact is not None:
                     ctx.built[outcome.name] = outcome.artifact.path
-                progress.advance(1, outcome.name)
             for method in worker.chain:
                 if method.name not in outcomes:  # the worker died: build the rest here
                     build_here(method)
