@@ -65,6 +65,32 @@ def test_search_finds_the_fewest_float_ops_within_the_target(tmp_path, monkeypat
     assert not list(tmp_path.glob(".out-k*"))  # the candidates it did not keep are gone
 
 
+@pytest.mark.parametrize(("first", "builds"), [(1, [0, 8, 2, 1]), (2, [0, 8, 2, 1]), (4, [0, 8, 2, 4]), (8, [0, 8, 2, 4])])
+def test_the_bisection_finds_the_first_k_within_the_target(tmp_path, monkeypatch, first, builds):
+    right = LABELS.tolist()
+    wrong = [(x + 1) % 3 for x in right]
+    fake_models(monkeypatch, {k: (right if k >= first else wrong[:3] + right[3:]) for k in (0, 1, 2, 4, 8)}, right)
+    record, built = run_search(tmp_path, target=5.0)
+    assert built == builds and len(record["spared"]) == first and (tmp_path / "out.tflite").read_text() == str(first)
+    assert not list(tmp_path.glob(".out-k*"))
+
+
+def test_a_search_that_fails_leaves_no_candidate_behind(tmp_path, monkeypatch):
+    right = LABELS.tolist()
+    fake_models(monkeypatch, {0: [(x + 1) % 3 for x in right], 8: right}, right)
+    (tmp_path / "float").write_text("float")
+
+    def build(names, path):
+        Path(path).write_text(str(len(names)))
+        if len(names) == 2:  # a converter that fails (or a Ctrl-C) half way through the third candidate
+            raise RuntimeError("converter failed")
+
+    with pytest.raises(RuntimeError, match="converter failed"):
+        repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)),
+                      LABELS, 5.0, tmp_path / "out.tflite", "test sensitivity")
+    assert not list(tmp_path.glob(".out-k*")) and not (tmp_path / "out.tflite").exists()
+
+
 def test_the_check_and_the_search_run_each_distinct_file_on_the_held_out_images_once(tmp_path, monkeypatch):
     # a pass over 1,000 held-out images is most of a guarded build's time: the float model is asked
     # by the check and the search, and the k = 0 candidate has the sibling's bytes

@@ -12,12 +12,13 @@ that happen to go the right way (on the reference model int8 was 2.6 points *mor
 float on the 192 validation photos while changing 3% of its answers). A guarded variant is built
 only when its unguarded sibling changes more than the target share of answers; then the search
 looks for the fewest ops in float (more cost size and speed) among k = 0, 1, 2, 4, 8, ... up to a
-quarter of the ranked ops. Keeping more ops in float changes fewer answers, up to noise, so it
-tries the largest k first: when even that misses the target, the repair cannot reach it and the
-search ends there, keeping whichever of k = 0 and the largest k changed fewer answers (trying the
-k between would only pick among noise: on the reference model 1.8, 2.0, 2.0, 1.8, 2.0 and 1.5%
-changed for k = 0 to 16, each candidate a conversion and a pass over 1,000 images). When the
-largest k meets the target, it bisects between the two for the fewest within it. The
+quarter of the ranked ops. Keeping more ops in float changes fewer answers, up to noise, so after
+k = 0 it tries the largest k: when even that misses the target, the repair cannot reach it and the
+search ends there, keeping whichever of k = 0 and the largest k changed fewer answers (k = 0 on a
+tie; trying the k between would only pick among noise: on the reference model 1.8, 2.0, 2.0, 1.8,
+2.0 and 1.5% changed for k = 0 to 16, each candidate a conversion and a pass over 1,000 images).
+When the largest k meets the target, it bisects between the two for the fewest within it (noise
+may hide a smaller k that also meets it, as it may in any search that stops). The
 held-out images are the split's validation part, then train images not used for calibration;
 never the test photos that judge the variant later.
 
@@ -107,47 +108,48 @@ def search(
     answers: dict[str, np.ndarray] | None = None,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Write to `out` the int8 model with the fewest float ops whose held-out answers differ from
-    the float model's on at most `target_pp` percent of the images; return the repair record
-    (edgeopt.results.Repair fields)."""
+    """Write to `out` the int8 model with the fewest float ops found whose held-out answers differ
+    from the float model's on at most `target_pp` percent of the images (when none tried does, the
+    better of k = 0 and the most float ops); return the repair record (edgeopt.results.Repair
+    fields). No candidate file is left beside `out`, whatever happens."""
     if holdout is None or labels is None or len(labels) == 0:
         raise ConfigError("a guarded method needs held-out images; the model's split has no validation part")
     reference = held_out_answers(float_model, backend, holdout, answers, threads)
     limit = max(1, int(len(ranked) * MAX_FLOAT_SHARE))
     ks = [0] + [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= limit]
     steps: dict[int, Step] = {}
-    kept: dict[int, Path] = {}
+    candidates: dict[int, Path] = {}
 
-    def within(i: int) -> bool:
+    def meets_target(i: int) -> bool:
+        """Whether ks[i] ops in float meet the target; builds and measures that candidate once."""
         k = ks[i]
         if k not in steps:
-            candidate = out.with_name(f".{out.stem}-k{k}{out.suffix}")
-            build(ranked[:k], candidate)
-            kept[k] = candidate
-            steps[k] = _step(k, held_out_answers(candidate, backend, holdout, answers, threads), reference, labels)
+            candidates[k] = out.with_name(f".{out.stem}-k{k}{out.suffix}")
+            build(ranked[:k], candidates[k])
+            steps[k] = _step(k, held_out_answers(candidates[k], backend, holdout, answers, threads), reference, labels)
         return steps[k].changed_pp <= target_pp
 
-    if within(0):
-        best = 0
-    elif not within(len(ks) - 1):
-        best = min((0, ks[-1]), key=lambda k: (steps[k].changed_pp, k))
-    else:
-        failing, meeting = 0, len(ks) - 1
-        while meeting - failing > 1:
-            middle = (failing + meeting) // 2
-            failing, meeting = (failing, middle) if within(middle) else (middle, meeting)
-        best = ks[meeting]
-    for k, candidate in kept.items():
-        if k == best:
-            candidate.replace(out)
+    try:
+        if meets_target(0):
+            best = 0
+        elif not meets_target(len(ks) - 1):
+            best = min((0, ks[-1]), key=lambda k: (steps[k].changed_pp, k))
         else:
+            failing, meeting = 0, len(ks) - 1
+            while meeting - failing > 1:
+                middle = (failing + meeting) // 2
+                failing, meeting = (failing, middle) if meets_target(middle) else (middle, meeting)
+            best = ks[meeting]
+        candidates.pop(best).replace(out)
+    finally:
+        for candidate in candidates.values():
             candidate.unlink(missing_ok=True)
     chosen = steps[best]
     tried = [steps[k] for k in sorted(steps)]
     met = chosen.changed_pp <= target_pp
     note = (
         f"Searched k = {', '.join(str(s.spared) for s in tried)} on {len(labels)} held-out images; "
-        + (f"k = {chosen.spared} is the fewest that changes at most {target_pp:g}% of the float model's answers."
+        + (f"k = {chosen.spared} is the fewest tried that changes at most {target_pp:g}% of the float model's answers."
            if met else f"none reached the target of {target_pp:g}% changed answers, not even k = {ks[-1]}, the most it "
            f"tries (at most a quarter of the ranked ops); k = {chosen.spared} changed fewer.")
     )
