@@ -72,7 +72,8 @@ def library_versions() -> dict[str, str]:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity, e.g. a container's share), not the machine's."""
+    """The cores this process may run on (its affinity: a container's --cpuset-cpus, taskset), not the
+    machine's. A CPU quota (--cpus) does not show here."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

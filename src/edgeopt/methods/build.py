@@ -80,8 +80,8 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
     remote = ordered[1:processes]
     # Two processes each running a held-out pass on both cores of a two-core machine only fight
     # over them (ONNX Runtime's threads spin while they wait): each gets its share of the cores.
-    if remote:
-        ctx.holdout_threads = max(1, usable_cores() // processes)
+    # Alone, the passes keep their 2 threads, or 1 where this process may use one core only.
+    ctx.holdout_threads = max(1, usable_cores() // processes) if remote else min(2, usable_cores())
     outcomes: dict[str, Outcome] = {}
 
     def done(outcome: Outcome) -> None:
