@@ -77,6 +77,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def accuracy_threads(latency_threads: int) -> int:
+    """Threads of an accuracy pass: answers do not depend on the thread count, so it uses every core
+    this process may use, and never fewer than latency is measured with."""
+    return max(latency_threads, usable_cores())
+
+
 def describe_machine() -> dict[str, Any]:
     flags = cpu_flags()
     return {

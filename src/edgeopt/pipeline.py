@@ -25,7 +25,7 @@ from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
 from edgeopt.evaluate import CHUNK, Predict, hopeless, race
 from edgeopt.graph import describe_change, describe_model, graph_record, input_contract
-from edgeopt.machine import describe_machine, usable_cores
+from edgeopt.machine import accuracy_threads, describe_machine
 from edgeopt.measure import (
     AccuracyResult,
     LatencyResult,
@@ -237,7 +237,7 @@ def optimize(
 
         accuracy, latency, stopped = _measure(methods, artifacts, runtimes, transform, test, train, source.classes,
                                               config, timings, progress)
-        eval_threads = max(config.measure.threads, usable_cores())
+        eval_threads = accuracy_threads(config.measure.threads)
         threads = config.measure.threads
 
         graphs = {m.name: describe_model(artifacts[m.name].path) for m in methods}
@@ -324,9 +324,8 @@ def _measure(
     on every test image, a short latency pass, then the others raced on the test images; the full
     latency protocol for every variant still in contention. Returns accuracy, latency and why a
     variant was stopped early."""
-    # Accuracy does not depend on the thread count, so it uses every core; latency is measured
-    # with the device's thread count.
-    eval_threads = max(config.measure.threads, usable_cores())
+    # Latency is measured with the device's thread count; accuracy with every core.
+    eval_threads = accuracy_threads(config.measure.threads)
     threads = config.measure.threads
     base = methods[0].name
     t = time.perf_counter()

@@ -17,7 +17,7 @@ from edgeopt import __version__
 from edgeopt.config import MeasureConfig
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.errors import DataError, ModelError
-from edgeopt.machine import describe_machine, usable_cores
+from edgeopt.machine import accuracy_threads, describe_machine
 from edgeopt.machine import device_class as device_class_of
 from edgeopt.measure import (
     accuracy_record,
@@ -90,7 +90,7 @@ def bench_run(
         raise DataError(f"none of the {len(items)} images in {root} could be read")
     scale, offset = _contract(run)
     transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]))
-    eval_threads = max(measure.threads, usable_cores())
+    eval_threads = accuracy_threads(measure.threads)
     opened: dict[str, Session] = {}
     errors: dict[str, str] = {}
     accuracy = {}

@@ -75,13 +75,14 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
     ordered = list(chains.values())
     if getattr(sys, "frozen", False) or not sys.executable:  # no interpreter to start a worker with
         processes = 1
-    processes = max(1, min(processes, usable_cores(), len(ordered)))
+    cores = usable_cores()
+    processes = max(1, min(processes, cores, len(ordered)))
     local = [m for chain in ordered[:1] + ordered[processes:] for m in chain]
     remote = ordered[1:processes]
     # Two processes each running a held-out pass on both cores of a two-core machine only fight
     # over them (ONNX Runtime's threads spin while they wait): each gets its share of the cores.
     # Alone, the passes keep their 2 threads, or 1 where this process may use one core only.
-    ctx.holdout_threads = max(1, usable_cores() // processes) if remote else min(2, usable_cores())
+    ctx.holdout_threads = max(1, cores // processes) if remote else min(2, cores)
     outcomes: dict[str, Outcome] = {}
 
     def done(outcome: Outcome) -> None:
