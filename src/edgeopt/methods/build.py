@@ -53,6 +53,7 @@ class Outcome:
     artifact: Artifact | None
     seconds: float = 0.0
     not_needed: str = ""
+    label: str = ""  # what the progress line says of a method not needed
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Built:
 
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    # Methods that had nothing to do (a guarded variant whose sibling needs no repair): why.
+    # Methods that had nothing to do (a guarded variant whose sibling needs no repair, or for which
+    # no repair was found): why.
     not_needed: dict[str, str] = field(default_factory=dict)
 
 
@@ -87,7 +89,7 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
 
     def done(outcome: Outcome) -> None:
         outcomes[outcome.name] = outcome
-        progress.advance(1, f"{outcome.name}: not needed" if outcome.not_needed else outcome.name)
+        progress.advance(1, f"{outcome.name}: {outcome.label}" if outcome.not_needed else outcome.name)
 
     def build_here(method: Method) -> None:
         done(_build_one(method, ctx, out_dir))
@@ -128,7 +130,7 @@ def _build_one(method: Method, ctx: BuildContext, out_dir: Path) -> Outcome:
     try:
         artifact = build_artifact(method, ctx, out_dir)
     except RepairNotNeeded as exc:
-        return Outcome(method.name, None, not_needed=str(exc))
+        return Outcome(method.name, None, not_needed=str(exc), label=exc.label)
     ctx.built[method.name] = artifact.path
     return Outcome(method.name, artifact, time.perf_counter() - started)
 

@@ -14,9 +14,10 @@ only when its unguarded sibling changes more than the target share of answers; t
 looks for the fewest ops in float (more cost size and speed) among k = 0, 1, 2, 4, 8, ... up to a
 quarter of the ranked ops. Keeping more ops in float changes fewer answers, up to noise, so after
 k = 0 it tries the largest k: when even that misses the target, the repair cannot reach it and the
-search ends there, keeping whichever of k = 0 and the largest k changed fewer answers (k = 0 on a
-tie; trying the k between would only pick among noise: on the reference model 1.8, 2.0, 2.0, 1.8,
-2.0 and 1.5% changed for k = 0 to 16, each candidate a conversion and a pass over 1,000 images).
+search ends there, keeping the largest k if it changed fewer answers than k = 0 and else building
+no guarded variant, which would be its sibling again (trying the k between would only pick among
+noise: on the reference model 1.8, 2.0, 2.0, 1.8, 2.0 and 1.5% changed for k = 0 to 16, each
+candidate a conversion and a pass over 1,000 images).
 When the largest k meets the target, it bisects between the two for the fewest within it (noise
 may hide a smaller k that also meets it, as it may in any search that stops). The
 held-out images are the split's validation part, then train images not used for calibration;
@@ -43,7 +44,16 @@ MAX_FLOAT_SHARE = 0.25
 
 
 class RepairNotNeeded(Exception):
-    """The unguarded variant already agrees with the float model within the target."""
+    """No guarded variant: the unguarded variant already agrees with the float model within the target."""
+
+    label = "not needed"
+
+
+class RepairNotFound(RepairNotNeeded):
+    """No guarded variant: the most ops in float change no fewer answers than none does, so the
+    "repair" would be its unguarded sibling again (measured and shown twice, at twice the cost)."""
+
+    label = "no repair found"
 
 
 @dataclass(frozen=True)
@@ -110,8 +120,9 @@ def search(
 ) -> dict[str, Any]:
     """Write to `out` the int8 model with the fewest float ops found whose held-out answers differ
     from the float model's on at most `target_pp` percent of the images (when none tried does, the
-    better of k = 0 and the most float ops); return the repair record (edgeopt.results.Repair
-    fields). No candidate file is left beside `out`, whatever happens."""
+    one with the most float ops if it changed fewer answers than k = 0; else raise RepairNotFound);
+    return the repair record (edgeopt.results.Repair fields). No candidate file is left beside
+    `out`, whatever happens."""
     if holdout is None or labels is None or len(labels) == 0:
         raise ConfigError("a guarded method needs held-out images; the model's split has no validation part")
     reference = held_out_answers(float_model, backend, holdout, answers, threads)
@@ -133,7 +144,14 @@ def search(
         if meets_target(0):
             best = 0
         elif not meets_target(len(ks) - 1):
-            best = min((0, ks[-1]), key=lambda k: (steps[k].changed_pp, k))
+            if steps[ks[-1]].changed_pp >= steps[0].changed_pp:
+                raise RepairNotFound(
+                    f"with {ks[-1]} ops in float, the most the search tries, the model still changes "
+                    f"{steps[ks[-1]].changed_pp:.2f}% of {len(labels)} held-out answers of the float model, no fewer "
+                    f"than with none ({steps[0].changed_pp:.2f}%; the repair target is {target_pp:g}%): no repair "
+                    "found, so no guarded variant was built"
+                )
+            best = ks[-1]
         else:
             failing, meeting = 0, len(ks) - 1
             while meeting - failing > 1:
