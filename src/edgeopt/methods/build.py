@@ -12,7 +12,8 @@ The worker is a new interpreter (TensorFlow's threads do not survive a fork; mul
 spawn would import the caller's main script again) in its own session, so Ctrl-C at the terminal
 reaches only this process, which stops it; it also dies with this process, so that nothing keeps
 writing into an output folder that its command has already removed. A worker that dies on its
-own (say, out of memory) costs time, not the run: what it had not built is built here.
+own (say, out of memory) or is killed by a signal sent to it alone costs time, not the run: what
+it had not built is built here.
 """
 
 from __future__ import annotations
@@ -204,6 +205,9 @@ def run_build_worker() -> None:
 
     results, parent = int(sys.argv[1]), int(sys.argv[2])
     os.set_inheritable(results, False)  # nothing it starts may hold the pipe open after it dies
+    # Ctrl-C at the terminal reaches the parent only (another session). A SIGINT sent to this pid
+    # ends it as SIGTERM and SIGKILL do -- the parent builds the rest -- not as a failure to report.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with(parent)
     conn = Connection(results, readable=False)
     try:
