@@ -86,7 +86,8 @@ def render(record: dict[str, Any], results: Any) -> str:
     for v in results.variants:
         if v.training is not None:
             t = v.training
-            lines.append(f"- **{v.name}**: {t.seconds:.0f} s of fine-tuning, Adam {t.learning_rate:g}; last epoch's train accuracy "
+            lines.append(f"- **{v.name}**: {t.seconds:.0f} s of fine-tuning to the {t.targets}, Adam {t.learning_rate:g}; "
+                         "last epoch's train accuracy "
                          f"{100 * t.train_accuracy_last_epoch:.1f}%"
                          + (f"; sparsity reached {t.sparsity_reached:.1%}" if t.sparsity_reached is not None else "")
                          + (f"; at most {t.max_unique_values_per_kernel} values per kernel" if t.clusters else ""))

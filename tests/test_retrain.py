@@ -204,3 +204,27 @@ def test_clustering_leaves_at_most_k_values_per_kernel_channel_in_the_int8_file(
     assert max(np.unique(row).size for kernel in kernels for row in kernel) <= k
     unclustered = _pointwise_kernels(built("f2_int8")[0].path)
     assert max(np.unique(row).size for kernel in unclustered for row in kernel) > 4 * k
+
+
+def test_pruning_fits_the_float_models_answers_on_each_image_as_flipped(tfmot, tiny_model, splits,
+                                                                                       tmp_path, built):
+    from edgeopt.methods.retrain import _distillation
+    from edgeopt.train import load_keras_model
+
+    train, _ = splits
+    data, _, _ = _distillation(_context(tiny_model, splits, tmp_path))
+    model = load_keras_model(tiny_model)
+    originals = {p.tobytes(): int(c) for p, c in zip(train.pixels, train.labels, strict=True)}
+    mirrors = {p[:, ::-1].tobytes(): int(c) for p, c in zip(train.pixels, train.labels, strict=True)}
+    images = [(np.asarray(x), np.asarray(y)) for x, y in data.as_numpy_iterator()]
+    assert len(images) == len(train.labels)
+    flipped = 0
+    for x, y in images:
+        key = x.astype(np.uint8).tobytes()
+        flipped += key not in originals
+        assert y[-1] == (originals[key] if key in originals else mirrors[key])  # the label rides along
+        # the answer is the float model's on the image as it is fed, flipped or not
+        assert np.abs(y[:-1] - model(x[None], training=False)[0]).max() < 1e-5
+    assert 0.2 * len(images) < flipped < 0.8 * len(images)
+    assert built("pruned_int8")[0].metadata["targets"] == "float model's answers"
+    assert built("qat_int8")[0].metadata["targets"] == built("clustered_int8")[0].metadata["targets"] == "labels"

@@ -98,6 +98,9 @@ class RetrainConfig(Settings):
     sparsity: float = Field(0.5, gt=0, lt=1)
     # clustered_int8: distinct values per pointwise and dense kernel.
     clusters: int = Field(16, ge=2, le=256)
+    # pruned_int8 fits the float model's answers on each train image (knowledge distillation)
+    # rather than the labels; False: the labels, as qat_int8 and clustered_int8 always do.
+    distill: bool = True
     seed: int = 0
 
 

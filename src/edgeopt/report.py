@@ -191,7 +191,8 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
                        if t.sparsity_reached is not None else "")
             values = (f"; at most {t.max_unique_values_per_kernel} values per clustered kernel"
                       if t.clusters is not None else "")
-            lines.append(f"- **{v.name}**: {t.epochs} epochs on {t.images} train images, Adam {t.learning_rate:g}, "
+            lines.append(f"- **{v.name}**: {t.epochs} epochs on {t.images} train images fitted to the {t.targets}, "
+                         f"Adam {t.learning_rate:g}, "
                          f"{t.seconds:.0f} s; last epoch's train accuracy {100 * t.train_accuracy_last_epoch:.1f}%"
                          f"{reached}{values}.")
     lines += ["", "## Accuracy per class (test split): variant, and the paired difference to the baseline in pp", ""]

@@ -158,7 +158,8 @@ class Training(Record):
     images: int  # the model's train split; never validation or test images
     learning_rate: float
     seconds: float
-    train_accuracy_last_epoch: float  # with augmentation and dropout on, as fitted
+    train_accuracy_last_epoch: float  # against the labels, with augmentation and dropout on, as fitted
+    targets: str = "labels"  # what it was fitted to: the labels, or the float model's answers (distillation)
     target_sparsity: float | None = None
     sparsity_reached: float | None = None  # zeros in the pruned kernels before conversion
     clusters: int | None = None
