@@ -33,16 +33,19 @@ def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: 
     return runs
 
 
-def run_search(tmp_path, target, answers=None):
+def run_search(tmp_path, target, answers=None, built=None, sibling_built=True):
+    """The search over 40 ranked ops; returns its record and the k it built, in order (into
+    `built` too, which a search that raises still fills)."""
     (tmp_path / "float").write_text("float")
-    built = []
+    built = [] if built is None else built
 
     def build(names, path):
         built.append(len(names))
         Path(path).write_text(str(len(names)))
 
     record = repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)),
-                           LABELS, target, tmp_path / "out.tflite", "test sensitivity", answers)
+                           LABELS, target, tmp_path / "out.tflite", "test sensitivity", answers,
+                           sibling_built=sibling_built)
     return record, built
 
 
@@ -150,18 +153,19 @@ def test_when_even_the_most_float_ops_miss_the_target_the_search_ends_there(tmp_
 def test_no_guarded_variant_when_the_most_float_ops_change_no_fewer_answers_than_none(tmp_path, monkeypatch, changed_at_8):
     # the "repair" would be k = 0, the unguarded sibling again: no variant, and why
     _ten_percent_or_more(monkeypatch, changed_at_8)
-    (tmp_path / "float").write_text("float")
-    built = []
-
-    def build(names, path):
-        built.append(len(names))
-        Path(path).write_text(str(len(names)))
-
+    built: list[int] = []
     with pytest.raises(repair.RepairNotFound, match=rf"still changes {10 * changed_at_8:.2f}% .* with none \(30.00%"):
-        repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)),
-                      LABELS, 5.0, tmp_path / "out.tflite", "test sensitivity")
+        run_search(tmp_path, target=5.0, built=built)
     assert built == [0, 8]
     assert not (tmp_path / "out.tflite").exists() and not list(tmp_path.glob(".out-k*"))
+
+
+def test_without_its_sibling_in_the_run_the_search_keeps_k_0_rather_than_no_int8_model(tmp_path, monkeypatch):
+    # --methods f0_float32,f2_int8_guarded: k = 0 is the run's only int8 model of its runtime
+    _ten_percent_or_more(monkeypatch, changed_at_8=3)
+    record, built = run_search(tmp_path, target=5.0, sibling_built=False)
+    assert built == [0, 8] and record["spared"] == [] and (tmp_path / "out.tflite").read_text() == "0"
+    assert not list(tmp_path.glob(".out-k*"))
 
 
 def test_a_guarded_method_needs_held_out_images(tmp_path):

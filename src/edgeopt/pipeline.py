@@ -231,7 +231,7 @@ def optimize(
         built = build_variants(methods, ctx, variants_dir, progress, config.build_processes)
         artifacts, build_seconds = built.artifacts, built.seconds
         methods = [m for m in methods if m.name in artifacts]
-        method_notes += [f"{name}: {why}." for name, why in built.not_needed.items()]
+        method_notes += [f"{name}: {why}." for name, why in built.not_built.items()]
         progress.finish(f"built {len(artifacts)} variants")
         timings["build_s"] = time.perf_counter() - t
 

@@ -36,7 +36,7 @@ from edgeopt import interrupts
 from edgeopt.errors import EdgeoptError
 from edgeopt.machine import usable_cores
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
-from edgeopt.methods.repair import RepairNotNeeded
+from edgeopt.methods.repair import NoGuardedVariant
 from edgeopt.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,13 @@ _BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[3]); "
 
 @dataclass(frozen=True)
 class Outcome:
-    """One method's build: its artifact and seconds, or why it was not needed."""
+    """One method's build: its artifact and seconds, or why it built nothing."""
 
     name: str
     artifact: Artifact | None
     seconds: float = 0.0
-    not_needed: str = ""
-    label: str = ""  # what the progress line says of a method not needed
+    not_built: str = ""
+    label: str = ""  # what the progress line says of it then
 
 
 @dataclass
@@ -63,9 +63,9 @@ class Built:
 
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    # Methods that had nothing to do (a guarded variant whose sibling needs no repair, or for which
-    # no repair was found): why.
-    not_needed: dict[str, str] = field(default_factory=dict)
+    # Methods that built nothing (a guarded variant whose sibling needs no repair, or for which no
+    # repair was found): why.
+    not_built: dict[str, str] = field(default_factory=dict)
 
 
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
@@ -90,7 +90,7 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
 
     def done(outcome: Outcome) -> None:
         outcomes[outcome.name] = outcome
-        progress.advance(1, f"{outcome.name}: {outcome.label}" if outcome.not_needed else outcome.name)
+        progress.advance(1, f"{outcome.name}: {outcome.label}" if outcome.not_built else outcome.name)
 
     def build_here(method: Method) -> None:
         done(_build_one(method, ctx, out_dir))
@@ -121,7 +121,7 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
             built.artifacts[method.name] = outcome.artifact
             built.seconds[method.name] = outcome.seconds
         else:
-            built.not_needed[method.name] = outcome.not_needed
+            built.not_built[method.name] = outcome.not_built
     return built
 
 
@@ -130,8 +130,8 @@ def _build_one(method: Method, ctx: BuildContext, out_dir: Path) -> Outcome:
     started = time.perf_counter()
     try:
         artifact = build_artifact(method, ctx, out_dir)
-    except RepairNotNeeded as exc:
-        return Outcome(method.name, None, not_needed=str(exc), label=exc.label)
+    except NoGuardedVariant as exc:
+        return Outcome(method.name, None, not_built=str(exc), label=exc.label)
     ctx.built[method.name] = artifact.path
     return Outcome(method.name, artifact, time.perf_counter() - started)
 

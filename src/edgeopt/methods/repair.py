@@ -43,15 +43,21 @@ from edgeopt.methods.base import sha256_of
 MAX_FLOAT_SHARE = 0.25
 
 
-class RepairNotNeeded(Exception):
-    """No guarded variant: the unguarded variant already agrees with the float model within the target."""
+class NoGuardedVariant(Exception):
+    """No guarded variant is built; the message says why and `label` says it in a progress line."""
+
+    label = "not built"
+
+
+class RepairNotNeeded(NoGuardedVariant):
+    """The unguarded variant already agrees with the float model within the target."""
 
     label = "not needed"
 
 
-class RepairNotFound(RepairNotNeeded):
-    """No guarded variant: the most ops in float change no fewer answers than none does, so the
-    "repair" would be its unguarded sibling again (measured and shown twice, at twice the cost)."""
+class RepairNotFound(NoGuardedVariant):
+    """The most ops in float change no fewer answers than none does, so the "repair" would be its
+    unguarded sibling again (measured and shown twice, at twice the cost)."""
 
     label = "no repair found"
 
@@ -117,12 +123,14 @@ def search(
     sensitivity: str,
     answers: dict[str, np.ndarray] | None = None,
     threads: int = 2,
+    sibling_built: bool = True,
 ) -> dict[str, Any]:
     """Write to `out` the int8 model with the fewest float ops found whose held-out answers differ
     from the float model's on at most `target_pp` percent of the images (when none tried does, the
-    one with the most float ops if it changed fewer answers than k = 0; else raise RepairNotFound);
-    return the repair record (edgeopt.results.Repair fields). No candidate file is left beside
-    `out`, whatever happens."""
+    one with the most float ops if it changed fewer answers than k = 0; else raise RepairNotFound,
+    or keep k = 0 when the unguarded sibling is not built in this run: it is then the only int8
+    model of its runtime); return the repair record (edgeopt.results.Repair fields). No candidate
+    file is left beside `out`, whatever happens."""
     if holdout is None or labels is None or len(labels) == 0:
         raise ConfigError("a guarded method needs held-out images; the model's split has no validation part")
     reference = held_out_answers(float_model, backend, holdout, answers, threads)
@@ -144,14 +152,14 @@ def search(
         if meets_target(0):
             best = 0
         elif not meets_target(len(ks) - 1):
-            if steps[ks[-1]].changed_pp >= steps[0].changed_pp:
+            if steps[ks[-1]].changed_pp >= steps[0].changed_pp and sibling_built:
                 raise RepairNotFound(
                     f"with {ks[-1]} ops in float, the most the search tries, the model still changes "
                     f"{steps[ks[-1]].changed_pp:.2f}% of {len(labels)} held-out answers of the float model, no fewer "
                     f"than with none ({steps[0].changed_pp:.2f}%; the repair target is {target_pp:g}%): no repair "
                     "found, so no guarded variant was built"
                 )
-            best = ks[-1]
+            best = min((0, ks[-1]), key=lambda k: (steps[k].changed_pp, k))
         else:
             failing, meeting = 0, len(ks) - 1
             while meeting - failing > 1:
