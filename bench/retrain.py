@@ -62,6 +62,8 @@ def check_targets(results: Any) -> dict[str, dict[str, Any]]:
 
 
 def render(record: dict[str, Any], results: Any) -> str:
+    from edgeopt.results import FITTED_TO_IN_WORDS
+
     f0 = results.variant("f0_float32")
     lines = [
         "# The study's future work on the reference model (bench/retrain.py)", "",
@@ -86,7 +88,8 @@ def render(record: dict[str, Any], results: Any) -> str:
     for v in results.variants:
         if v.training is not None:
             t = v.training
-            lines.append(f"- **{v.name}**: {t.seconds:.0f} s of fine-tuning to the {t.targets}, Adam {t.learning_rate:g}; "
+            lines.append(f"- **{v.name}**: {t.seconds:.0f} s of fine-tuning, fitted to {FITTED_TO_IN_WORDS[t.fitted_to]}, "
+                         f"Adam {t.learning_rate:g}; "
                          "last epoch's train accuracy "
                          f"{100 * t.train_accuracy_last_epoch:.1f}%"
                          + (f"; sparsity reached {t.sparsity_reached:.1%}" if t.sparsity_reached is not None else "")

@@ -225,6 +225,21 @@ def test_pruning_fits_the_float_models_answers_on_each_image_as_flipped(tfmot, t
         assert y[-1] == (originals[key] if key in originals else mirrors[key])  # the label rides along
         # the answer is the float model's on the image as it is fed, flipped or not
         assert np.abs(y[:-1] - model(x[None], training=False)[0]).max() < 1e-5
+        if key not in originals:  # and flipping changes it: an answer on the unflipped image would not do
+            assert np.abs(y[:-1] - model(x[None, :, ::-1], training=False)[0]).max() > 1e-4
     assert 0.2 * len(images) < flipped < 0.8 * len(images)
-    assert built("pruned_int8")[0].metadata["targets"] == "float model's answers"
-    assert built("qat_int8")[0].metadata["targets"] == built("clustered_int8")[0].metadata["targets"] == "labels"
+    assert built("pruned_int8")[0].metadata["fitted_to"] == "distilled"
+    assert built("qat_int8")[0].metadata["fitted_to"] == built("clustered_int8")[0].metadata["fitted_to"] == "labels"
+
+
+def test_what_a_fine_tuning_was_fitted_to_is_written_only_when_distilled():
+    # a results file from before the field loads as labels, and a labels-fitted variant is written as
+    # before, so that an older edgeopt (a device's) still reads it
+    from edgeopt.results import Training
+
+    fields = {"epochs": 2, "images": 10, "learning_rate": 1e-4, "seconds": 1.0, "train_accuracy_last_epoch": 0.5}
+    assert Training.model_validate(fields).fitted_to == "labels"
+    assert "fitted_to" not in Training(**fields).model_dump()
+    assert Training(**fields, fitted_to="distilled").model_dump()["fitted_to"] == "distilled"
+    with pytest.raises(ValueError):
+        Training(**fields, fitted_to="the float model's answers")

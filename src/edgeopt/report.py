@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeopt.results import Results, Variant, write_results
+from edgeopt.results import FITTED_TO_IN_WORDS, Results, Variant, write_results
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "size_latency.png"
@@ -191,7 +191,8 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
                        if t.sparsity_reached is not None else "")
             values = (f"; at most {t.max_unique_values_per_kernel} values per clustered kernel"
                       if t.clusters is not None else "")
-            lines.append(f"- **{v.name}**: {t.epochs} epochs on {t.images} train images fitted to the {t.targets}, "
+            fitted = FITTED_TO_IN_WORDS[t.fitted_to]
+            lines.append(f"- **{v.name}**: {t.epochs} epochs on {t.images} train images fitted to {fitted}, "
                          f"Adam {t.learning_rate:g}, "
                          f"{t.seconds:.0f} s; last epoch's train accuracy {100 * t.train_accuracy_last_epoch:.1f}%"
                          f"{reached}{values}.")

@@ -151,6 +151,10 @@ class Repair(Record):
     note: str = ""
 
 
+# What a fine-tuning was fitted to (Training.fitted_to), in words.
+FITTED_TO_IN_WORDS = {"labels": "the labels", "distilled": "the float model's answers"}
+
+
 class Training(Record):
     """What a retraining method (qat_int8, pruned_int8, clustered_int8) did before conversion."""
 
@@ -159,11 +163,21 @@ class Training(Record):
     learning_rate: float
     seconds: float
     train_accuracy_last_epoch: float  # against the labels, with augmentation and dropout on, as fitted
-    targets: str = "labels"  # what it was fitted to: the labels, or the float model's answers (distillation)
+    # What it was fitted to: the labels, or the float model's answers (knowledge distillation).
+    # Written only when distilled, so that a results file edgeopt wrote before this field stays
+    # the same and one with labels-fitted variants still loads in such an edgeopt.
+    fitted_to: Literal["labels", "distilled"] = "labels"
     target_sparsity: float | None = None
     sparsity_reached: float | None = None  # zeros in the pruned kernels before conversion
     clusters: int | None = None
     max_unique_values_per_kernel: int | None = None  # of the clustered kernels, before conversion
+
+    @model_serializer(mode="wrap")
+    def _leave_out_labels(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("fitted_to") == "labels":
+            del data["fitted_to"]
+        return data
 
 
 class Variant(Record):

@@ -136,6 +136,7 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
         raise DataError(f"{ctx.source}: none of the model's train images could be read, and the retraining methods "
                         "fine-tune on them; pass --data DIR if the data folder moved since training")
     pixels, labels = ctx.train_pixels, ctx.train_labels
+    started = time.perf_counter()  # the float model's answers are part of a distilled fine-tuning's cost
     if distill:
         data, loss, metric = _distillation(ctx)
     else:
@@ -149,7 +150,6 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
                 .map(lambda x, y: (tf.cast(x, tf.float32), y)).map(flip))
         loss, metric = "sparse_categorical_crossentropy", "accuracy"
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
-    started = time.perf_counter()
     with captured_output(ctx.log_path):
         history = model.fit(data.batch(settings.batch_size), epochs=settings.epochs, verbose=0, callbacks=callbacks)
     return {
@@ -158,7 +158,7 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
         "learning_rate": learning_rate,
         "seconds": round(time.perf_counter() - started, 1),
         "train_accuracy_last_epoch": round(float(history.history["accuracy"][-1]), 4),
-        "targets": "float model's answers" if distill else "labels",
+        "fitted_to": "distilled" if distill else "labels",
     }
 
 
