@@ -20,10 +20,9 @@ chose and why (see also TECH-NOTES):
   (int8 then scales each output channel on its own: at most k values per channel in the file).
 - Pruning learns the float model's answers (its probabilities on each train image, flipped or not
   as fitted: knowledge distillation), not the labels: they say more than the label about what the
-  pruned model must keep. On the reference model, 2 epochs of pruning to 50% fitted to the labels
-  lost 12.1 points of int8 test accuracy; in an experiment fitted to the float model's answers
-  (without flips), 5.0 (bench/results/retrain.md has the method as built). tfmot has no
-  distillation; it is a loss. QAT, a small correction of the same weights, fits the labels, and so does clustering:
+  pruned model must keep. On the reference model (bench/retrain.py), 2 epochs of pruning to 50%
+  lose 6.7 points of int8 test accuracy distilled, against 12.1 fitted to the labels. tfmot has
+  no distillation; it is a loss. QAT, a small correction of the same weights, fits the labels, and so does clustering:
   distilled, it lost 13 points on the tiny test model (fitting the labels loses under 5 there),
   and it is not measured on the reference model yet.
 - The combination tfmot supports (sparsity- and cluster-preserving QAT) is not built: each step is
