@@ -206,8 +206,8 @@ def test_clustering_leaves_at_most_k_values_per_kernel_channel_in_the_int8_file(
     assert max(np.unique(row).size for kernel in unclustered for row in kernel) > 4 * k
 
 
-def test_pruning_fits_the_float_models_answers_on_each_image_as_flipped(tfmot, tiny_model, splits,
-                                                                                       tmp_path, built):
+def test_pruning_fits_the_float_models_answers_on_each_image_as_flipped(tfmot, tiny_model, splits, tmp_path,
+                                                                         built):
     from edgeopt.methods.retrain import _distillation
     from edgeopt.train import load_keras_model
 
