@@ -222,6 +222,7 @@ def optimize(
             holdout=holdout.pixels if holdout is not None else None,
             holdout_labels=holdout.labels if holdout is not None else None,
             repair_target_pp=config.repair_target_pp,
+            repair_confidence=config.objective.confidence,
             train_pixels=fine_tune.pixels if fine_tune is not None else None,
             train_labels=fine_tune.labels if fine_tune is not None else None,
             retrain=config.retrain,

@@ -160,7 +160,8 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
         ranked, build, "litert", _float_model(ctx), ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
         sensitivity=(f"Sensitivity: each layer's own quantization noise (mean squared error over the float output's "
                      f"variance, LiteRT's quantization debugger) on {len(sample)} held-out images."),
-        answers=ctx.held_out_answers, threads=ctx.holdout_threads, sibling_built="f2_int8" in ctx.built,
+        answers=ctx.held_out_answers, threads=ctx.holdout_threads, confidence=ctx.repair_confidence,
+        sibling_built="f2_int8" in ctx.built,
     )
 
 

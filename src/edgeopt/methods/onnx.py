@@ -255,7 +255,8 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
         ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
         sensitivity=(f"Sensitivity: the signal-to-quantization-noise ratio of each activation (ONNX Runtime's "
                      f"qdq_loss_debug) on {images} held-out images; the repair quantizes the noisiest to 16 bits."),
-        answers=ctx.held_out_answers, threads=ctx.holdout_threads, sibling_built="ort_int8_static" in ctx.built,
+        answers=ctx.held_out_answers, threads=ctx.holdout_threads, confidence=ctx.repair_confidence,
+        sibling_built="ort_int8_static" in ctx.built,
     )
     return record
 
