@@ -180,8 +180,8 @@ class _Worker:
             try:
                 kind, payload = self._conn.recv()
             except EOFError:
-                log.warning("the process building %s ended (exit code %s) after %d of them; building the rest "
-                            "here", ", ".join(m.name for m in self.chain), self.process.wait(), len(done))
+                log.warning("the process building %s %s after %d of them; building the rest here",
+                            ", ".join(m.name for m in self.chain), _how_it_ended(self.process.wait()), len(done))
                 break
             if kind == "error":
                 raise payload
@@ -196,6 +196,16 @@ class _Worker:
             pass
         self.process.wait()
         self._conn.close()
+
+
+def _how_it_ended(code: int) -> str:
+    """A process's exit status in words: a negative status is the signal that killed it."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"ended (exit code {code})"
 
 
 def run_build_worker() -> None:
