@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgeopt.choose import decide
+from edgeopt.data import imagefolder
 from edgeopt.data.imagefolder import cache_dir, decode_images, decode_images_cached
 from edgeopt.evaluate import CHUNK, hopeless, race
 from edgeopt.objective import Objective
@@ -113,3 +114,18 @@ def test_decoded_images_are_cached_by_file_list_and_dates(tmp_path, monkeypatch)
     changed = decode_images_cached(tmp_path / "data", items, (8, 8))
     assert np.array_equal(changed.pixels, decode_images(tmp_path / "data", items, (8, 8)).pixels)
     assert not np.array_equal(changed.pixels, first.pixels) and len(list(cache_dir().glob("*.npz"))) == 2
+
+
+def test_a_cache_that_cannot_be_touched_is_still_read_and_kept(tmp_path, monkeypatch):
+    # a cache folder shared read-only (another user's, a read-only mount): its dates cannot be changed
+    monkeypatch.setenv("EDGEOPT_CACHE", str(tmp_path / "cache"))
+    write_image(tmp_path / "data" / "c" / "0.png", seed=0)
+    first = decode_images_cached(tmp_path / "data", [("c/0.png", 0)], (8, 8))
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(imagefolder.os, "utime", refused)
+    monkeypatch.setattr(imagefolder, "decode_images", lambda *a, **k: pytest.fail("decoded again"))
+    again = decode_images_cached(tmp_path / "data", [("c/0.png", 0)], (8, 8))
+    assert np.array_equal(again.pixels, first.pixels) and len(list(cache_dir().glob("*.npz"))) == 1

@@ -6,6 +6,7 @@ that is what a camera gives a device, and what every edgeopt model takes as inpu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -127,11 +128,13 @@ def decode_images_cached(root: Path, items: Sequence[tuple[str, int]], size: tup
             with np.load(path) as stored:
                 meta = json.loads(str(stored["meta"]))
                 if not (strict and meta["skipped"]):
-                    os.utime(path)  # recently used: evicted last
+                    with contextlib.suppress(OSError):  # a cache shared read-only is still read
+                        os.utime(path)  # recently used: evicted last
                     return DecodedImages(stored["pixels"], stored["labels"], tuple(meta["paths"]),
                                          tuple(tuple(s) for s in meta["skipped"]))  # type: ignore[misc]
         except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # unreadable: decoded again below
+                path.unlink(missing_ok=True)
     decoded = decode_images(root, items, size, strict)
     if path is not None:
         try:
