@@ -33,7 +33,7 @@ def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: 
     return runs
 
 
-def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, labels=LABELS):
+def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, labels=LABELS, confidence=0.95):
     """The search over 40 ranked ops; returns its record and the k it built, in order (into
     `built` too, which a search that raises still fills)."""
     (tmp_path / "float").write_text("float")
@@ -45,7 +45,7 @@ def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, l
 
     record = repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float",
                            np.zeros((len(labels), 2, 2, 3)), labels, target, tmp_path / "out.tflite", "test sensitivity",
-                           answers, sibling_built=sibling_built)
+                           answers, sibling_built=sibling_built, confidence=confidence)
     return record, built
 
 
@@ -151,7 +151,7 @@ def test_when_even_the_most_float_ops_miss_the_target_the_search_ends_there(tmp_
     assert len(record["spared"]) == 8 and (tmp_path / "out.tflite").read_text() == "8"
     assert record["changed_after_pct"] == pytest.approx(10.0)
     assert [s["spared"] for s in record["steps"]] == [0, 8] and "none reached the target" in record["note"]
-    assert "significantly fewer" in record["note"]
+    assert "significantly fewer than none (8 answers mended, 0 newly changed: +" in record["note"]
     assert not list(tmp_path.glob(".out-k*"))
 
 
@@ -173,6 +173,13 @@ def test_no_guarded_variant_when_the_most_float_ops_change_not_significantly_few
         run_search(tmp_path, target=5.0, built=built, labels=FORTY)
     assert built == [0, 8]
     assert not (tmp_path / "out.tflite").exists() and not list(tmp_path.glob(".out-k*"))
+
+
+def test_the_repair_is_tested_at_the_confidence_asked_for(tmp_path, monkeypatch):
+    # 8 mended and none newly changed of 40 is significant at 95%, not at 99.9%
+    _missing_the_target(monkeypatch, changed_at_0=range(12), changed_at_8=range(4))
+    with pytest.raises(repair.RepairNotFound, match=r"not significantly fewer \(8 answers mended.* at 99.9% confidence"):
+        run_search(tmp_path, target=5.0, labels=FORTY, confidence=0.999)
 
 
 def test_without_its_sibling_in_the_run_the_search_keeps_k_0_rather_than_no_int8_model(tmp_path, monkeypatch):
@@ -197,7 +204,7 @@ def guarded_context(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("guarded")
     return BuildContext(
         source=tiny_model, representative=decode_images(root, split.train[:20], TINY_SIZE).pixels, work_dir=work / "work",
-        holdout=holdout.pixels, holdout_labels=holdout.labels,
+        holdout=holdout.pixels, holdout_labels=holdout.labels, repair_confidence=0.99,
     ), work
 
 
@@ -206,12 +213,13 @@ def _lever(monkeypatch, build, ctx, out):
     captured = {}
 
     def capture(ranked, builder, *args, **kwargs):
-        captured.update(ranked=list(ranked), build=builder)
+        captured.update(ranked=list(ranked), build=builder, confidence=kwargs["confidence"])
         builder([], out)
         return {}
 
     monkeypatch.setattr(repair, "search", capture)
     build(ctx, out)
+    assert captured["confidence"] == ctx.repair_confidence == 0.99  # the run's, not the default
     return captured["ranked"], captured["build"]
 
 
@@ -259,6 +267,6 @@ def test_a_guarded_variant_is_built_only_when_its_sibling_needs_repair(tiny_mode
     alone = optimize(tiny_model, tmp_path / "alone", strict.replaced(methods=("f0_float32", "f2_int8_guarded")))
     repaired = alone.variant("f2_int8_guarded").repair
     assert repaired is not None and [s["spared"] for s in repaired.steps] == [0, 16] and repaired.spared == []
-    assert repaired.changed_after_pct == repaired.changed_before_pct > 0 and "k = 0 is kept" in repaired.note
+    assert repaired.changed_before_pct > 0 and "k = 0 is kept" in repaired.note
     report = (tmp_path / "alone" / "report.md").read_text()
     assert "## Repairs (accuracy-guarded variants)" in report and "held-out answers changed" in report.lower()

@@ -200,7 +200,9 @@ def optimize(
     max_accuracy_drop: Annotated[float | None, typer.Option(
         help="The accuracy guard's tolerance, PP: a variant clearly losing more is not eligible [default: 1.0]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard: any loss is traded by the weights")] = False,
-    confidence: Annotated[float | None, typer.Option(help="Confidence of the accuracy and L intervals [default: 0.95]")] = None,
+    confidence: Annotated[float | None, typer.Option(
+        help="Confidence of the accuracy and L intervals, and of the test that a guarded repair changes fewer answers "
+        "[default: 0.95]")] = None,
     target: Annotated[str | None, typer.Option(
         help="Runtimes the chosen variant must run on, e.g. litert [default: the baseline's]")] = None,
     train_images: Annotated[str | None, typer.Option(

@@ -114,9 +114,11 @@ class OptimizeConfig(Settings):
     backends: Names | None = None
     # Train-split images fed to calibration (f2, f3, ort_int8_static).
     representative_samples: int = Field(200, ge=1)
-    # Guarded (repaired) int8 variants are built when the plain int8 variant changes more than this
-    # share (percent) of the float model's answers on held-out images, and keep ops in float (LiteRT)
-    # or 16-bit (ONNX Runtime) until they change at most this share.
+    # Guarded (repaired) int8 variants are searched for when the plain int8 variant changes more than
+    # this share (percent) of the float model's answers on held-out images, and keep ops in float
+    # (LiteRT) or 16-bit (ONNX Runtime) until they change at most this share; when even the most ops
+    # tried miss it, they are built only if those change significantly fewer answers than none (at
+    # objective.confidence), else not at all (methods.repair).
     repair_target_pp: float = Field(1.0, ge=0)
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"

@@ -73,7 +73,8 @@ class Objective(Settings):
     # The guard's tolerance: a variant whose metric is *clearly* worse than the baseline's by
     # more than this (display unit: percentage points for accuracy) is not eligible. None: no guard.
     max_metric_loss: float | None = Field(1.0, ge=0)
-    # Two-sided confidence of the metric and L intervals (guard and ties).
+    # Two-sided confidence of the metric and L intervals (guard and ties); optimize also tests a
+    # guarded repair at it (methods.repair).
     confidence: float = Field(0.95, ge=0.5, lt=1.0)
     # S in L: "file" (the model file's bytes, as the study) or "transfer" (the bytes a delivery
     # sends: the file compressed with zstd).

@@ -168,9 +168,10 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
     repaired = [v for v in results.variants if v.repair is not None]
     if repaired:
         lines += ["", "## Repairs (accuracy-guarded variants)", "",
-                  "A guarded variant is built when its plain int8 sibling changes more than the repair target's share of "
-                  "the float model's answers on held-out images (never the test photos); changed answers bound the "
-                  "accuracy loss from above and are not hidden by lucky changes.", ""]
+                  "A guarded variant is searched for when its plain int8 sibling changes more than the repair target's "
+                  "share of the float model's answers on held-out images (never the test photos), and built when a repair "
+                  "meets the target or changes significantly fewer answers; changed answers bound the accuracy loss from "
+                  "above and are not hidden by lucky changes.", ""]
         for v in repaired:
             r = v.repair
             assert r is not None

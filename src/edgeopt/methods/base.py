@@ -50,7 +50,8 @@ class BuildContext:
     holdout_labels: np.ndarray | None = None
     # The share of held-out answers (percent) a guarded variant may change against the float model.
     repair_target_pp: float = 1.0
-    # Confidence at which a repair that misses the target must still change fewer answers than none.
+    # Confidence at which a repair that misses the target must still change significantly fewer
+    # answers than none (the run's objective.confidence).
     repair_confidence: float = 0.95
     # The variants built so far (name -> file): a guarded method first checks its unguarded sibling.
     built: dict[str, Path] = field(default_factory=dict)

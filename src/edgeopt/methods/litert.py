@@ -198,7 +198,8 @@ LITERT_METHODS = {
     "f2_int8_guarded": Method(
         name="f2_int8_guarded", backend="litert", source="keras", suffix=".tflite",
         summary="f2_int8 repaired: the layers whose quantization hurts most (ranked on held-out images) stay in "
-        "float until it changes few of the float model's held-out answers (built only when f2_int8 needs it)",
+        "float until it changes few of the float model's held-out answers (built only when f2_int8 needs it and a "
+        "repair is found)",
         build=build_int8_guarded, calibrated=True, guarded=True, repairs="f2_int8",
     ),
 }

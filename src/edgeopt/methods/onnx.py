@@ -294,7 +294,8 @@ ONNX_METHODS = {
     "ort_int8_guarded": Method(
         name="ort_int8_guarded", backend="onnxruntime", source="onnx", suffix=".onnx",
         summary="ort_int8_static repaired: the activations whose quantization is noisiest (ranked on held-out "
-        "images) get 16 bits until it changes few of the float model's held-out answers (built only when needed)",
+        "images) get 16 bits until it changes few of the float model's held-out answers (built only when needed and "
+        "a repair is found)",
         build=build_int8_guarded, calibrated=True, guarded=True, repairs="ort_int8_static",
     ),
     "ort_int8_dynamic": Method(

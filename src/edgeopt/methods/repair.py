@@ -15,8 +15,9 @@ looks for the fewest ops in float (more cost size and speed) among k = 0, 1, 2, 
 quarter of the ranked ops. Keeping more ops in float changes fewer answers, up to noise, so after
 k = 0 it tries the largest k: when even that misses the target, the repair cannot reach it and the
 search ends there. It keeps the largest k only if that changes *significantly* fewer answers than
-k = 0 (the exact paired test of stats.paired_difference on the same images: the interval of the
-difference lies above zero), and else builds no guarded variant: it would be its sibling again, or
+k = 0 (the exact paired test of stats.paired_difference on the same images: the two-sided interval
+of the difference at the run's confidence lies above zero, a one-sided test at half its error
+rate), and else builds no guarded variant: it would be its sibling again, or
 a slower copy of it whose gain is noise. Trying the k between would only pick among noise: on the
 reference model 1.8, 2.0, 2.0, 1.8, 2.0 and 1.5% changed for k = 0 to 16, each candidate a
 conversion and a pass over 1,000 images; and 15 against 18 changed answers of 1,000 (LiteRT) or 16
@@ -40,7 +41,7 @@ import numpy as np
 
 from edgeopt.errors import ConfigError
 from edgeopt.methods.base import sha256_of
-from edgeopt.stats import paired_difference
+from edgeopt.stats import PairedDifference, paired_difference
 
 # Largest share of the ranked ops the search may leave in float: beyond that the "int8" model is
 # mostly float and loses its point.
@@ -95,6 +96,13 @@ def check_needed(sibling: Path, backend: str, float_model: Path, holdout: np.nda
             f"the repair target of {target_pp:g}% (held-out loss {step.loss_pp:+.2f} pp): nothing to repair, so no "
             "guarded variant was built"
         )
+
+
+def _mended(gain: PairedDifference | None, confidence: float) -> str:
+    """The paired evidence of a repair, in words."""
+    assert gain is not None
+    return (f"{gain.variant_only} answers mended, {gain.baseline_only} newly changed: {100 * gain.low:+.2f} to "
+            f"{100 * gain.high:+.2f} pp more agreement with the float model at {100 * confidence:g}% confidence")
 
 
 def holdout_top1(path: Path, backend: str, pixels: np.ndarray, threads: int = 2) -> np.ndarray:
@@ -157,6 +165,7 @@ def search(
             steps[k] = _step(k, predicted[k], reference, labels)
         return steps[k].changed_pp <= target_pp
 
+    gain = None
     try:
         if meets_target(0):
             best = 0
@@ -169,9 +178,7 @@ def search(
                     f"with {largest} ops in float, the most the search tries, the model still changes "
                     f"{steps[largest].changed_pp:.2f}% of {len(labels)} held-out answers of the float model, against "
                     f"{steps[0].changed_pp:.2f}% with none (the repair target is {target_pp:g}%): not significantly "
-                    f"fewer ({gain.variant_only} answers mended, {gain.baseline_only} newly changed: "
-                    f"{100 * gain.low:+.2f} to {100 * gain.high:+.2f} pp more agreement with the float model at "
-                    f"{confidence:.0%} confidence), so no repair found and no guarded variant was built"
+                    f"fewer ({_mended(gain, confidence)}), so no repair found and no guarded variant was built"
                 )
             best = largest if gain.low > 0 else 0
         else:
@@ -192,7 +199,7 @@ def search(
         + (f"k = {chosen.spared} is the fewest tried that changes at most {target_pp:g}% of the float model's answers."
            if met else f"none reached the target of {target_pp:g}% changed answers, not even k = {ks[-1]}, the most it "
            f"tries (at most a quarter of the ranked ops); "
-           + (f"k = {chosen.spared} changed significantly fewer than none." if chosen.spared else
+           + (f"k = {chosen.spared} changed significantly fewer than none ({_mended(gain, confidence)})." if chosen.spared else
               "k = 0 is kept: more ops in float changed not significantly fewer, and the run has no other int8 model of "
               "its runtime."))
     )
