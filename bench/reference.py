@@ -8,11 +8,13 @@
 2. Runs edgeopt's optimize on it: (a) the study's five LiteRT variants and (b) every default
    variant of both runtimes, at 1 thread, each raced (the default) and as a full evaluation (every
    variant on every image), to time the race and check that it chooses as the full evaluation
-   does; then (b) at each other thread count. Before them, one untimed optimize of f0_float32
-   alone warms the process (importing TensorFlow and the runtimes, the decoded-image cache), so
-   that the first timed run does not carry that cost and the runs compare fairly (before, the
-   first raced run paid it and looked slower than the full evaluation after it). The import's
-   time is reported beside the time targets: a user's optimize in a fresh process adds it.
+   does; then (b) at each other thread count. Before them, TensorFlow is imported and f0_float32
+   alone is optimized twice: that warms the process (the runtimes' imports, the first model load
+   and conversion, the decoded-image cache on disk and the OS's file cache), so that the runs
+   compare fairly (before, the first, (a) raced, paid it and looked slower than the full
+   evaluation after it). What a fresh process adds -- the import, plus the first f0 run's time
+   over the second's -- is measured, and the time targets are judged with it added: a user's
+   `edgeopt optimize` starts in a fresh process.
 3. Writes bench/results/reference.json (each run in edgeopt's results schema, and the full
    evaluation of (b) that tests replay the race on) and bench/results/reference.md, and prints
    each target as met / not met.
@@ -34,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TRASHNET = SHARED / "data" / "trashnet5"
 BACKBONE = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
-# Untimed, before the timed runs (see 2. above); the first is part of the second.
-IMPORT = "importing TensorFlow in a fresh process"
-WARM_UP = "warm-up (that import, then f0_float32 alone; not counted in any run)"
+# Before the timed runs (see 2. above).
+IMPORT = "warm-up: importing TensorFlow in a fresh process"
+COLD_F0 = "warm-up: f0_float32 alone, first"
+WARM_F0 = "warm-up: f0_float32 alone, again"
 STUDY_METHODS = ("f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io", "f4_float16")
 
 # The study's table (Akhmetzyanov et al. 2020): KB, ms per image, test accuracy %, L.
@@ -92,10 +95,19 @@ def _loss_pp(run: Any, name: str, against: str) -> float | None:
     return 100 * (base.test.accuracy - v.test.accuracy)
 
 
+def start_up_seconds(stage_seconds: dict[str, float]) -> tuple[float, str]:
+    """What a fresh process adds to an optimize run, and how it was measured."""
+    first_run = max(0.0, stage_seconds[COLD_F0] - stage_seconds[WARM_F0])
+    return stage_seconds[IMPORT] + first_run, (
+        f"a fresh process adds {stage_seconds[IMPORT] + first_run:.0f} s (importing TensorFlow {stage_seconds[IMPORT]:.0f} s, "
+        f"and the first run's start {first_run:.0f} s: f0_float32 alone took {stage_seconds[COLD_F0]:.0f} s first and "
+        f"{stage_seconds[WARM_F0]:.0f} s again)")
+
+
 def check_targets(runs: dict[str, Any], full: Any, litert: Any, litert_full: Any,
-                  import_s: float) -> list[dict[str, Any]]:
+                  start_up: tuple[float, str]) -> list[dict[str, Any]]:
     one = runs["1 thread"]
-    fresh = f"; in a warm process, as every run here: a fresh one adds {import_s:.0f} s importing TensorFlow"
+    fresh_s, fresh = start_up
     f0 = one.baseline
     chosen = one.selected
     loss = _loss_pp(one, chosen.name, f0.name) or 0.0
@@ -104,7 +116,8 @@ def check_targets(runs: dict[str, Any], full: Any, litert: Any, litert_full: Any
     guarded = {b: [v.name for v in one.variants if v.name.endswith("_guarded") and v.backend == b] for b in ("litert", "onnxruntime")}
     guard_notes = [n for n in one.notes if "_guarded:" in n]
     worst = max((v for v in one.variants[1:] if v.test is not None), key=lambda v: f0.test.accuracy - v.test.accuracy)
-    t_five, t_all = litert.timings["total_s"], one.timings["total_s"]
+    warm_five, warm_all = litert.timings["total_s"], one.timings["total_s"]
+    t_five, t_all = warm_five + fresh_s, warm_all + fresh_s  # as a user's fresh process would take
     rows = [
         ("float32 test accuracy >= 90%", f0.test.accuracy >= TARGETS["float32_test_accuracy_min"], f"{100 * f0.test.accuracy:.2f}%"),
         ("default objective: the selected variant loses <= 0.5 pp (1 thread)", loss <= TARGETS["selected_loss_pp_max"],
@@ -119,13 +132,16 @@ def check_targets(runs: dict[str, Any], full: Any, litert: Any, litert_full: Any
          all(guarded[b] or any(n.startswith(f"{'f2' if b == 'litert' else 'ort'}_int8_guarded:") and "nothing to repair" in n
                                for n in guard_notes)
              for b in guarded),
-         "; ".join([f"built: {', '.join(guarded[b])}" for b in guarded if guarded[b]] + guard_notes) or "none"),
+         "; ".join([f"built: {', '.join(guarded[b])}" for b in guarded if guarded[b]]
+                   + [n.removesuffix(".") for n in guard_notes]) or "none"),
         ("optimize, the study's five LiteRT variants, <= 90 s (1 thread)", t_five <= TARGETS["litert_five_seconds_max"],
-         f"{t_five:.0f} s raced (full evaluation {litert_full.timings['total_s']:.0f} s); "
-         + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in litert.timings.items() if k != "total_s") + fresh),
+         f"{t_five:.0f} s in a fresh process: {warm_five:.0f} s raced in a warm one (full evaluation "
+         f"{litert_full.timings['total_s']:.0f} s); "
+         + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in litert.timings.items() if k != "total_s") + "; " + fresh),
         ("optimize, every default variant of both runtimes, <= 180 s (1 thread)", t_all <= TARGETS["all_default_seconds_max"],
-         f"{t_all:.0f} s raced (full evaluation {full.timings['total_s']:.0f} s); "
-         + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in one.timings.items() if k != "total_s") + fresh),
+         f"{t_all:.0f} s in a fresh process: {warm_all:.0f} s raced in a warm one (full evaluation "
+         f"{full.timings['total_s']:.0f} s); "
+         + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in one.timings.items() if k != "total_s") + "; " + fresh),
         ("the race chooses as the full evaluation does (both runs)",
          one.selected.name == full.selected.name and litert.selected.name == litert_full.selected.name,
          f"all variants: {one.selected.name} vs {full.selected.name}; LiteRT five: {litert.selected.name} vs "
@@ -217,9 +233,9 @@ def main() -> int:
         t = time.perf_counter()
         import_tensorflow()
         stage_seconds[IMPORT] = time.perf_counter() - t
-        optimize(model_dir, work / "warm-up", OptimizeConfig(methods=("f0_float32",), measure=MeasureConfig(threads=1)))
-        stage_seconds[WARM_UP] = time.perf_counter() - t
-        print(f"{WARM_UP}: {stage_seconds[WARM_UP]:.0f} s", flush=True)
+        f0_alone = OptimizeConfig(methods=("f0_float32",), measure=MeasureConfig(threads=1))
+        timed(COLD_F0, f0_alone, work / "f0-first")
+        timed(WARM_F0, f0_alone, work / "f0-again")
         five = OptimizeConfig(methods=STUDY_METHODS, measure=MeasureConfig(threads=1))
         runs["LiteRT five, 1 thread"] = litert = timed("optimize, LiteRT five, raced", five, work / "five")
         litert_full = timed("optimize, LiteRT five, full evaluation",
@@ -246,7 +262,7 @@ def main() -> int:
         "runs": {label: json.loads(run.to_json()) for label, run in runs.items()},
         "full_evaluation": json.loads(full.to_json()),
         "litert_full_evaluation": json.loads(litert_full.to_json()),
-        "targets": check_targets(runs, full, litert, litert_full, stage_seconds[IMPORT]),
+        "targets": check_targets(runs, full, litert, litert_full, start_up_seconds(stage_seconds)),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reference.json").write_text(json.dumps(reference, indent=1))
