@@ -176,7 +176,10 @@ def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_
     onnx_model.write_bytes(_file(tiny_optimized, "ort_fp32").read_bytes())
     out = tmp_path / "opt"
     results = optimize(onnx_model, out, TINY_OPTIMIZE, data_dir=synthetic_dir)
-    assert [v.name for v in results.variants] == ORT
+    # every ONNX Runtime method, but the guarded one only when a repair is needed and found; else a note says why
+    names = [v.name for v in results.variants]
+    assert names == [n for n in ORT if n in names] and set(ORT) - set(names) <= {"ort_int8_guarded"}
+    assert "ort_int8_guarded" in names or any(n.startswith("ort_int8_guarded: ") for n in results.notes)
     assert results.baseline.name == "ort_fp32" and results.model.kind == "onnx"
     assert results.choice.target == ["onnxruntime"]
     assert any("only ONNX Runtime variants were built" in n for n in results.notes)
