@@ -98,9 +98,8 @@ def check_needed(sibling: Path, backend: str, float_model: Path, holdout: np.nda
         )
 
 
-def _mended(gain: PairedDifference | None, confidence: float) -> str:
+def _mended(gain: PairedDifference, confidence: float) -> str:
     """The paired evidence of a repair, in words."""
-    assert gain is not None
     return (f"{gain.variant_only} answers mended, {gain.baseline_only} newly changed: {100 * gain.low:+.2f} to "
             f"{100 * gain.high:+.2f} pp more agreement with the float model at {100 * confidence:g}% confidence")
 
@@ -165,7 +164,7 @@ def search(
             steps[k] = _step(k, predicted[k], reference, labels)
         return steps[k].changed_pp <= target_pp
 
-    gain = None
+    evidence = ""  # the paired test's, when the largest k misses the target
     try:
         if meets_target(0):
             best = 0
@@ -173,12 +172,13 @@ def search(
             largest = ks[-1]
             # agreement with the float model, k = 0 against the largest k, on the same images
             gain = paired_difference(predicted[0] == reference, predicted[largest] == reference, confidence)
+            evidence = _mended(gain, confidence)
             if sibling_built and not gain.low > 0:
                 raise RepairNotFound(
                     f"with {largest} ops in float, the most the search tries, the model still changes "
                     f"{steps[largest].changed_pp:.2f}% of {len(labels)} held-out answers of the float model, against "
                     f"{steps[0].changed_pp:.2f}% with none (the repair target is {target_pp:g}%): not significantly "
-                    f"fewer ({_mended(gain, confidence)}), so no repair found and no guarded variant was built"
+                    f"fewer ({evidence}), so no repair found and no guarded variant was built"
                 )
             best = largest if gain.low > 0 else 0
         else:
@@ -199,7 +199,7 @@ def search(
         + (f"k = {chosen.spared} is the fewest tried that changes at most {target_pp:g}% of the float model's answers."
            if met else f"none reached the target of {target_pp:g}% changed answers, not even k = {ks[-1]}, the most it "
            f"tries (at most a quarter of the ranked ops); "
-           + (f"k = {chosen.spared} changed significantly fewer than none ({_mended(gain, confidence)})." if chosen.spared else
+           + (f"k = {chosen.spared} changed significantly fewer than none ({evidence})." if chosen.spared else
               "k = 0 is kept: more ops in float changed not significantly fewer, and the run has no other int8 model of "
               "its runtime."))
     )
