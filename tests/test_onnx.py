@@ -255,3 +255,23 @@ def test_inspect_and_classify_accept_onnx(capsys, tiny_optimized, synthetic_dir)
     assert capsys.readouterr().out.split(": ")[1].split()[0] in json.loads(
         (path.parents[1] / "labels.json").read_text()
     )["classes"]
+
+
+def test_a_guarded_method_runs_its_held_out_images_as_the_evaluation_does(tiny_optimized, tiny_model):
+    # an .onnx model that takes normalised pixels (--input-range, --input-mean/--input-std): the
+    # repair's held-out answers must come from the same input as its test accuracy, not raw pixels
+    from pathlib import Path
+
+    from edgeopt.methods import repair
+    from edgeopt.pixels import PixelTransform
+
+    split = load_split(tiny_model / "split.json")
+    pixels = decode_images(Path(split.data_root), split.validation, TINY_SIZE).pixels
+    transform = PixelTransform.from_range(-1, 1)
+    ctx = BuildContext(source=tiny_model, representative=pixels[:1], holdout=pixels,
+                       holdout_labels=np.zeros(len(pixels), int), pixel_transform=transform)
+    path = _file(tiny_optimized, "ort_fp32")
+    session = get_runtime("onnxruntime")
+    as_evaluated = session.open(path, 1, transform).predict(pixels).argmax(axis=1)
+    assert not np.array_equal(as_evaluated, session.open(path, 1).predict(pixels).argmax(axis=1))  # it matters here
+    np.testing.assert_array_equal(repair.held_out_answers(path, repair.held_out(ctx, "onnxruntime")), as_evaluated)

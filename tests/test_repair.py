@@ -9,6 +9,7 @@ import pytest
 
 from edgeopt.data.imagefolder import decode_images
 from edgeopt.data.split import load_split
+from edgeopt.errors import ConfigError
 from edgeopt.graph import describe_model
 from edgeopt.methods import litert as litert_methods
 from edgeopt.methods import onnx as onnx_methods
@@ -20,20 +21,35 @@ LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
 
 
 def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: list[int]) -> list[str]:
-    """Models are files holding k; the held-out predictions of each k are given. Returns the
-    files run on the held-out images, in order."""
-    runs = []
+    """Models are files holding k; the held-out predictions of each k are given, image i's at
+    pixel value i (see held). Returns the files opened on the held-out images, in order; the
+    images each was asked about are in `fake_models.asked`."""
+    runs: list[str] = []
+    fake_models.asked = {}
 
-    def top1(path, backend, pixels, threads=2):
+    def runner(path, backend, threads=2, transform=None):
         text = Path(path).read_text()
         runs.append(text)
-        return np.array(reference if text == "float" else predictions_by_k[int(text)])
+        answers = np.array(reference if text == "float" else predictions_by_k[int(text)])
 
-    monkeypatch.setattr(repair, "holdout_top1", top1)
+        def top1(pixels):
+            images = pixels[:, 0, 0, 0].astype(int)
+            fake_models.asked.setdefault(text, []).extend(images.tolist())
+            return answers[images]
+        return top1
+
+    monkeypatch.setattr(repair, "top1_runner", runner)
     return runs
 
 
-def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, labels=LABELS, confidence=0.95):
+def held(labels, answers=None):
+    """Held-out images whose pixels hold their index, for the fake models."""
+    return repair.HeldOut("litert", np.arange(len(labels)).reshape(-1, 1, 1, 1).repeat(3, axis=3).astype(np.uint8),
+                          np.asarray(labels), answers=answers)
+
+
+def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, labels=LABELS, confidence=0.95,
+               unguarded=None):
     """The search over 40 ranked ops; returns its record and the k it built, in order (into
     `built` too, which a search that raises still fills)."""
     (tmp_path / "float").write_text("float")
@@ -43,9 +59,9 @@ def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, l
         built.append(len(names))
         Path(path).write_text(str(len(names)))
 
-    record = repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float",
-                           np.zeros((len(labels), 2, 2, 3)), labels, target, tmp_path / "out.tflite", "test sensitivity",
-                           answers, sibling_built=sibling_built, confidence=confidence)
+    record = repair.search([f"op{i}" for i in range(40)], build, tmp_path / "float", held(labels, answers), target,
+                           tmp_path / "out.tflite", "test sensitivity", sibling_built=sibling_built,
+                           confidence=confidence, unguarded=unguarded)
     return record, built
 
 
@@ -89,8 +105,8 @@ def test_a_search_that_fails_leaves_no_candidate_behind(tmp_path, monkeypatch):
             raise RuntimeError("converter failed")
 
     with pytest.raises(RuntimeError, match="converter failed"):
-        repair.search([f"op{i}" for i in range(40)], build, "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)),
-                      LABELS, 5.0, tmp_path / "out.tflite", "test sensitivity")
+        repair.search([f"op{i}" for i in range(40)], build, tmp_path / "float", held(LABELS), 5.0,
+                      tmp_path / "out.tflite", "test sensitivity")
     assert not list(tmp_path.glob(".out-k*")) and not (tmp_path / "out.tflite").exists()
 
 
@@ -104,18 +120,25 @@ def test_the_check_and_the_search_run_each_distinct_file_on_the_held_out_images_
     (tmp_path / "sibling").write_text("0")
     (tmp_path / "float").write_text("float")
     answers: dict = {}
-    repair.check_needed(tmp_path / "sibling", "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)), LABELS, 5.0,
-                        "sibling", answers)
+    repair.check_needed(tmp_path / "sibling", tmp_path / "float", held(LABELS, answers), 5.0, "sibling")
     record, built = run_search(tmp_path, target=5.0, answers=answers)
     assert built == [0, 8, 2, 1] and record["spared"] == ["op0", "op1"]
     assert [s["changed_pct"] for s in record["steps"]] == pytest.approx([30.0, 10.0, 0.0, 0.0])
     assert sorted(runs) == ["0", "1", "2", "8", "float"]
     # without the shared answers, the same check and search run the float model and k = 0 twice
     runs.clear()
-    repair.check_needed(tmp_path / "sibling", "litert", tmp_path / "float", np.zeros((10, 2, 2, 3)), LABELS, 5.0,
-                        "sibling")
+    repair.check_needed(tmp_path / "sibling", tmp_path / "float", held(LABELS), 5.0, "sibling")
     run_search(tmp_path, target=5.0)
     assert sorted(runs) == ["0", "0", "1", "2", "8", "float", "float"]
+
+
+def test_the_k_0_candidate_is_the_unguarded_sibling_copied_not_built_again(tmp_path, monkeypatch):
+    right = LABELS.tolist()
+    fake_models(monkeypatch, {0: right}, right)
+    (tmp_path / "sibling").write_text("0")
+    record, built = run_search(tmp_path, target=5.0, unguarded=tmp_path / "sibling")
+    assert built == [] and record["spared"] == [] and (tmp_path / "out.tflite").read_text() == "0"
+    assert (tmp_path / "sibling").read_text() == "0"  # the sibling itself is left as it was
 
 
 def test_changed_answers_count_even_when_they_cancel_out_in_accuracy(tmp_path, monkeypatch):
@@ -133,13 +156,13 @@ def test_changed_answers_count_even_when_they_cancel_out_in_accuracy(tmp_path, m
 FORTY = np.arange(40) % 3
 
 
-def _missing_the_target(monkeypatch, changed_at_0, changed_at_8):
+def _missing_the_target(monkeypatch, changed_at_0, changed_at_8, labels=FORTY):
     """Of 40 held-out images, k = 0 and k = 8 (the most the search tries of 40 ops) change the
     float model's answer on the images given; with a target of 5% (2 images) both miss it."""
     def answers(changed):
-        return [(y + 1) % 3 if i in changed else y for i, y in enumerate(FORTY.tolist())]
+        return [(y + 1) % 3 if i in changed else y for i, y in enumerate(labels.tolist())]
 
-    fake_models(monkeypatch, {0: answers(changed_at_0), 8: answers(changed_at_8)}, FORTY.tolist())
+    fake_models(monkeypatch, {0: answers(changed_at_0), 8: answers(changed_at_8)}, labels.tolist())
 
 
 def test_when_even_the_most_float_ops_miss_the_target_the_search_ends_there(tmp_path, monkeypatch):
@@ -155,24 +178,69 @@ def test_when_even_the_most_float_ops_miss_the_target_the_search_ends_there(tmp_
     assert not list(tmp_path.glob(".out-k*"))
 
 
-@pytest.mark.parametrize("changed_at_8", [
-    pytest.param(range(12), id="as many"),
-    pytest.param(range(14), id="more"),
-    pytest.param(range(9), id="3 fewer of 40"),
+@pytest.mark.parametrize(("changed_at_8", "still_changes"), [
+    # run on k = 0's 12 changed images first, the pass stops there when the other 28 could not make
+    # it a repair (the verdict is the full pass's: see the test after the next)
+    pytest.param(range(12), "at least 30.00%", id="as many"),
+    pytest.param(range(14), "at least 30.00%", id="more"),
+    pytest.param(range(9), "at least 22.50%", id="3 fewer of 40"),
     # as few as in the test above, but on other images: 12 mended, 4 newly changed
-    pytest.param(range(30, 34), id="4 of 40 on other images"),
+    pytest.param(range(30, 34), "10.00%", id="4 of 40 on other images"),
 ])
 def test_no_guarded_variant_when_the_most_float_ops_change_not_significantly_fewer_answers(tmp_path, monkeypatch,
-                                                                                          changed_at_8):
+                                                                                          changed_at_8, still_changes):
     # the "repair" would be k = 0, the unguarded sibling again, or a slower copy whose gain is noise
     _missing_the_target(monkeypatch, range(12), changed_at_8)
     built: list[int] = []
     with pytest.raises(repair.RepairNotFound,
-                       match=rf"still changes {100 * len(changed_at_8) / 40:.2f}% .* against 30.00% with none.*not "
-                             "significantly fewer.*no repair found"):
+                       match=rf"still changes {still_changes} of 40 .* against 30.00% with none.*not significantly "
+                             "fewer.*no repair found"):
         run_search(tmp_path, target=5.0, built=built, labels=FORTY)
     assert built == [0, 8]
     assert not (tmp_path / "out.tflite").exists() and not list(tmp_path.glob(".out-k*"))
+
+
+def test_the_largest_k_stops_once_no_other_answer_could_make_it_a_repair(tmp_path, monkeypatch):
+    # k = 0 changes images 0-11 of 40; k = 8 mends 0-7 (significant so far: kept if nothing else
+    # changed) but newly changes 20 and 21, which no answer after them can make significant again
+    monkeypatch.setattr(repair, "LOOK_EVERY", 4)
+    _missing_the_target(monkeypatch, range(12), [8, 9, 10, 11, 20, 21])
+    with pytest.raises(repair.RepairNotFound,
+                       match=r"still changes at least 15.00% .*8 answers mended, at least 2 newly changed: at best "
+                             r".*stopped after 24 images, the 12 that k = 0 changes first.*other 16") as raised:
+        run_search(tmp_path, target=5.0, labels=FORTY)
+    assert fake_models.asked["8"] == list(range(24))  # k = 0's changed images, then blocks of 4 up to image 23
+    assert sorted(fake_models.asked["0"]) == list(range(40))  # k = 0 and the float model: every image
+    # the full pass says the same: 6 of 40 changed, 8 mended against 2 newly changed is not significant
+    monkeypatch.setattr(repair, "LOOK_EVERY", 1000)
+    _missing_the_target(monkeypatch, range(12), [8, 9, 10, 11, 20, 21])
+    with pytest.raises(repair.RepairNotFound, match=r"still changes 15.00% .*8 answers mended, 2 newly changed: -"):
+        run_search(tmp_path, target=5.0, labels=FORTY)
+    assert "at least" in str(raised.value)
+
+
+def test_a_pass_that_stops_early_decides_as_the_full_pass(tmp_path, monkeypatch):
+    # 300 random searches on 60 held-out images: the same variant kept, or the same error, whether
+    # the largest k is run an image at a time (a look after each) or on every image at once
+    rng = np.random.default_rng(7)
+    labels = (np.arange(60) % 3).tolist()
+    for trial in range(300):
+        changed_0 = set(rng.choice(60, int(rng.integers(1, 20)), replace=False).tolist())
+        mended = {i for i in changed_0 if rng.random() < rng.random()}
+        newly = set(rng.choice(60, int(rng.integers(0, 6)), replace=False).tolist()) - changed_0
+        k0 = [(y + 1) % 3 if i in changed_0 else y for i, y in enumerate(labels)]
+        k8 = [(y + 1) % 3 if i in (changed_0 - mended) | newly else y for i, y in enumerate(labels)]
+        target = float(rng.choice([0.0, 3.4, 5.0, 10.0]))
+        outcomes = []
+        for look_every in (1, 1000):
+            monkeypatch.setattr(repair, "LOOK_EVERY", look_every)
+            fake_models(monkeypatch, {0: k0, 1: k0, 2: k8, 4: k8, 8: k8}, labels)
+            (tmp_path / f"{trial}-{look_every}").mkdir()
+            try:
+                outcomes.append(run_search(tmp_path / f"{trial}-{look_every}", target, labels=np.array(labels)))
+            except repair.RepairNotFound:
+                outcomes.append("not found")
+        assert outcomes[0] == outcomes[1], (trial, sorted(changed_0), sorted(mended), sorted(newly), target)
 
 
 def test_the_repair_is_tested_at_the_confidence_asked_for(tmp_path, monkeypatch):
@@ -191,9 +259,12 @@ def test_without_its_sibling_in_the_run_the_search_keeps_k_0_rather_than_no_int8
     assert not list(tmp_path.glob(".out-k*"))
 
 
-def test_a_guarded_method_needs_held_out_images(tmp_path):
-    with pytest.raises(Exception, match="held-out images"):
-        repair.search(["a"], lambda n, p: None, "litert", tmp_path / "f", None, None, 0.5, tmp_path / "o", "")
+@pytest.mark.parametrize("build", [litert_methods.build_int8_guarded, onnx_methods.build_int8_guarded],
+                         ids=["litert", "onnxruntime"])
+def test_a_guarded_method_needs_held_out_images(tmp_path, build):
+    ctx = BuildContext(source=tmp_path, representative=np.zeros((1, 2, 2, 3), np.uint8), work_dir=tmp_path / "work")
+    with pytest.raises(ConfigError, match="needs held-out images"):
+        build(ctx, tmp_path / "out")
 
 
 @pytest.fixture(scope="module")

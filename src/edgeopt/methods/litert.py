@@ -131,11 +131,10 @@ def _noise_to_signal(float_values: np.ndarray, quantized: np.ndarray, scale: flo
 def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     """f2 (int8, float I/O) with the layers whose quantization hurts most left in float."""
     tf = import_tensorflow()
+    held = repair.held_out(ctx, "litert")
     if "f2_int8" in ctx.built:
-        repair.check_needed(ctx.built["f2_int8"], "litert", _float_model(ctx), ctx.holdout, ctx.holdout_labels,
-                            ctx.repair_target_pp, "f2_int8", ctx.held_out_answers, ctx.holdout_threads)
-    assert ctx.holdout is not None
-    sample = ctx.holdout[:SENSITIVITY_IMAGES]
+        repair.check_needed(ctx.built["f2_int8"], _float_model(ctx), held, ctx.repair_target_pp, "f2_int8")
+    sample = held.pixels[:SENSITIVITY_IMAGES]
 
     def debug_data() -> Iterator[list[np.ndarray]]:
         for pixels in sample:
@@ -157,11 +156,10 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
         path.write_bytes(_quantized(ctx, denylisted_nodes=names))
 
     return repair.search(
-        ranked, build, "litert", _float_model(ctx), ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
+        ranked, build, _float_model(ctx), held, ctx.repair_target_pp, out,
         sensitivity=(f"Sensitivity: each layer's own quantization noise (mean squared error over the float output's "
                      f"variance, LiteRT's quantization debugger) on {len(sample)} held-out images."),
-        answers=ctx.held_out_answers, threads=ctx.holdout_threads, confidence=ctx.repair_confidence,
-        sibling_built="f2_int8" in ctx.built,
+        sibling_built="f2_int8" in ctx.built, confidence=ctx.repair_confidence, unguarded=ctx.built.get("f2_int8"),
     )
 
 

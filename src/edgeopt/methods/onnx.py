@@ -242,21 +242,20 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     1.32: a Conv between a DequantizeLinear and a QuantizeLinear is re-quantized at load, per tensor.)
     """
     assert ctx.work_dir is not None
+    held = repair.held_out(ctx, "onnxruntime")
     if "ort_int8_static" in ctx.built:
-        repair.check_needed(ctx.built["ort_int8_static"], "onnxruntime", _float_onnx(ctx), ctx.holdout,
-                            ctx.holdout_labels, ctx.repair_target_pp, "ort_int8_static", ctx.held_out_answers, ctx.holdout_threads)
-        first = ctx.built["ort_int8_static"]  # the same call would build the same file again
+        repair.check_needed(ctx.built["ort_int8_static"], _float_onnx(ctx), held, ctx.repair_target_pp,
+                            "ort_int8_static")
+        first = ctx.built["ort_int8_static"]  # the search's k = 0: the same call would build the same file again
     else:
         first = ctx.work_dir / "qdq-full.onnx"
         _quantize_static(ctx, first)
     ranked, images = _ranked_activations(ctx, first)
     record = repair.search(
-        ranked, lambda names, path: _quantize_static(ctx, path, names), "onnxruntime", _float_onnx(ctx),
-        ctx.holdout, ctx.holdout_labels, ctx.repair_target_pp, out,
-        sensitivity=(f"Sensitivity: the signal-to-quantization-noise ratio of each activation (ONNX Runtime's "
-                     f"qdq_loss_debug) on {images} held-out images; the repair quantizes the noisiest to 16 bits."),
-        answers=ctx.held_out_answers, threads=ctx.holdout_threads, confidence=ctx.repair_confidence,
-        sibling_built="ort_int8_static" in ctx.built,
+        ranked, lambda names, path: _quantize_static(ctx, path, names), _float_onnx(ctx), held, ctx.repair_target_pp,
+        out, sensitivity=(f"Sensitivity: the signal-to-quantization-noise ratio of each activation (ONNX Runtime's "
+                          f"qdq_loss_debug) on {images} held-out images; the repair quantizes the noisiest to 16 bits."),
+        sibling_built="ort_int8_static" in ctx.built, confidence=ctx.repair_confidence, unguarded=first,
     )
     return record
 
