@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import replace
+from multiprocessing import Pipe
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,26 @@ def test_what_a_dead_worker_did_not_build_is_built_here_with_a_warning(tiny_mode
         built, _ = _build(tiny_model, tmp_path, split_pixels[0], 2, ("f0_float32", "ort_fp32"))
     assert list(built.artifacts) == ["f0_float32", "ort_fp32"] and built.artifacts["ort_fp32"].path.is_file()
     assert f"{ended} after 0 of them; building the rest here" in caplog.text
+
+
+def test_while_a_worker_builds_this_process_does_other_work_until_none_is_left(monkeypatch):
+    reader, writer = Pipe(duplex=False)
+    worker = object.__new__(build._Worker)
+    worker.chain, worker._conn = [get_method("ort_fp32")], reader
+    outcome = build.Outcome("ort_fp32", None, not_built="test")
+    calls = []
+
+    def meanwhile():
+        calls.append(1)
+        if len(calls) == 3:
+            writer.send(("built", outcome))  # the worker reports while the third piece runs
+        return True
+
+    assert worker.receive(meanwhile) == [outcome] and len(calls) == 3  # not called once the worker has reported
+
+    calls.clear()
+    timer = threading.Timer(0.3, writer.send, args=(("built", outcome),))
+    timer.start()
+    assert worker.receive(lambda: calls.append(1) or False) == [outcome]  # nothing left: it just waits
+    assert calls == [1]
+    timer.join()

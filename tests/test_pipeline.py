@@ -194,3 +194,19 @@ def test_data_that_is_another_dataset_is_refused_with_why(tiny_model, tmp_path):
     with pytest.raises(DataError, match="has no class folder.* carton"):
         optimize(tiny_model, tmp_path / "o", TWO_METHODS, data_dir=data)
     assert not (tmp_path / "o").exists()
+
+
+def test_every_recorded_answer_is_the_answer_of_the_variants_file(tiny_optimized):
+    # whether computed during the evaluation or ahead, while the build waited for its worker
+    from edgeopt.data.imagefolder import decode_images
+    from edgeopt.runtimes.registry import get_runtime
+
+    out, results = tiny_optimized
+    size = (results.model.image_size, results.model.image_size)
+    test = decode_images(Path(results.data.root), [tuple(i) for i in results.data.test_items], size)
+    for v in results.variants:
+        if v.predictions is None:
+            continue
+        probs = get_runtime(v.backend).open(out / v.file).predict(test.pixels)[:len(v.predictions.test)]
+        assert probs.argmax(axis=1).tolist() == v.predictions.test, v.name
+        np.testing.assert_allclose(probs.max(axis=1), v.predictions.test_confidence, atol=1e-4, err_msg=v.name)

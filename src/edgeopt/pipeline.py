@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt import __version__ as edgeopt_version
+from edgeopt.ahead import AnswersAhead
 from edgeopt.choose import decide
 from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
 from edgeopt.data.imagefolder import DecodedImages, decode_images_cached, scan_image_folder
@@ -32,10 +33,8 @@ from edgeopt.measure import (
     accuracy_of,
     accuracy_record,
     latency_record,
-    measure_accuracy,
     measure_decode_ms,
     measure_latency,
-    predict_top1,
     predictions_record,
 )
 from edgeopt.methods.base import Artifact, BuildContext, Method
@@ -229,15 +228,27 @@ def optimize(
         )
         progress.start("building variants", len(methods))
         t = time.perf_counter()
-        built = build_variants(methods, ctx, variants_dir, progress, config.build_processes)
+        # What the evaluation will ask first: the baseline's answers, then each variant's; the
+        # build's idle core computes them while a worker builds another runtime's variants.
+        backends = {m.name: m.backend for m in methods}
+        ahead = AnswersAhead(
+            [(m.name, which) for m in methods for which in ("test", "train")],
+            {"test": test.pixels, **({"train": train.pixels} if train is not None else {})}, source.classes,
+            open_session=lambda name: runtimes[backends[name]].open(ctx.built[name], ctx.holdout_threads, transform),
+            is_built=lambda name: name in ctx.built,
+        )
+        built = build_variants(methods, ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step)
+        ahead.close()
         artifacts, build_seconds = built.artifacts, built.seconds
         methods = [m for m in methods if m.name in artifacts]
         method_notes += [f"{name}: {why}." for name, why in built.not_built.items()]
-        progress.finish(f"built {len(artifacts)} variants")
+        progress.finish(f"built {len(artifacts)} variants" + (
+            f" (meanwhile, {ahead.images_answered} image answers computed ahead for the evaluation)"
+            if ahead.images_answered else ""))
         timings["build_s"] = time.perf_counter() - t
 
         accuracy, latency, stopped = _measure(methods, artifacts, runtimes, transform, test, train, source.classes,
-                                              config, timings, progress)
+                                              config, timings, progress, ahead)
         eval_threads = accuracy_threads(config.measure.threads)
         threads = config.measure.threads
 
@@ -319,12 +330,12 @@ def _sample(items: tuple[tuple[str, int], ...], count: int | None, seed: int) ->
 def _measure(
     methods: list[Method], artifacts: dict[str, Artifact], runtimes: dict[str, Runtime], transform: PixelTransform,
     test: DecodedImages, train: DecodedImages | None, classes: tuple[str, ...], config: OptimizeConfig,
-    timings: dict[str, float], progress: Progress,
+    timings: dict[str, float], progress: Progress, ahead: AnswersAhead,
 ) -> tuple[dict[str, dict[str, AccuracyResult]], dict[str, LatencyResult], dict[str, str]]:
     """Accuracy and latency, spent where they can change the choice (edgeopt.evaluate): the baseline
     on every test image, a short latency pass, then the others raced on the test images; the full
-    latency protocol for every variant still in contention. Returns accuracy, latency and why a
-    variant was stopped early."""
+    latency protocol for every variant still in contention; answers computed `ahead` are taken, not
+    computed again. Returns accuracy, latency and why a variant was stopped early."""
     # Latency is measured with the device's thread count; accuracy with every core.
     eval_threads = accuracy_threads(config.measure.threads)
     threads = config.measure.threads
@@ -332,7 +343,11 @@ def _measure(
     t = time.perf_counter()
     evaluators = {m.name: runtimes[m.backend].open(artifacts[m.name].path, eval_threads, transform) for m in methods}
     timers = {m.name: runtimes[m.backend].open(artifacts[m.name].path, threads, transform) for m in methods}
-    accuracy: dict[str, dict[str, AccuracyResult]] = {base: {"test": measure_accuracy(evaluators[base], test.pixels, test.labels, classes)}}
+
+    def measured(name: str, which: str, images: DecodedImages) -> AccuracyResult:
+        return accuracy_of(*ahead.predict(name, which, evaluators[name], 0, len(images.labels)), images.labels, classes)
+
+    accuracy: dict[str, dict[str, AccuracyResult]] = {base: {"test": measured(base, "test", test)}}
     timings["evaluate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -359,7 +374,7 @@ def _measure(
     def predictor(name: str) -> Predict:
         def predict(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
             progress.advance(1, name)
-            return predict_top1(evaluators[name], test.pixels[start:stop], classes)
+            return ahead.predict(name, "test", evaluators[name], start, stop)
         return predict
 
     judge = config.objective if config.measure.race else config.objective.replaced(max_metric_loss=None)
@@ -372,7 +387,7 @@ def _measure(
     if train is not None:
         for m in methods:
             if m.name not in stopped and m.name in accuracy:
-                accuracy[m.name]["train"] = measure_accuracy(evaluators[m.name], train.pixels, train.labels, classes)
+                accuracy[m.name]["train"] = measured(m.name, "train", train)
     for m in methods:
         accuracy.setdefault(m.name, {})
     timings["evaluate_s"] += time.perf_counter() - t

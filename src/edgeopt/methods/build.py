@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -69,9 +70,11 @@ class Built:
 
 
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
-                   processes: int = 1) -> Built:
+                   processes: int = 1, meanwhile: Callable[[], bool] | None = None) -> Built:
     """Build every method into out_dir, the first method's runtime in this process and, with
-    `processes` > 1, each other runtime (up to processes - 1 of them) in a worker of its own."""
+    `processes` > 1, each other runtime (up to processes - 1 of them) in a worker of its own.
+    While this process waits for a worker, it calls `meanwhile` (a short piece of other work a
+    call, False when none is left) between looks at the worker."""
     chains: dict[str, list[Method]] = {}
     for method in methods:
         chains.setdefault(method.backend, []).append(method)
@@ -104,7 +107,7 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
         for method in local:
             build_here(method)
         for worker in workers:
-            for outcome in worker.receive():
+            for outcome in worker.receive(meanwhile):
                 done(outcome)
                 if outcome.artifact is not None:
                     ctx.built[outcome.name] = outcome.artifact.path
@@ -172,11 +175,15 @@ class _Worker:
         except BrokenPipeError:
             pass  # it died before reading its job: receive() finds it gone
 
-    def receive(self) -> list[Outcome]:
+    def receive(self, meanwhile: Callable[[], bool] | None = None) -> list[Outcome]:
         """Every method the worker built; fewer when it died (said as a warning); raises what
-        it raised."""
+        it raised. Until it reports, `meanwhile` is called while it returns True."""
         done: list[Outcome] = []
         while len(done) < len(self.chain):
+            while meanwhile is not None and not self._conn.poll(0):
+                if not meanwhile():
+                    meanwhile = None
+                interrupts.raise_if_received()
             try:
                 kind, payload = self._conn.recv()
             except EOFError:
