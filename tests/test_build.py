@@ -116,8 +116,15 @@ def test_while_a_worker_builds_this_process_does_other_work_until_none_is_left(m
     assert worker.receive(meanwhile) == [outcome] and len(calls) == 3  # not called once the worker has reported
 
     calls.clear()
-    timer = threading.Timer(0.3, writer.send, args=(("built", outcome),))
-    timer.start()
-    assert worker.receive(lambda: calls.append(1) or False) == [outcome]  # nothing left: it just waits
-    assert calls == [1]
-    timer.join()
+    timers = []
+
+    def nothing_left():  # the worker reports a little later, while this process just waits
+        calls.append(1)
+        timers.append(threading.Timer(0.3, writer.send, args=(("built", outcome),)))
+        timers[-1].start()
+        return False
+
+    assert worker.receive(nothing_left) == [outcome] and calls == [1]
+    timers[0].join()
+    reader.close()
+    writer.close()

@@ -14,7 +14,8 @@ from edgeopt.graph import describe_model
 from edgeopt.methods import litert as litert_methods
 from edgeopt.methods import onnx as onnx_methods
 from edgeopt.methods import repair
-from edgeopt.methods.base import BuildContext
+from edgeopt.methods.base import BuildContext, sha256_of
+from edgeopt.pixels import PIXELS
 from tests.conftest import TINY_SIZE
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
@@ -45,7 +46,7 @@ def fake_models(monkeypatch, predictions_by_k: dict[int, list[int]], reference: 
 def held(labels, answers=None):
     """Held-out images whose pixels hold their index, for the fake models."""
     return repair.HeldOut("litert", np.arange(len(labels)).reshape(-1, 1, 1, 1).repeat(3, axis=3).astype(np.uint8),
-                          np.asarray(labels), answers=answers)
+                          np.asarray(labels), PIXELS, answers=answers)
 
 
 def run_search(tmp_path, target, answers=None, built=None, sibling_built=True, labels=LABELS, confidence=0.95,
@@ -206,8 +207,9 @@ def test_the_largest_k_stops_once_no_other_answer_could_make_it_a_repair(tmp_pat
     monkeypatch.setattr(repair, "LOOK_EVERY", 4)
     _missing_the_target(monkeypatch, range(12), [8, 9, 10, 11, 20, 21])
     with pytest.raises(repair.RepairNotFound,
-                       match=r"still changes at least 15.00% .*8 answers mended, at least 2 newly changed: at best "
-                             r".*stopped after 24 images, the 12 that k = 0 changes first.*other 16") as raised:
+                       match=r"still changes at least 15.00% .*8 answers mended, at least 2 newly changed: at most "
+                             r"[-+][0-9.]+ pp .* low end .*stopped after 24 images, the 12 that k = 0 changes and 12 "
+                             r"more, .*other 16") as raised:
         run_search(tmp_path, target=5.0, labels=FORTY)
     assert fake_models.asked["8"] == list(range(24))  # k = 0's changed images, then blocks of 4 up to image 23
     assert sorted(fake_models.asked["0"]) == list(range(40))  # k = 0 and the float model: every image
@@ -220,10 +222,13 @@ def test_the_largest_k_stops_once_no_other_answer_could_make_it_a_repair(tmp_pat
 
 
 def test_a_pass_that_stops_early_decides_as_the_full_pass(tmp_path, monkeypatch):
-    # 300 random searches on 60 held-out images: the same variant kept, or the same error, whether
-    # the largest k is run an image at a time (a look after each) or on every image at once
+    # 300 random searches on 60 held-out images: the same variant kept, or no repair found, whether
+    # the largest k's pass may stop (a look after every image) or must run every image
     rng = np.random.default_rng(7)
     labels = (np.arange(60) % 3).tolist()
+    until_settled = repair._answers_until_settled
+    monkeypatch.setattr(repair, "LOOK_EVERY", 1)
+    stopped = 0
     for trial in range(300):
         changed_0 = set(rng.choice(60, int(rng.integers(1, 20)), replace=False).tolist())
         mended = {i for i in changed_0 if rng.random() < rng.random()}
@@ -232,21 +237,25 @@ def test_a_pass_that_stops_early_decides_as_the_full_pass(tmp_path, monkeypatch)
         k8 = [(y + 1) % 3 if i in (changed_0 - mended) | newly else y for i, y in enumerate(labels)]
         target = float(rng.choice([0.0, 3.4, 5.0, 10.0]))
         outcomes = []
-        for look_every in (1, 1000):
-            monkeypatch.setattr(repair, "LOOK_EVERY", look_every)
+        for may_stop in (True, False):
+            monkeypatch.setattr(repair, "_answers_until_settled", until_settled if may_stop else (
+                lambda path, held, first, settled: until_settled(path, held, first, lambda answers: False)))
             fake_models(monkeypatch, {0: k0, 1: k0, 2: k8, 4: k8, 8: k8}, labels)
-            (tmp_path / f"{trial}-{look_every}").mkdir()
+            folder = tmp_path / f"{trial}-{may_stop}"
+            folder.mkdir()
             try:
-                outcomes.append(run_search(tmp_path / f"{trial}-{look_every}", target, labels=np.array(labels)))
-            except repair.RepairNotFound:
+                outcomes.append(run_search(folder, target, labels=np.array(labels)))
+            except repair.RepairNotFound as exc:
                 outcomes.append("not found")
+                stopped += may_stop and "stopped after" in str(exc)
         assert outcomes[0] == outcomes[1], (trial, sorted(changed_0), sorted(mended), sorted(newly), target)
+    assert stopped > 50  # the early stop is what is being compared
 
 
 def test_the_repair_is_tested_at_the_confidence_asked_for(tmp_path, monkeypatch):
     # 8 mended and none newly changed of 40 is significant at 95%, not at 99.9%
     _missing_the_target(monkeypatch, changed_at_0=range(12), changed_at_8=range(4))
-    with pytest.raises(repair.RepairNotFound, match=r"not significantly fewer \(8 answers mended.* at 99.9% confidence"):
+    with pytest.raises(repair.RepairNotFound, match=r"not significantly fewer \(8 answers mended.* of the 99.9% interval"):
         run_search(tmp_path, target=5.0, labels=FORTY, confidence=0.999)
 
 
@@ -298,6 +307,8 @@ def test_litert_keeps_the_chosen_layers_in_float(guarded_context, monkeypatch):
     ctx, work = guarded_context
     ranked, build = _lever(monkeypatch, litert_methods.build_int8_guarded, ctx, work / "k0.tflite")
     assert len(ranked) > 20 and len(set(ranked)) == len(ranked)
+    # no op spared is f2_int8, the sibling the search copies as its k = 0 instead of building it
+    assert (work / "k0.tflite").read_bytes() == litert_methods._quantized(ctx)
     build(ranked[:6], work / "k6.tflite")
     all_int8, six_float = describe_model(work / "k0.tflite"), describe_model(work / "k6.tflite")
     assert six_float.weight_dtypes["float32"][1] > all_int8.weight_dtypes.get("float32", (0, 0))[1]
@@ -308,6 +319,9 @@ def test_onnxruntime_gives_the_chosen_activations_16_bits(guarded_context, monke
     ctx, work = guarded_context
     ranked, build = _lever(monkeypatch, onnx_methods.build_int8_guarded, ctx, work / "k0.onnx")
     assert len(ranked) > 20
+    # no activation spared is the model it ranked on (built as ort_int8_static is), which the search copies as its
+    # k = 0 instead of building it again
+    assert sha256_of(work / "k0.onnx") == sha256_of(ctx.work_dir / "qdq-full.onnx")
     build(ranked[:6], work / "k6.onnx")
     import onnx
 

@@ -72,3 +72,12 @@ def test_median_interval_uses_order_statistics(n, ranks, coverage):
 def test_median_interval_of_round_ratios():
     low, high, coverage = median_interval([1.31, 1.02, 1.20, 1.45, 1.11], 0.95)
     assert (low, high) == (1.02, 1.45) and coverage == pytest.approx(0.9375)
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.9, 0.95, 0.99, 0.999])
+def test_one_more_image_the_variant_gets_wrong_only_lowers_the_interval(confidence):
+    # a guarded repair's pass stops early on this (methods.repair): no answer still to come can
+    # raise the low end of the interval, whatever the counts so far
+    for variant_only in range(0, 41):
+        lows = [paired_difference(*outcomes(200, b, variant_only), confidence).low for b in range(0, 41)]
+        assert all(later <= earlier + 1e-12 for earlier, later in zip(lows, lows[1:], strict=False)), variant_only

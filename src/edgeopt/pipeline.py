@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt import __version__ as edgeopt_version
-from edgeopt.ahead import AnswersAhead
+from edgeopt.answers_ahead import AnswersAhead
 from edgeopt.choose import decide
 from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
 from edgeopt.data.imagefolder import DecodedImages, decode_images_cached, scan_image_folder
@@ -228,17 +228,20 @@ def optimize(
         )
         progress.start("building variants", len(methods))
         t = time.perf_counter()
-        # What the evaluation will ask first: the baseline's answers, then each variant's; the
-        # build's idle core computes them while a worker builds another runtime's variants.
+        # What the evaluation will ask, in its order: the baseline's test answers, the others' (the
+        # race), then the train answers; the build's idle core computes them while a worker
+        # builds another runtime's variants.
         backends = {m.name: m.backend for m in methods}
         ahead = AnswersAhead(
-            [(m.name, which) for m in methods for which in ("test", "train")],
+            [(m.name, which) for which in ("test", "train") for m in methods],
             {"test": test.pixels, **({"train": train.pixels} if train is not None else {})}, source.classes,
             open_session=lambda name: runtimes[backends[name]].open(ctx.built[name], ctx.holdout_threads, transform),
             is_built=lambda name: name in ctx.built,
         )
-        built = build_variants(methods, ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step)
-        ahead.close()
+        try:
+            built = build_variants(methods, ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step)
+        finally:
+            ahead.close()
         artifacts, build_seconds = built.artifacts, built.seconds
         methods = [m for m in methods if m.name in artifacts]
         method_notes += [f"{name}: {why}." for name, why in built.not_built.items()]

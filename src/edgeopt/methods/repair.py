@@ -46,7 +46,7 @@ import numpy as np
 
 from edgeopt.errors import ConfigError
 from edgeopt.methods.base import BuildContext, sha256_of
-from edgeopt.pixels import PIXELS, PixelTransform
+from edgeopt.pixels import PixelTransform
 from edgeopt.stats import PairedDifference, paired_difference
 
 # Largest share of the ranked ops the search may leave in float: beyond that the "int8" model is
@@ -80,11 +80,13 @@ class RepairNotFound(NoGuardedVariant):
 class HeldOut:
     """The held-out images a repair is measured on, and how a model is run on them."""
 
-    backend: str
+    backend: str  # the runtime the models are run on
     pixels: np.ndarray  # uint8 (N, H, W, 3)
-    labels: np.ndarray
-    threads: int = 2
-    transform: PixelTransform = PIXELS  # what a float-input source model takes, as in evaluation
+    labels: np.ndarray  # the true class of each image
+    # What a float-input source model takes, as in its evaluation (no default: forgetting it
+    # judged an .onnx model's answers to the wrong input).
+    transform: PixelTransform
+    threads: int = 2  # of each pass: the build's share of the cores
     # Each file's answers by runtime and sha256, shared by one build's check and search (None: not kept).
     answers: dict[str, np.ndarray] | None = None
 
@@ -93,7 +95,7 @@ def held_out(ctx: BuildContext, backend: str) -> HeldOut:
     """The build's held-out images for a guarded method of `backend`."""
     if ctx.holdout is None or ctx.holdout_labels is None or len(ctx.holdout_labels) == 0:
         raise ConfigError("a guarded method needs held-out images; the model's split has no validation part")
-    return HeldOut(backend, ctx.holdout, ctx.holdout_labels, ctx.holdout_threads, ctx.pixel_transform,
+    return HeldOut(backend, ctx.holdout, ctx.holdout_labels, ctx.pixel_transform, ctx.holdout_threads,
                    ctx.held_out_answers)
 
 
@@ -121,15 +123,19 @@ def check_needed(sibling: Path, float_model: Path, held: HeldOut, target_pp: flo
 
 
 def _mended(gain: PairedDifference, confidence: float, partial: bool = False) -> str:
-    """The paired evidence of a repair, in words (`partial`: from a pass that stopped early, the
-    images not run counted as agreeing with the float model)."""
-    return (f"{gain.variant_only} answers mended, {'at least ' if partial else ''}{gain.baseline_only} newly changed: "
-            f"{'at best ' if partial else ''}{100 * gain.low:+.2f} to {100 * gain.high:+.2f} pp more agreement with "
-            f"the float model at {100 * confidence:g}% confidence")
+    """The paired evidence of a repair, in words. `partial`: from a pass that stopped early, the
+    images not run counted as agreeing with the float model; the full pass's low end of the
+    interval can only be lower (its high end is no bound, so it is not given)."""
+    if partial:
+        return (f"{gain.variant_only} answers mended, at least {gain.baseline_only} newly changed: at most "
+                f"{100 * gain.low:+.2f} pp more agreement with the float model at the low end of the "
+                f"{100 * confidence:g}% interval")
+    return (f"{gain.variant_only} answers mended, {gain.baseline_only} newly changed: {100 * gain.low:+.2f} to "
+            f"{100 * gain.high:+.2f} pp more agreement with the float model at {100 * confidence:g}% confidence")
 
 
-def top1_runner(path: Path, backend: str, threads: int = 2,
-                transform: PixelTransform = PIXELS) -> Callable[[np.ndarray], np.ndarray]:
+def top1_runner(path: Path, backend: str, threads: int,
+                transform: PixelTransform) -> Callable[[np.ndarray], np.ndarray]:
     """A model opened once, as a function from held-out pixels to its top-1 answers."""
     from edgeopt.runtimes.registry import get_runtime
 
@@ -178,6 +184,7 @@ def search(
     target_pp: float,
     out: Path,
     sensitivity: str,
+    *,
     sibling_built: bool = True,
     confidence: float = 0.95,
     unguarded: Path | None = None,
@@ -251,14 +258,15 @@ def search(
             stopped = images_run < len(labels)
             evidence = _mended(gain, confidence, partial=stopped)
             if sibling_built and not gain.low > 0:
+                changed_by_0 = int(np.sum(predicted[0] != reference))
                 raise RepairNotFound(
                     f"with {largest} ops in float, the most the search tries, the model still changes "
                     f"{'at least ' if stopped else ''}{steps[largest].changed_pp:.2f}% of {len(labels)} held-out "
                     f"answers of the float model, against {steps[0].changed_pp:.2f}% with none (the repair target is "
                     f"{target_pp:g}%): not significantly fewer ({evidence}"
-                    + (f"; its pass stopped after {images_run} images, the {int(np.sum(predicted[0] != reference))} "
-                       f"that k = 0 changes first, as no answers on the other {len(labels) - images_run} could "
-                       "change that" if stopped else "")
+                    + (f"; its pass stopped after {images_run} images, the {changed_by_0} that k = 0 changes and "
+                       f"{images_run - changed_by_0} more, as no answers on the other {len(labels) - images_run} "
+                       "could change that" if stopped else "")
                     + "), so no repair found and no guarded variant was built"
                 )
             best = largest if gain.low > 0 else 0

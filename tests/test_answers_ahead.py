@@ -1,4 +1,4 @@
-"""ahead: answers computed while the build waits are the answers the evaluation would compute, and
+"""answers_ahead: answers computed while the build waits are the answers the evaluation would compute, and
 are not computed twice."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeopt import ahead
-from edgeopt.ahead import AnswersAhead
+from edgeopt import answers_ahead as ahead
+from edgeopt.answers_ahead import AnswersAhead
 from edgeopt.measure import predict_top1
 
 CLASSES = ("a", "b", "c")
@@ -72,3 +72,38 @@ def test_what_is_served_is_what_the_session_answers_and_only_the_rest_is_compute
     np.testing.assert_array_equal(answers.predict("f1", "train", evaluator, 0, 6)[0],
                                   predict_top1(FakeSession(1), images(6), CLASSES)[0])
     assert evaluator.asked == 6
+
+
+def test_blocks_keep_the_evaluations_batches():
+    # a batch of a runtime's evaluation (16 images) holds the same images ahead as in the race's chunks
+    from edgeopt.evaluate import CHUNK
+    from edgeopt.runtimes.litert import EVAL_BATCH
+
+    assert ahead.BLOCK % EVAL_BATCH == 0 and CHUNK % ahead.BLOCK == 0
+
+
+def test_answers_ahead_at_one_thread_are_the_evaluations_at_two(tiny_optimized, tiny_model):
+    # the build's share of the cores answers ahead; the evaluation would have used every core
+    from pathlib import Path
+
+    from edgeopt.data.imagefolder import decode_images
+    from edgeopt.data.split import load_split
+    from edgeopt.runtimes.registry import get_runtime
+    from tests.conftest import TINY_SIZE
+
+    out, results = tiny_optimized
+    split = load_split(tiny_model / "split.json")
+    pixels = decode_images(Path(split.data_root), split.test, TINY_SIZE).pixels
+    names = [v.name for v in results.variants if v.backend == "litert"]
+    backend = {v.name: v.backend for v in results.variants}
+    files = {v.name: out / v.file for v in results.variants}
+    answers = AnswersAhead([(n, "test") for n in names], {"test": pixels}, results.model.classes,
+                           open_session=lambda n: get_runtime(backend[n]).open(files[n], 1), is_built=lambda n: True)
+    while answers.step():
+        pass
+    for name in names:
+        evaluator = get_runtime(backend[name]).open(files[name], 2)
+        served = answers.predict(name, "test", evaluator, 0, len(pixels))
+        direct = predict_top1(evaluator, pixels, results.model.classes)
+        np.testing.assert_array_equal(served[0], direct[0], err_msg=name)
+        np.testing.assert_allclose(served[1], direct[1], atol=1e-5, err_msg=name)

@@ -16,7 +16,9 @@ import numpy as np
 from edgeopt.measure import predict_top1
 from edgeopt.runtimes.base import Session
 
-# Images a step runs: short, so that a worker's report waits little for this process.
+# Images a step runs: short, so that a worker's report waits little for this process. A multiple
+# of a runtime's evaluation batch (16) and a divisor of the race's chunk (96), so that every batch
+# holds the images it holds in the evaluation.
 BLOCK = 48
 
 
@@ -58,6 +60,9 @@ class AnswersAhead:
             job.confidence.append(confidence)
             self.images_answered += stop - job.done
             job.done = stop
+            if all(other.done >= len(self._images[other.images]) for other in self._jobs.values()
+                   if other.name == job.name):
+                del self._sessions[job.name]  # its last job is done
             return True
         return False
 
