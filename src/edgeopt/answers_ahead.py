@@ -9,7 +9,7 @@ time moves (into the build's).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,8 +26,8 @@ BLOCK = 48
 class _Job:
     name: str  # the variant
     images: str  # which image set ("test", "train")
-    predicted: list[np.ndarray] = field(default_factory=list)
-    confidence: list[np.ndarray] = field(default_factory=list)
+    predicted: np.ndarray  # per image; valid up to `done`
+    confidence: np.ndarray
     done: int = 0  # images answered, from the first
 
 
@@ -38,7 +38,9 @@ class AnswersAhead:
 
     def __init__(self, jobs: Sequence[tuple[str, str]], images: dict[str, np.ndarray], classes: Sequence[str],
                  open_session: Callable[[str], Session], is_built: Callable[[str], bool]) -> None:
-        self._jobs = {(name, which): _Job(name, which) for name, which in jobs if which in images}
+        self._jobs = {(name, which): _Job(name, which, np.zeros(len(images[which]), np.int64),
+                                          np.zeros(len(images[which]), np.float32))
+                      for name, which in jobs if which in images}
         self._images, self._classes = images, classes
         self._open, self._is_built = open_session, is_built
         self._sessions: dict[str, Session] = {}
@@ -56,8 +58,8 @@ class AnswersAhead:
             stop = min(total, job.done + BLOCK)
             predicted, confidence = predict_top1(self._sessions[job.name], self._images[job.images][job.done:stop],
                                                  self._classes)
-            job.predicted.append(predicted)
-            job.confidence.append(confidence)
+            job.predicted[job.done:stop] = predicted
+            job.confidence[job.done:stop] = confidence
             self.images_answered += stop - job.done
             job.done = stop
             if all(other.done >= len(self._images[other.images]) for other in self._jobs.values()
@@ -77,8 +79,7 @@ class AnswersAhead:
         ahead = min(stop, job.done) if job is not None else start
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         if job is not None and start < ahead:
-            predicted, confidence = np.concatenate(job.predicted), np.concatenate(job.confidence)
-            parts.append((predicted[start:ahead], confidence[start:ahead]))
+            parts.append((job.predicted[start:ahead].copy(), job.confidence[start:ahead].copy()))
         if max(start, ahead) < stop:
             parts.append(predict_top1(session, self._images[which][max(start, ahead):stop], self._classes))
         if not parts:  # an empty range
