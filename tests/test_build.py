@@ -69,6 +69,46 @@ def test_a_runtime_built_in_a_worker_gives_the_variants_one_process_gives(tiny_m
     assert build_workers(os.getpid()) == []
 
 
+def _names(chains):
+    return [[m.name for m in chain] for chain in chains]
+
+
+FIVE = ("f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io", "f4_float16")
+
+
+@pytest.mark.parametrize(("names", "processes", "chains"), [
+    (FIVE, 2, [["f0_float32", "f1_dynamic_range", "f4_float16"], ["f2_int8", "f3_int8_uint8io"]]),
+    ((*FIVE, "f2_int8_guarded"), 2,  # the guarded one goes with the file it repairs and the calibration
+     [["f0_float32", "f1_dynamic_range", "f4_float16"], ["f2_int8", "f3_int8_uint8io", "f2_int8_guarded"]]),
+    (("f2_int8", "f0_float32", "f3_int8_uint8io"), 2, [["f2_int8", "f3_int8_uint8io"], ["f0_float32"]]),
+    (FIVE, 1, [list(FIVE)]),
+    (("f0_float32", "f2_int8", "ort_fp32", "ort_int8_static"), 2,  # a chain per runtime already fills both
+     [["f0_float32", "f2_int8"], ["ort_fp32", "ort_int8_static"]]),
+    (("ort_fp32", "ort_int8_static", "ort_int8_guarded"), 2,  # they share the exported float file
+     [["ort_fp32", "ort_int8_static", "ort_int8_guarded"]]),
+    (("f0_float32", "f2_int8", "qat_int8"), 2, [["f0_float32", "f2_int8", "qat_int8"]]),  # fine-tuning takes the cores
+    (("f0_float32", "f1_dynamic_range"), 2, [["f0_float32", "f1_dynamic_range"]]),  # nothing calibrated
+], ids=["five", "guarded", "calibrated baseline", "one process", "two runtimes", "onnx runtime", "retraining",
+        "nothing to split"])
+def test_litert_alone_builds_its_calibrated_methods_apart_only_where_nothing_is_shared(names, processes, chains):
+    assert _names(build.chains_of([get_method(n) for n in names], processes)) == chains
+
+
+def test_litert_alone_builds_its_calibrated_variants_in_a_worker_and_gives_the_same_files(tiny_model, tmp_path,
+                                                                                          split_pixels, monkeypatch):
+    calibration, _ = split_pixels
+    names = ("f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io")
+    one, _ = _build(tiny_model, tmp_path / "one", calibration, processes=1, names=names)
+    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    for name in ("f2_int8", "f3_int8_uint8io"):
+        monkeypatch.setitem(registry.METHODS, name, replace(registry.METHODS[name], build=_fail_here))
+    two, ctx = _build(tiny_model, tmp_path / "two", calibration, processes=2, names=names)
+    assert list(two.artifacts) == list(one.artifacts) == list(names)
+    assert {n: a.sha256 for n, a in two.artifacts.items()} == {n: a.sha256 for n, a in one.artifacts.items()}
+    assert set(ctx.built) == set(names)  # the worker's files are known to the methods after them
+    assert build_workers(os.getpid()) == []
+
+
 def _fail_here(ctx, path):
     raise AssertionError("an ONNX Runtime method was built in the calling process")
 

@@ -133,8 +133,9 @@ class OptimizeConfig(Settings):
     input_mean: Triple | None = None
     input_std: Triple | None = None
     # Processes building variants at once: the baseline's runtime in this one, each other runtime's
-    # methods (in order) in a worker, since converters and quantizers mostly use one core; never
-    # more than the cores. 1: everything here, one method after another. The files are the same.
+    # methods (in order) in a worker, since converters and quantizers mostly use one core; with
+    # LiteRT alone, its calibrated methods in the worker (methods.build); never more than the
+    # cores. 1: everything here, one method after another. The files are the same.
     build_processes: int = Field(2, ge=1)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     # The opt-in retraining methods' fine-tuning.

@@ -5,8 +5,10 @@ Runtime's quantizer and its calibration bookkeeping -- so on a machine with a se
 methods of a second runtime are built in a worker process while this one builds the baseline's
 runtime. A method depends only on earlier methods of its own runtime (a guarded variant checks
 its plain sibling), never on another runtime's, so the two chains are independent and each
-keeps the registry's order. The files, and so every accuracy figure, are those of building one
-after another; the wall time, and each method's build seconds, change.
+keeps the registry's order. With one runtime, LiteRT's calibrated methods (f2, f3 and the guarded
+one: most of its build, calibration running on one core) form the worker's chain instead. The
+files, and so every accuracy figure, are those of building one after another; the wall time, and
+each method's build seconds, change.
 
 The worker is a new interpreter (TensorFlow's threads do not survive a fork; multiprocessing's
 spawn would import the caller's main script again) in its own session, so Ctrl-C at the terminal
@@ -71,17 +73,14 @@ class Built:
 
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
                    processes: int = 1, meanwhile: Callable[[], bool] | None = None) -> Built:
-    """Build every method into out_dir, the first method's runtime in this process and, with
-    `processes` > 1, each other runtime (up to processes - 1 of them) in a worker of its own.
+    """Build every method into out_dir, the first method's chain (chains_of) in this process and,
+    with `processes` > 1, each other chain (up to processes - 1 of them) in a worker of its own.
     While this process waits for a worker, it calls `meanwhile` (a short piece of other work a
     call, False when none is left) between looks at the worker."""
-    chains: dict[str, list[Method]] = {}
-    for method in methods:
-        chains.setdefault(method.backend, []).append(method)
-    ordered = list(chains.values())
     if getattr(sys, "frozen", False) or not sys.executable:  # no interpreter to start a worker with
         processes = 1
     cores = usable_cores()
+    ordered = chains_of(methods, min(processes, cores))
     processes = max(1, min(processes, cores, len(ordered)))
     local = [m for chain in ordered[:1] + ordered[processes:] for m in chain]
     remote = ordered[1:processes]
@@ -126,6 +125,35 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
         else:
             built.not_built[method.name] = outcome.not_built
     return built
+
+
+# Runtimes whose calibrated methods (with the guarded ones that repair them) share nothing with
+# the others but the source model: LiteRT's share the calibration, kept in memory, and one
+# another's files. ONNX Runtime's all start from one exported float file in the work folder, which
+# two processes would each export (14 s on the reference model) and write at once.
+SPLITS = ("litert",)
+
+
+def chains_of(methods: list[Method], processes: int) -> list[list[Method]]:
+    """The methods as independent chains, each in the registry's order, the baseline's first: one
+    per runtime; and while that leaves a process idle, a runtime's calibrated methods apart from
+    its others where it SPLITS. With a retraining method, one chain per runtime: its fine-tuning
+    keeps every core busy for minutes, and a second process would only compete with it."""
+    chains: dict[str, list[Method]] = {}
+    for method in methods:
+        chains.setdefault(method.backend, []).append(method)
+    ordered = list(chains.values())
+    if any(m.retrains for m in methods):
+        return ordered
+    for chain in [c for c in ordered if c[0].backend in SPLITS]:
+        if len(ordered) >= processes:
+            break
+        calibrated = [m for m in chain if m.calibrated or m.guarded]
+        rest = [m for m in chain if m not in calibrated]
+        if calibrated and rest:
+            at = ordered.index(chain)
+            ordered[at:at + 1] = sorted((rest, calibrated), key=lambda c: methods.index(c[0]))
+    return ordered
 
 
 def _build_one(method: Method, ctx: BuildContext, out_dir: Path) -> Outcome:
