@@ -207,6 +207,26 @@ def test_paired_rounds_that_straddle_zero_are_a_tie():
     assert set(choice.tie) == {"a", "b"} and choice.selected == "b" and choice.tie_broken_by == "size"
 
 
+def test_default_guard_excludes_a_loss_above_the_tolerance_that_the_test_set_can_tell_from_none():
+    # the reference run at f80d2d8 (a VNNI CPU): f3 lost 2.72 pp [0.83, 3.71], 19 discordant photos, and ran 1.47x
+    # faster than f0; under the clearly-worse rule alone it was chosen over f4 (0.21 pp) and the repaired f2
+    f0 = Candidate("f0", 8706e3, 5.60, 433 / 478, backend="litert")
+    f3 = Candidate("f3", 2676e3, 3.80, 420 / 478, metric_delta_interval=(-0.0371, -0.0083), discordant=19, backend="litert")
+    f4 = Candidate("f4", 4418e3, 5.58, 432 / 478, metric_delta_interval=(-0.0062, 0.0051), discordant=3, backend="litert")
+    repaired = Candidate("guarded", 5348e3, 5.38, 428 / 478, metric_delta_interval=(-0.0105, 0.0005), discordant=5,
+                         backend="litert")
+    choice = select([f0, f3, f4, repaired], "f0", Objective())
+    assert choice.score_of("f3").guard == "measurably worse" and not choice.score_of("f3").eligible
+    # above 1 pp at its point estimate (5 photos), but its interval reaches 0: not thrown out for noise
+    assert choice.score_of("guarded").guard == "not clearly worse" and choice.score_of("guarded").eligible
+    assert choice.selected == "f4"
+    assert "interval lies wholly above 0" in choice.guard_rule
+    assert any(r.startswith("f3 was excluded: it loses 2.72 [0.83, 3.71] pp") for r in choice.reasons)
+    # the same loss with an interval reaching 0 (a smaller test set) stays eligible, and wins
+    unsure = replace(f3, metric_delta_interval=(-0.0600, 0.0010))
+    assert select([f0, unsure, f4, repaired], "f0", Objective()).selected == "f3"
+
+
 def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on_file_size():
     # bench/retrain.py's first run: clustered_int8 lost 3.56 pp [0.38, 6.32] (53 discordant photos), was
     # tied with f2 (3 photos, not measurable) and won the tie by a file 24 KB smaller
@@ -219,9 +239,16 @@ def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on
     clustered_right = (base_right - set(range(35))) | set(range(425, 443))
     clustered = Candidate("clustered", 2652e3, 11.8, len(clustered_right) / n, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0),
                           metric_delta_interval=(-0.0632, -0.0038), correct=tuple(i in clustered_right for i in range(n)))
-    choice = select([base, f2, clustered], "f0", Objective())
+    # the default guard now excludes it: more than 1 pp at its point estimate, and measurably more than nothing
+    guarded = select([base, f2, clustered], "f0", Objective()).score_of("clustered")
+    assert not guarded.eligible and guarded.guard == "measurably worse"
+    assert guarded.excluded_because == ("loses 3.56 [0.38, 6.32] pp of test_accuracy: more than the allowed 1 pp, "
+                                        "and measurably more than nothing")
+    # a user who allows 5 pp keeps it eligible; the tie rule still never hands it the choice on file size
+    lenient = Objective(max_metric_loss=5.0)
+    choice = select([base, f2, clustered], "f0", lenient)
     scores = {s.name: s for s in choice.ranking}
-    assert scores["clustered"].eligible and scores["clustered"].metric_loss_low > 0  # measurably, not clearly, worse
+    assert scores["clustered"].eligible and scores["clustered"].metric_loss_low > 0  # measurably worse, within 5 pp
     assert "clustered" in choice.tie and choice.selected == "f2" and choice.tie_broken_by == "set aside"
     assert any("the tie is broken by setting aside clustered (-3.56 pp" in r for r in choice.reasons)
 
@@ -230,7 +257,7 @@ def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on
     qat_right = (base_right - set(range(35, 40))) | set(range(443, 447))
     qat = Candidate("qat", 2657e3, 11.5, len(qat_right) / n, latency_ratios=(1.1, 0.9, 1.0, 1.2, 0.8),
                     metric_delta_interval=(-0.0203, 0.0168), correct=tuple(i in qat_right for i in range(n)))
-    choice = select([base, f2, qat, clustered], "f0", Objective())
+    choice = select([base, f2, qat, clustered], "f0", lenient)
     assert set(choice.tie) == {"f2", "qat", "clustered"} and choice.selected == "qat"
     assert choice.tie_broken_by == "set aside, then size"
     tie = next(r for r in choice.reasons if r.startswith("Tie within"))

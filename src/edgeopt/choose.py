@@ -152,8 +152,8 @@ def choose_for_device(run: Results, run_sha256: str, device: Results, objective:
 
 def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Results:
     """A device checks accuracy on a few labelled samples, too few to prove a variant clearly
-    worse; the build machine's whole test split can. What the guard (at this objective's
-    tolerance) or the race found clearly worse there stays out on the device."""
+    (or measurably) worse; the build machine's whole test split can. What the guard (at this
+    objective's tolerance) or the race found so there stays out on the device."""
     if objective.max_metric_loss is None or run.choice is None:
         return device
     try:
@@ -161,8 +161,8 @@ def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Re
     except ConfigError:  # nothing of the run passes this objective on its own runtime: no verdicts to carry
         return device
     n = len(run.data.test_items)
-    out = {v.name: f"clearly worse on the build machine's {n} test images ({v.score.excluded_because})"
-           for v in judged.variants if v.score is not None and v.score.guard == "clearly worse"}
+    out = {v.name: f"{v.score.guard} on the build machine's {n} test images ({v.score.excluded_because})"
+           for v in judged.variants if v.score is not None and v.score.guard in ("clearly worse", "measurably worse")}
     out |= {v.name: f"{v.stopped_early} on the build machine" for v in run.variants
             if v.stopped_early.startswith("stopped after")}
     return device.model_copy(update={"variants": [

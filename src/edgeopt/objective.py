@@ -13,8 +13,11 @@ of accuracy; it exists to reproduce the study's table, not to choose models.
 
 Measurement noise is part of the choice:
 - the guard: a variant is excluded when its *whole* interval of metric loss (paired, against
-  the baseline, at `confidence`) lies above the allowed loss -- clearly worse -- and kept when
-  only its point estimate does (its loss may be within the tolerance; the test set cannot tell);
+  the baseline, at `confidence`) lies above the allowed loss -- clearly worse -- or when its
+  point loss is above the allowed loss and its interval lies wholly above 0 -- measurably worse
+  than the baseline, by more than allowed as far as the test set can tell. It is kept when its
+  point loss is above the allowed loss but its interval reaches 0: the test set cannot tell that
+  loss from none, and a few images must not throw it out;
 - L carries an interval from the latency rounds and the metric interval (each against the
   baseline). Whether another candidate is measurably worse than the one with the lowest L is
   judged on their *difference*, paired wherever the figures allow it: the latency ratios of the
@@ -70,8 +73,9 @@ class Objective(Settings):
     weight_size: float = Field(1.0, ge=0)
     weight_time: float = Field(1.0, ge=0)
     weight_metric: float = Field(1.0, ge=0)
-    # The guard's tolerance: a variant whose metric is *clearly* worse than the baseline's by
-    # more than this (display unit: percentage points for accuracy) is not eligible. None: no guard.
+    # The guard's tolerance (display unit: percentage points for accuracy): a variant that loses
+    # clearly more than this, or more than this and measurably more than nothing, is not eligible
+    # (module doc). None: no guard.
     max_metric_loss: float | None = Field(1.0, ge=0)
     # Two-sided confidence of the metric and L intervals (guard and ties); optimize also tests a
     # guarded repair at it (methods.repair).
@@ -124,8 +128,8 @@ class Score:
     # Why an ineligible candidate was excluded; empty when eligible.
     excluded_because: str
     on_pareto_front: bool
-    # The guard's word on it: "baseline", "no guard", "within tolerance", "not clearly worse",
-    # "clearly worse".
+    # The guard's word on it: "baseline", "no guard", "within tolerance", "not clearly worse"
+    # (eligible), "measurably worse", "clearly worse" (excluded).
     guard: str
 
 
@@ -228,6 +232,10 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
         guard = "clearly worse"
         sure = "" if cand.metric_delta_interval is None else f" [{loss_low:.2f}, {loss_high:.2f}]"
         excluded = (f"loses {loss:.2f}{sure} {unit} of {metric.name}, clearly more than the allowed {limit:g} {unit}")
+    elif loss > limit + 1e-12 and loss_low > 1e-12 and cand.metric_delta_interval is not None:
+        guard = "measurably worse"
+        excluded = (f"loses {loss:.2f} [{loss_low:.2f}, {loss_high:.2f}] {unit} of {metric.name}: more than the "
+                    f"allowed {limit:g} {unit}, and measurably more than nothing")
     elif loss > limit + 1e-12:
         guard = "not clearly worse"
     else:
@@ -362,9 +370,11 @@ def _guard_rule(objective: Objective) -> str:
     return (
         f"Accuracy guard: a variant is excluded when its whole {objective.confidence:.0%} interval of "
         f"{objective.metric.name} loss against the baseline (paired, exact McNemar) lies above the allowed "
-        f"{objective.max_metric_loss:g} {unit} -- it is then clearly worse than allowed. A variant whose "
-        f"interval reaches below {objective.max_metric_loss:g} {unit} may be within the tolerance and stays "
-        "eligible, even if its point estimate is above it: the test set cannot tell."
+        f"{objective.max_metric_loss:g} {unit} -- it is then clearly worse than allowed -- or when its point "
+        f"estimate is above {objective.max_metric_loss:g} {unit} and its interval lies wholly above 0 -- it is "
+        "measurably worse than the baseline, by more than allowed as far as the test set can tell. A variant "
+        f"whose point estimate is above {objective.max_metric_loss:g} {unit} but whose interval reaches 0 stays "
+        "eligible: the test set cannot tell its loss from none."
     )
 
 
@@ -434,7 +444,8 @@ def _reasons(
         if s.guard == "not clearly worse" and s.eligible:
             reasons.append(
                 f"{s.name} loses {s.metric_loss:.2f} {unit} [{s.metric_loss_low:.2f}, {s.metric_loss_high:.2f}]: more than "
-                f"the allowed {objective.max_metric_loss:g} {unit} at its point estimate, not clearly; it stays eligible."
+                f"the allowed {objective.max_metric_loss:g} {unit} at its point estimate, but its interval reaches 0 (the "
+                "test set cannot tell that loss from none); it stays eligible."
             )
     for s in ranking:
         if not s.eligible:

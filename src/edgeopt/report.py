@@ -39,7 +39,9 @@ def _verdict(v: Variant) -> str:
     if s.guard == "baseline":
         return "baseline"
     if not s.eligible:
-        return "clearly worse" if s.guard == "clearly worse" else "other runtime" if "runtime" in s.excluded_because else "excluded"
+        if s.guard in ("clearly worse", "measurably worse"):
+            return s.guard
+        return "other runtime" if "runtime" in s.excluded_because else "excluded"
     return "eligible, loss unproven" if s.guard == "not clearly worse" else "eligible"
 
 
