@@ -110,7 +110,7 @@ def test_litert_alone_builds_its_calibrated_variants_in_a_worker_and_gives_the_s
 
 
 def _fail_here(ctx, path):
-    raise AssertionError("an ONNX Runtime method was built in the calling process")
+    raise AssertionError("a method meant for the worker was built in the calling process")
 
 
 def test_a_user_error_in_the_worker_reaches_the_caller_as_itself(tiny_model, tmp_path, split_pixels, monkeypatch):

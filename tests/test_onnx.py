@@ -233,8 +233,10 @@ def test_diagnostics_explain_ort_dynamic_and_float16_slowness(tiny_optimized):
     _, results = tiny_optimized
     dynamic = " ".join(diagnose(_slowed(results, "ort_int8_dynamic", 3.0)))
     assert "ConvInteger" in dynamic and "DynamicQuantizeLinear" in dynamic
-    fp16 = " ".join(diagnose(_slowed(results, "ort_fp16", 1.5, {"speed_flags": ["avx2", "fma"]})))
+    fp16 = " ".join(diagnose(_slowed(results, "ort_fp16", 1.5, {"machine": "x86_64", "speed_flags": ["avx2", "fma"]})))
     assert "Cast nodes" in fp16 and "float16 only halves the file" in fp16 and "x86 without AVX512-FP16" in fp16
+    arm = " ".join(diagnose(_slowed(results, "ort_fp16", 1.5, {"machine": "aarch64", "speed_flags": ["asimd"]})))
+    assert "no fast float16 path" in arm and "x86" not in arm
     # a CPU that has the instructions is not said to lack them
     fp16 = " ".join(diagnose(_slowed(results, "ort_fp16", 1.5, {"speed_flags": ["avx2", "avx512_fp16"]})))
     assert "although this CPU has AVX512-FP16" in fp16 and "without AVX512-FP16" not in fp16

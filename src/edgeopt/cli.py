@@ -198,7 +198,8 @@ def optimize(
     w_time: Annotated[float | None, typer.Option(help="Weight of the time term [default: 1]")] = None,
     w_accuracy: Annotated[float | None, typer.Option(help="Weight of the accuracy term [default: 1]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(
-        help="The accuracy guard's tolerance, PP: a variant clearly losing more is not eligible [default: 1.0]")] = None,
+        help="The accuracy guard's tolerance, PP: a variant clearly losing more, or losing more and measurably more "
+        "than nothing, is not eligible [default: 1.0]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard: any loss is traded by the weights")] = False,
     confidence: Annotated[float | None, typer.Option(
         help="Confidence of the accuracy and L intervals, and of the test that a guarded repair changes fewer answers "

@@ -64,7 +64,8 @@ def diagnose(results: Results) -> list[str]:
         if ops.get("Cast", 0) and "float16" in g.weight_dtypes and v.backend == "onnxruntime":
             why = ("although this CPU has AVX512-FP16, ONNX Runtime's CPU kernels for these float16 ops are slower "
                    "than its float32 ones here" if "avx512_fp16" in machine.get("speed_flags", ())
-                   else "this CPU's ONNX Runtime kernels have no fast float16 path (x86 without AVX512-FP16)")
+                   else "this CPU's ONNX Runtime kernels have no fast float16 path"
+                   + (" (x86 without AVX512-FP16)" if machine.get("machine") in ("x86_64", "AMD64") else ""))
             findings.append(
                 f"{ratio}: it computes in float16, with {ops['Cast']} Cast nodes converting between float16 "
                 f"and float32; {why}, so float16 only halves the file."

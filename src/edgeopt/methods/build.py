@@ -135,7 +135,7 @@ SPLITS = ("litert",)
 
 
 def chains_of(methods: list[Method], processes: int) -> list[list[Method]]:
-    """The methods as independent chains, each in the registry's order, the baseline's first: one
+    """The methods as independent chains, each in the order given, the baseline's first: one
     per runtime; and while that leaves a process idle, a runtime's calibrated methods apart from
     its others where it SPLITS. With a retraining method, one chain per runtime: its fine-tuning
     keeps every core busy for minutes, and a second process would only compete with it."""
