@@ -78,7 +78,8 @@ def main() -> int:
                 "latency_ms_median": v.latency.median_ms if v.latency else None,
                 "round_medians_ms": v.latency.round_medians_ms if v.latency else None,
                 "test_accuracy": v.test.accuracy if v.test else None,
-                "verdict": (v.score.excluded_because or v.score.guard) if v.score else "not loadable",
+                "verdict": ((v.score.excluded_because or v.score.guard) if v.score
+                            else v.load_error or v.stopped_early or "not measured"),
             } for v in results.variants],
         }
     build = load_results(RUN)

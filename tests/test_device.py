@@ -19,6 +19,7 @@ from edgeopt.config import MeasureConfig
 from edgeopt.device.bench import bench_run
 from edgeopt.errors import ConfigError
 from edgeopt.objective import Objective
+from edgeopt.report import table_rows
 from edgeopt.results import Results, load_results
 from edgeopt.runtimes import litert as litert_runtime
 
@@ -185,5 +186,6 @@ def test_what_the_build_machine_proved_clearly_worse_stays_out_on_a_device(tiny_
     chosen = choose_for_device(broken, _sha(run_dir), device, Objective())
     assert chosen.choice.selected != "f4_float16"
     assert any(r.startswith("f4_float16 was not eligible: clearly worse on the build machine's") for r in chosen.choice.reasons)
+    assert next(r for r in table_rows(chosen) if r[0].startswith("f4_float16"))[-1] == "excluded on the build machine"
     unguarded = choose_for_device(broken, _sha(run_dir), device, Objective(max_metric_loss=None))
     assert unguarded.choice.selected == "f4_float16" and not any("build machine" in r for r in unguarded.choice.reasons)

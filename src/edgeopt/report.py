@@ -35,7 +35,11 @@ def _verdict(v: Variant) -> str:
     """One or two words: why a variant may or may not be chosen (the reasons say it in full)."""
     s = v.score
     if s is None:
-        return "not loadable" if not v.loadable else ("stopped early" if v.stopped_early else "not measured")
+        if not v.loadable:
+            return "not loadable"
+        if "on the build machine" in v.stopped_early:  # choose: what the build machine's test split excluded
+            return "excluded on the build machine"
+        return "stopped early" if v.stopped_early else "not measured"
     if s.guard == "baseline":
         return "baseline"
     if not s.eligible:
