@@ -50,7 +50,7 @@ class AnswersAhead:
         """Answer one block of the first unfinished job whose variant is built; False when there is
         nothing to do now."""
         for job in self._jobs.values():
-            total = len(self._images[job.images])
+            total = len(job.predicted)
             if job.done >= total or not self._is_built(job.name):
                 continue
             if job.name not in self._sessions:
@@ -62,8 +62,7 @@ class AnswersAhead:
             job.confidence[job.done:stop] = confidence
             self.images_answered += stop - job.done
             job.done = stop
-            if all(other.done >= len(self._images[other.images]) for other in self._jobs.values()
-                   if other.name == job.name):
+            if all(other.done >= len(other.predicted) for other in self._jobs.values() if other.name == job.name):
                 del self._sessions[job.name]  # its last job is done
             return True
         return False

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import ConfigError, ModelError
-from edgeopt.objective import Candidate, Objective, ObjectiveForm, select
+from edgeopt.objective import EXCLUDED_BY_GUARD, Candidate, Objective, ObjectiveForm, select
 from edgeopt.results import Accuracy, Choice, Latency, Paired, PairedClass, Predictions, Results, Variant, Verdict
 from edgeopt.stats import median_interval, paired_difference
 
@@ -150,6 +150,10 @@ def choose_for_device(run: Results, run_sha256: str, device: Results, objective:
     return decide(_carry_exclusions(run, device, objective), objective, device_target(device))
 
 
+# In a device variant's stopped_early: what the build machine's test split excluded (the report's verdict).
+ON_BUILD_MACHINE = "on the build machine"
+
+
 def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Results:
     """A device checks accuracy on a few labelled samples, too few to prove a variant clearly
     (or measurably) worse; the build machine's whole test split can. What the guard (at this
@@ -161,9 +165,9 @@ def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Re
     except ConfigError:  # nothing of the run passes this objective on its own runtime: no verdicts to carry
         return device
     n = len(run.data.test_items)
-    out = {v.name: f"{v.score.guard} on the build machine's {n} test images ({v.score.excluded_because})"
-           for v in judged.variants if v.score is not None and v.score.guard in ("clearly worse", "measurably worse")}
-    out |= {v.name: f"{v.stopped_early} on the build machine" for v in run.variants
+    out = {v.name: f"{v.score.guard} {ON_BUILD_MACHINE}'s {n} test images ({v.score.excluded_because})"
+           for v in judged.variants if v.score is not None and v.score.guard in EXCLUDED_BY_GUARD}
+    out |= {v.name: f"{v.stopped_early} {ON_BUILD_MACHINE}" for v in run.variants
             if v.stopped_early.startswith("stopped after")}
     return device.model_copy(update={"variants": [
         v.model_copy(update={"stopped_early": out[v.name]}) if v.name in out and v.loadable and v is not device.variants[0] else v

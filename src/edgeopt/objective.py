@@ -46,6 +46,8 @@ from edgeopt.settings import Settings
 ObjectiveForm = Literal["default", "paper"]
 # A winner losing more than this (display units: pp for accuracy) without a guard gets a warning.
 WARN_METRIC_LOSS = 1.0
+# The guard's words (Score.guard) on a variant it excludes.
+EXCLUDED_BY_GUARD = ("clearly worse", "measurably worse")
 
 
 class Metric(Settings):

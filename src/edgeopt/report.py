@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgeopt.choose import ON_BUILD_MACHINE
+from edgeopt.objective import EXCLUDED_BY_GUARD
 from edgeopt.results import FITTED_TO_IN_WORDS, Results, Variant, write_results
 
 REPORT_FILE = "report.md"
@@ -37,13 +39,13 @@ def _verdict(v: Variant) -> str:
     if s is None:
         if not v.loadable:
             return "not loadable"
-        if "on the build machine" in v.stopped_early:  # choose: what the build machine's test split excluded
-            return "excluded on the build machine"
+        if ON_BUILD_MACHINE in v.stopped_early:  # choose: what the build machine's test split excluded
+            return f"excluded {ON_BUILD_MACHINE}"
         return "stopped early" if v.stopped_early else "not measured"
     if s.guard == "baseline":
         return "baseline"
     if not s.eligible:
-        if s.guard in ("clearly worse", "measurably worse"):
+        if s.guard in EXCLUDED_BY_GUARD:
             return s.guard
         return "other runtime" if "runtime" in s.excluded_because else "excluded"
     return "eligible, loss unproven" if s.guard == "not clearly worse" else "eligible"
