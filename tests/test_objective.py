@@ -71,7 +71,7 @@ def test_default_guard_excludes_an_8_6_point_loss_and_keeps_a_5_photo_loss():
     assert choice.score_of("ort_int8").guard == "clearly worse" and not choice.score_of("ort_int8").eligible
     # its point loss (1.05 pp) is above the tolerance, its interval reaches below it: not thrown out for noise
     f2s = choice.score_of("f2")
-    assert f2s.eligible and f2s.guard == "not clearly worse"
+    assert f2s.eligible and f2s.guard == "loss unproven"
     assert f2s.metric_loss_low == pytest.approx(-0.38) and f2s.metric_loss_high == pytest.approx(1.78)
     assert choice.selected == "f2"
     assert "clearly more than the allowed 1 pp" in choice.score_of("ort_int8").excluded_because
@@ -216,9 +216,9 @@ def test_default_guard_excludes_a_loss_above_the_tolerance_that_the_test_set_can
     repaired = Candidate("guarded", 5348e3, 5.38, 428 / 478, metric_delta_interval=(-0.0105, 0.0005), discordant=5,
                          backend="litert")
     choice = select([f0, f3, f4, repaired], "f0", Objective())
-    assert choice.score_of("f3").guard == "measurably worse" and not choice.score_of("f3").eligible
+    assert choice.score_of("f3").guard == "worse than allowed" and not choice.score_of("f3").eligible
     # above 1 pp at its point estimate (5 photos), but its interval reaches 0: not thrown out for noise
-    assert choice.score_of("guarded").guard == "not clearly worse" and choice.score_of("guarded").eligible
+    assert choice.score_of("guarded").guard == "loss unproven" and choice.score_of("guarded").eligible
     assert choice.selected == "f4"
     assert "interval lies wholly above 0" in choice.guard_rule
     assert any(r.startswith("f3 was excluded: it loses 2.72 [0.83, 3.71] pp") for r in choice.reasons)
@@ -241,7 +241,7 @@ def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on
                           metric_delta_interval=(-0.0632, -0.0038), correct=tuple(i in clustered_right for i in range(n)))
     # the default guard now excludes it: more than 1 pp at its point estimate, and measurably more than nothing
     guarded = select([base, f2, clustered], "f0", Objective()).score_of("clustered")
-    assert not guarded.eligible and guarded.guard == "measurably worse"
+    assert not guarded.eligible and guarded.guard == "worse than allowed"
     assert guarded.excluded_because == ("loses 3.56 [0.38, 6.32] pp of test_accuracy: more than the allowed 1 pp, "
                                         "and measurably more than nothing")
     # a user who allows 5 pp keeps it eligible; the tie rule still never hands it the choice on file size
@@ -263,3 +263,14 @@ def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on
     tie = next(r for r in choice.reasons if r.startswith("Tie within"))
     assert "broken by setting aside clustered" in tie and "then among qat, f2 by the smaller file" in tie
     assert "measurably better" not in tie
+
+
+def test_results_written_with_the_guards_former_words_read_as_now():
+    from edgeopt.results import Verdict
+
+    figures = dict(L=0.1, L_low=0.0, L_high=0.2, L_other_form=0.1, delta_size=0.0, delta_time=0.0, delta_metric=0.02,
+                   metric_loss=2.0, metric_loss_low=0.5, metric_loss_high=3.0, eligible=False, excluded_because="x",
+                   pareto=False)
+    assert Verdict(**figures, guard="measurably worse").guard == "worse than allowed"
+    assert Verdict(**figures, guard="not clearly worse").guard == "loss unproven"
+    assert Verdict(**figures, guard="clearly worse").guard == "clearly worse"

@@ -156,7 +156,7 @@ ON_BUILD_MACHINE = "on the build machine"
 
 def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Results:
     """A device checks accuracy on a few labelled samples, too few to prove a variant clearly
-    (or measurably) worse; the build machine's whole test split can. What the guard (at this
+    worse (or worse than allowed); the build machine's whole test split can. What the guard (at this
     objective's tolerance) or the race found so there stays out on the device."""
     if objective.max_metric_loss is None or run.choice is None:
         return device

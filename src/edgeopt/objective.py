@@ -14,10 +14,10 @@ of accuracy; it exists to reproduce the study's table, not to choose models.
 Measurement noise is part of the choice:
 - the guard: a variant is excluded when its *whole* interval of metric loss (paired, against
   the baseline, at `confidence`) lies above the allowed loss -- clearly worse -- or when its
-  point loss is above the allowed loss and its interval lies wholly above 0 -- measurably worse
-  than the baseline, by more than allowed as far as the test set can tell. It is kept when its
-  point loss is above the allowed loss but its interval reaches 0: the test set cannot tell that
-  loss from none, and a few images must not throw it out;
+  point loss is above the allowed loss and its interval lies wholly above 0 -- worse than
+  allowed: its loss is real, and more than allowed as far as the test set can tell. It is kept
+  when its point loss is above the allowed loss but its interval reaches 0 -- loss unproven: the
+  test set cannot tell that loss from none, and a few images must not throw it out;
 - L carries an interval from the latency rounds and the metric interval (each against the
   baseline). Whether another candidate is measurably worse than the one with the lowest L is
   judged on their *difference*, paired wherever the figures allow it: the latency ratios of the
@@ -46,8 +46,13 @@ from edgeopt.settings import Settings
 ObjectiveForm = Literal["default", "paper"]
 # A winner losing more than this (display units: pp for accuracy) without a guard gets a warning.
 WARN_METRIC_LOSS = 1.0
-# The guard's words (Score.guard) on a variant it excludes.
-EXCLUDED_BY_GUARD = ("clearly worse", "measurably worse")
+# The guard's word on a variant (module doc): the baseline; no guard set; a loss within the
+# tolerance; above it at its point estimate but not provably above 0 (eligible); above it at its
+# point estimate and provably above 0; its whole interval above it (both excluded).
+GuardWord = Literal[
+    "baseline", "no guard", "within tolerance", "loss unproven", "worse than allowed", "clearly worse"
+]
+EXCLUDED_BY_GUARD: tuple[GuardWord, ...] = ("clearly worse", "worse than allowed")
 
 
 class Metric(Settings):
@@ -130,9 +135,8 @@ class Score:
     # Why an ineligible candidate was excluded; empty when eligible.
     excluded_because: str
     on_pareto_front: bool
-    # The guard's word on it: "baseline", "no guard", "within tolerance", "not clearly worse"
-    # (eligible), "measurably worse", "clearly worse" (excluded).
-    guard: str
+    # The guard's word on it (GuardWord).
+    guard: GuardWord
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,7 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
     limit = objective.max_metric_loss
     unit = metric.loss_unit
     excluded = ""
+    guard: GuardWord
     if is_baseline:
         guard = "baseline"
     elif limit is None:
@@ -235,11 +240,11 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
         sure = "" if cand.metric_delta_interval is None else f" [{loss_low:.2f}, {loss_high:.2f}]"
         excluded = (f"loses {loss:.2f}{sure} {unit} of {metric.name}, clearly more than the allowed {limit:g} {unit}")
     elif loss > limit + 1e-12 and loss_low > 1e-12 and cand.metric_delta_interval is not None:
-        guard = "measurably worse"
+        guard = "worse than allowed"
         excluded = (f"loses {loss:.2f} [{loss_low:.2f}, {loss_high:.2f}] {unit} of {metric.name}: more than the "
                     f"allowed {limit:g} {unit}, and measurably more than nothing")
     elif loss > limit + 1e-12:
-        guard = "not clearly worse"
+        guard = "loss unproven"
     else:
         guard = "within tolerance"
     if target_backends is not None and cand.backend and cand.backend not in target_backends:
@@ -372,11 +377,11 @@ def _guard_rule(objective: Objective) -> str:
     return (
         f"Accuracy guard: a variant is excluded when its whole {objective.confidence:.0%} interval of "
         f"{objective.metric.name} loss against the baseline (paired, exact McNemar) lies above the allowed "
-        f"{objective.max_metric_loss:g} {unit} -- it is then clearly worse than allowed -- or when its point "
-        f"estimate is above {objective.max_metric_loss:g} {unit} and its interval lies wholly above 0 -- it is "
-        "measurably worse than the baseline, by more than allowed as far as the test set can tell. A variant "
-        f"whose point estimate is above {objective.max_metric_loss:g} {unit} but whose interval reaches 0 stays "
-        "eligible: the test set cannot tell its loss from none."
+        f"{objective.max_metric_loss:g} {unit} (clearly worse), or when its point estimate is above "
+        f"{objective.max_metric_loss:g} {unit} and its interval lies wholly above 0 (worse than allowed: its "
+        "loss is real, and more than allowed as far as the test set can tell). A variant whose point estimate "
+        f"is above {objective.max_metric_loss:g} {unit} but whose interval reaches 0 stays eligible (loss "
+        "unproven): the test set cannot tell its loss from none."
     )
 
 
@@ -443,7 +448,7 @@ def _reasons(
     if objective.max_metric_loss is not None:
         reasons.append(rule)
     for s in ranking:
-        if s.guard == "not clearly worse" and s.eligible:
+        if s.guard == "loss unproven" and s.eligible:
             reasons.append(
                 f"{s.name} loses {s.metric_loss:.2f} {unit} [{s.metric_loss_low:.2f}, {s.metric_loss_high:.2f}]: more than "
                 f"the allowed {objective.max_metric_loss:g} {unit} at its point estimate, but its interval reaches 0 (the "

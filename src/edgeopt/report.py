@@ -48,7 +48,7 @@ def _verdict(v: Variant) -> str:
         if s.guard in EXCLUDED_BY_GUARD:
             return s.guard
         return "other runtime" if "runtime" in s.excluded_because else "excluded"
-    return "eligible, loss unproven" if s.guard == "not clearly worse" else "eligible"
+    return "eligible, loss unproven" if s.guard == "loss unproven" else "eligible"
 
 
 def table_rows(results: Results) -> list[tuple[str, ...]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from edgeopt.errors import ModelError
 
@@ -130,6 +130,12 @@ class Verdict(Record):
     excluded_because: str
     pareto: bool
     guard: str
+
+    @field_validator("guard")
+    @classmethod
+    def _current_word(cls, word: str) -> str:
+        # Results written before the guard's two words were renamed read as they would now.
+        return {"measurably worse": "worse than allowed", "not clearly worse": "loss unproven"}.get(word, word)
 
 
 class Repair(Record):
