@@ -24,7 +24,7 @@ BACKBONE = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
 SYNTHETIC_PER_CLASS = 60
 TINY_TRAIN = TrainConfig(
     image_size=48, alpha=0.35, weights="none", epochs_head=28, epochs_finetune=0, batch_size=16,
-    lr_min=3e-4, lr_max=3e-3, bn_momentum=0.9, augment=False, patience=28, seed=0,
+    lr_min=3e-4, lr_max=3e-3, bn_momentum=0.9, augment=False, patience=28, seed=0, label_smoothing=0.0,
 )
 TINY_SIZE = (TINY_TRAIN.image_size, TINY_TRAIN.image_size)
 TINY_OPTIMIZE = OptimizeConfig(

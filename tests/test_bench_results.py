@@ -114,3 +114,22 @@ def test_retrain_markdown_shows_the_stored_numbers_and_every_target():
         assert f"| {v.name} | {v.size_bytes / 1024:.0f} |" in text and f"{100 * v.test.accuracy:.2f}" in text
     for label, target in record["targets"].items():
         assert f"{label}: {target['value']} — **{'met' if target['met'] else 'NOT MET'}**" in text
+
+
+BASELINE = RESULTS / "baseline.json"
+
+
+def test_baseline_benchmark_covers_two_seeds_of_one_recipe_and_judges_the_lowest():
+    if not BASELINE.is_file():
+        pytest.skip("bench/results/baseline.json has not been produced (python bench/baseline.py)")
+    record = json.loads(BASELINE.read_text())
+    assert record["commit"] and "+uncommitted" not in record["commit"]
+    seeds = record["seeds"]
+    assert len({r["seed"] for r in seeds}) == len(seeds) >= 2
+    lowest = min(r["test_accuracy"] for r in seeds)
+    assert record["summary"]["min"] == lowest and record["summary"]["met"] == (lowest >= 0.92)
+    text = (RESULTS / "baseline.md").read_text()
+    assert record["commit"] in text
+    for r in seeds:
+        assert f"| {r['seed']} | {100 * r['test_accuracy']:.2f} |" in text
+    assert f"lowest {100 * lowest:.2f}% — **{'met' if record['summary']['met'] else 'NOT MET'}**" in text

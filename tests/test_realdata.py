@@ -32,7 +32,8 @@ def subset(tmp_path_factory):
 def test_transfer_learning_on_real_photos_then_optimize(subset, tmp_path):
     # head only, long enough for real margins: int8 must not be judged on a model that is still guessing
     config = TrainConfig(image_size=96, alpha=1.0, weights=str(BACKBONE), epochs_head=10, epochs_finetune=0,
-                         batch_size=16, lr_min=1e-4, lr_max=2e-3, augment=True, seed=0, patience=10)
+                         batch_size=16, lr_min=1e-4, lr_max=2e-3, augment=True, seed=0, patience=10,
+                         label_smoothing=0.0)
     trained = train(subset, tmp_path / "model", config)
     assert trained.classes == ("cardboard", "glass", "metal", "paper", "plastic")
     backends = ("litert", "onnxruntime") if importlib.util.find_spec("onnxruntime") else ("litert",)

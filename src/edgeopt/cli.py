@@ -71,7 +71,7 @@ def train(
     alpha: Annotated[float | None, typer.Option(help="MobileNetV2 width multiplier [default: 1.0]")] = None,
     weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a Keras weights file [default: imagenet]")] = None,
     epochs_head: Annotated[int | None, typer.Option(help="Epochs training the new head [default: 8]")] = None,
-    epochs_finetune: Annotated[int | None, typer.Option(help="Epochs fine-tuning the top of the backbone [default: 6]")] = None,
+    epochs_finetune: Annotated[int | None, typer.Option(help="Epochs fine-tuning the top of the backbone [default: 16]")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split and the training [default: 0]")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,

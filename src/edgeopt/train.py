@@ -6,7 +6,7 @@ the input pipeline only and is not part of the saved model.
 
 Recipe: new head (global pooling, dropout, softmax), Adam with a triangular cyclical learning
 rate, phase 1 on the head (backbone frozen), phase 2 fine-tuning the top of the backbone at a
-tenth of the rate, early stopping on a validation part of the train split.
+fraction of the rate (a tenth by default), optional label smoothing, early stopping on a validation part of the train split.
 """
 
 from __future__ import annotations
@@ -133,20 +133,25 @@ def _augmenter(seed: int) -> Any:
 
 
 def _datasets(
-    config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]
+    config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
 ) -> tuple[Any, Any]:
     tf = import_tensorflow()
+
+    def targets(x: Any, y: Any) -> tuple[Any, Any]:
+        # Keras smooths only one-hot targets; without smoothing the labels stay sparse.
+        y = tf.one_hot(y, num_classes) if config.label_smoothing > 0 else y
+        return tf.cast(x, tf.float32), y
+
     train_ds = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train[0]), seed=config.seed)
-    train_ds = train_ds.batch(config.batch_size).map(
-        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    train_ds = train_ds.batch(config.batch_size).map(targets, num_parallel_calls=tf.data.AUTOTUNE)
     if config.augment:
         augment = _augmenter(config.seed)
         train_ds = train_ds.map(
             lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
         )
     val_ds = tf.data.Dataset.from_tensor_slices(val).batch(config.batch_size)
-    val_ds = val_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    val_ds = val_ds.map(targets)
     return train_ds.prefetch(2), val_ds
 
 
@@ -180,9 +185,13 @@ def _fit_phase(
     schedule = _schedule(
         config.lr_min * lr_scale, config.lr_max * lr_scale, config.lr_half_cycle_epochs * steps
     )
+    loss = (
+        keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        if config.label_smoothing > 0 else "sparse_categorical_crossentropy"
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule),
-        loss="sparse_categorical_crossentropy",
+        loss=loss,
         metrics=["accuracy"],
     )
     stop = keras.callbacks.EarlyStopping(
@@ -230,7 +239,7 @@ def train(
         model, backbone = build_model(config, len(folder.classes))
         train_xy = (subsets["train"].pixels, subsets["train"].labels)
         val = subsets["validation"] if len(subsets["validation"].labels) else subsets["train"]
-        datasets = _datasets(config, train_xy, (val.pixels, val.labels))
+        datasets = _datasets(config, train_xy, (val.pixels, val.labels), len(folder.classes))
         steps = math.ceil(len(train_xy[1]) / config.batch_size)
         history: dict[str, Any] = {}
         from_scratch = config.weights == "none"
@@ -244,7 +253,8 @@ def train(
             for i, layer in enumerate(backbone.layers):
                 layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
             history["finetune"] = _fit_phase(
-                model, config, datasets, "finetune", config.epochs_finetune, 0.1, steps, progress
+                model, config, datasets, "finetune", config.epochs_finetune, config.finetune_lr_scale, steps,
+                progress,
             )
         val_acc = _accuracy(model, val.pixels, val.labels, config.batch_size)
         test_acc = _accuracy(model, subsets["test"].pixels, subsets["test"].labels, config.batch_size)
