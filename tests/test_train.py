@@ -78,3 +78,28 @@ def test_local_imagenet_backbone_loads_into_the_model():
 def test_bad_train_settings_are_refused(bad):
     with pytest.raises(ValidationError):
         TrainConfig(**bad)
+
+
+def test_label_smoothing_keeps_the_model_from_certainty(tiny_model, synthetic_dir, tmp_path):
+    """Smoothing e = 0.3 over 5 classes trains toward 0.76 on the true class: far fewer near-certain
+    answers than the same training gives without it, and the model still learns."""
+    from edgeopt.data.imagefolder import decode_images, scan_image_folder
+    from edgeopt.data.split import load_split
+    from edgeopt.train import train
+    from tests.conftest import TINY_TRAIN
+
+    smoothed = train(synthetic_dir, tmp_path / "smoothed", TINY_TRAIN.replaced(label_smoothing=0.3)).folder
+    split = load_split(tiny_model / "split.json")
+    images = decode_images(scan_image_folder(synthetic_dir).root, split.train, TINY_SIZE)
+
+    def answers(folder):
+        return load_keras_model(folder).predict(images.pixels.astype(np.float32), verbose=0)
+
+    plain, soft = answers(tiny_model), answers(smoothed)
+
+    def near_certain(answers):
+        return np.mean(answers.max(1) > 0.97)
+
+    assert near_certain(plain) >= 0.05  # without smoothing (more than 10% of them on the CPU it was written on)
+    assert near_certain(soft) <= near_certain(plain) / 3  # with it, under 1% there
+    assert np.mean(soft.argmax(1) == images.labels) > 0.5  # five classes: chance is 0.2

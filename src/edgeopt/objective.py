@@ -444,7 +444,8 @@ def _reasons(
     elif len(eligible) > 1:
         runner = eligible[1]
         reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f} [{runner.L_low:.2f}, {runner.L_high:.2f}]; "
-                       "the intervals do not overlap.")
+                       f"the interval of its L minus {best.name}'s, from the same latency rounds and the same images, "
+                       "lies above 0.")
     if objective.max_metric_loss is not None:
         reasons.append(rule)
     for s in ranking:
