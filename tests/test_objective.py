@@ -274,3 +274,24 @@ def test_results_written_with_the_guards_former_words_read_as_now():
     assert Verdict(**figures, guard="measurably worse").guard == "worse than allowed"
     assert Verdict(**figures, guard="not clearly worse").guard == "loss unproven"
     assert Verdict(**figures, guard="clearly worse").guard == "clearly worse"
+
+
+def test_a_tied_variant_beyond_the_tolerance_at_its_point_estimate_never_wins_the_tie_on_file_size():
+    # bench/retrain.py on the 93.31% model (8615dc3): qat_int8 lost 1.26 pp [-0.58, 2.61] (16 discordant), f2
+    # 0.63 [-0.88, 1.80] (11); both eligible and tied, and qat won the tie by a file 19 KB smaller
+    n = 478
+    base_right = set(range(446))
+    base = Candidate("f0", 8706e3, 5.30, 446 / n, latency_ratios=(1.0,) * 5, correct=tuple(i in base_right for i in range(n)))
+    f2_right = (base_right - set(range(7))) | set(range(446, 450))
+    f2 = Candidate("f2", 2676e3, 3.55, len(f2_right) / n, latency_ratios=(0.68, 0.66, 0.67, 0.69, 0.67),
+                   metric_delta_interval=(-0.0180, 0.0088), correct=tuple(i in f2_right for i in range(n)))
+    qat_right = (base_right - set(range(11))) | set(range(446, 451))
+    qat = Candidate("qat", 2657e3, 3.57, len(qat_right) / n, latency_ratios=(0.67, 0.68, 0.66, 0.68, 0.67),
+                    metric_delta_interval=(-0.0261, 0.0058), correct=tuple(i in qat_right for i in range(n)))
+    choice = select([base, f2, qat], "f0", Objective())
+    assert choice.score_of("qat").guard == "loss unproven" and choice.score_of("qat").eligible
+    assert set(choice.tie) == {"f2", "qat"} and choice.selected == "f2" and choice.tie_broken_by == "set aside"
+    tie = next(r for r in choice.reasons if r.startswith("Tie within"))
+    assert "setting aside qat (-1.26 pp [-2.61, +0.58]: beyond the allowed loss at its point estimate)" in tie
+    # with the tolerance at 2 pp, qat is within it, and the smaller file wins the tie again
+    assert select([base, f2, qat], "f0", Objective(max_metric_loss=2.0)).selected == "qat"

@@ -25,8 +25,9 @@ Measurement noise is part of the choice:
   L - L_lowest reaches 0 is tied with it; a tie is broken by the better metric where it is
   measurably better (paired, on the same images), else by the smaller file: a metric a few
   images apart is noise too, and breaking on it would hand the choice to the latency draw. A tied
-  candidate measurably worse than the baseline (its paired interval excludes 0) never wins the tie
-  against one that is not, whatever its file size.
+  candidate measurably worse than the baseline (its paired interval excludes 0), or with its point
+  loss beyond the guard's tolerance (loss unproven), never wins the tie against one that is
+  neither, whatever its file size.
   (Two separate intervals against the baseline overlap far more often than the candidates are
   alike: a variant 1.8x slower than another in every round would be "tied" with it, and the
   tie handed to whichever is a few images more accurate.)
@@ -290,9 +291,11 @@ def select(
         m = by_name[s.name].metric
         return -m if objective.metric.higher_is_better else m
 
-    # A tied variant the test images show to lose against the baseline never wins the tie against
-    # one they do not (a smaller file must not buy a measurable loss).
-    kept = [s for s in tied if not _measurably_worse(by_name[s.name], baseline, objective)] or tied
+    # A tied variant the test images show to lose against the baseline, or whose point loss is beyond
+    # the tolerance (the guard kept it only because its loss is unproven), never wins the tie against
+    # one that is neither: a smaller file must not buy a loss the user did not allow.
+    kept = [s for s in tied if s.guard != "loss unproven"
+            and not _measurably_worse(by_name[s.name], baseline, objective)] or tied
     # The tie goes to the best metric only where it is measurably better: among the tied, those
     # not measurably worse than the most accurate one stay, and of them the smaller file wins.
     top = min(kept, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))
@@ -433,9 +436,11 @@ def _reasons(
         else:
             how = ""
         if set_aside:
-            how = (f"setting aside {', '.join(f'{s.name} ({_fmt_loss(s, unit)})' for s in set_aside)}, measurably "
-                   f"worse than {baseline_name} on the same images (a tied variant that is not is preferred to it, "
-                   "whatever its file size)" + (f", then among {names(rest)} by {how}" if how else ""))
+            why = {s.name: "beyond the allowed loss at its point estimate" if s.guard == "loss unproven"
+                   else f"measurably worse than {baseline_name} on the same images" for s in set_aside}
+            how = (f"setting aside {', '.join(f'{s.name} ({_fmt_loss(s, unit)}: {why[s.name]})' for s in set_aside)} "
+                   "(a tied variant that is neither is preferred to it, whatever its file size)"
+                   + (f", then among {names(rest)} by {how}" if how else ""))
         reasons.append(
             f"Tie within measurement noise: {members}; none is measurably worse than the lowest L ({best.name}) "
             f"-- the interval of each one's L minus {best.name}'s, from the same latency rounds and the same "
