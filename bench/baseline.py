@@ -83,7 +83,7 @@ def main() -> int:
         return 2
     from edgeopt.machine import cpu_model, usable_cores
 
-    commit = provenance.commit("bench/baseline.py")
+    commit = provenance.commit("bench/baseline.py", "bench/reference.py")  # the recipe is reference.py's
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         model_dir, _, cached = train_reference(args.cache, args.image_size, False, seed)

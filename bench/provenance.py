@@ -8,11 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def commit(script: str) -> str:
-    """HEAD, marked "+uncommitted" when src/ or the benchmark script differ from it."""
+def commit(*scripts: str) -> str:
+    """HEAD, marked "+uncommitted" when src/ or the benchmark scripts differ from it."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", script], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", *scripts], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

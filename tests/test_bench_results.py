@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeopt.choose import decide
+from edgeopt.config import TrainConfig
 from edgeopt.objective import Objective
 from edgeopt.results import Results
 
@@ -124,6 +125,8 @@ def test_baseline_benchmark_covers_two_seeds_of_one_recipe_and_judges_the_lowest
         pytest.skip("bench/results/baseline.json has not been produced (python bench/baseline.py)")
     record = json.loads(BASELINE.read_text())
     assert record["commit"] and "+uncommitted" not in record["commit"]
+    # the recipe is edgeopt train's defaults, as the README says (the weights aside: a local file there)
+    assert TrainConfig(**{**record["recipe"], "weights": "imagenet"}) == TrainConfig()
     seeds = record["seeds"]
     assert len({r["seed"] for r in seeds}) == len(seeds) >= 2
     lowest = min(r["test_accuracy"] for r in seeds)

@@ -295,3 +295,15 @@ def test_a_tied_variant_beyond_the_tolerance_at_its_point_estimate_never_wins_th
     assert "setting aside qat (-1.26 pp [-2.61, +0.58]: beyond the allowed loss at its point estimate)" in tie
     # with the tolerance at 2 pp, qat is within it, and the smaller file wins the tie again
     assert select([base, f2, qat], "f0", Objective(max_metric_loss=2.0)).selected == "qat"
+
+    # a loss-unproven variant (20 lost, 10 gained) tied with one within a 2 pp tolerance but measurably worse than
+    # the baseline (8 lost, none gained): the measurable loss is set aside first, and the unproven one is chosen
+    worse_right = base_right - set(range(8))
+    worse = Candidate("worse", 2600e3, 3.56, len(worse_right) / n, latency_ratios=(0.67, 0.67, 0.67, 0.68, 0.66),
+                      metric_delta_interval=(-0.0167, -0.0044), correct=tuple(i in worse_right for i in range(n)))
+    unproven_right = (base_right - set(range(20))) | set(range(446, 456))
+    unproven = Candidate("unproven", 2657e3, 3.57, len(unproven_right) / n, latency_ratios=(0.67, 0.68, 0.66, 0.68, 0.67),
+                         metric_delta_interval=(-0.0440, 0.0023), correct=tuple(i in unproven_right for i in range(n)))
+    choice = select([base, unproven, worse], "f0", Objective(max_metric_loss=2.0))
+    assert choice.score_of("unproven").guard == "loss unproven" and choice.score_of("worse").guard == "within tolerance"
+    assert set(choice.tie) == {"unproven", "worse"} and choice.selected == "unproven"

@@ -74,7 +74,9 @@ def test_local_imagenet_backbone_loads_into_the_model():
     assert not np.allclose(first, random)
 
 
-@pytest.mark.parametrize("bad", [dict(image_size=8), dict(alpha=0), dict(epochs_head=0), dict(lr_min=1, lr_max=0.1)])
+@pytest.mark.parametrize("bad", [dict(image_size=8), dict(alpha=0), dict(epochs_head=0), dict(lr_min=1, lr_max=0.1),
+                                 dict(label_smoothing=1.0), dict(label_smoothing=-0.1), dict(finetune_lr_scale=0),
+                                 dict(finetune_lr_scale=1.5)])
 def test_bad_train_settings_are_refused(bad):
     with pytest.raises(ValidationError):
         TrainConfig(**bad)

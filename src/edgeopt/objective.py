@@ -150,8 +150,8 @@ class Choice:
     reasons: tuple[str, ...]
     # The candidates tied with the lowest L within noise (empty when the lowest L stands alone),
     # and what broke the tie: "metric", "size" or "metric, then size", after "set aside, then "
-    # when tied variants measurably worse than the baseline were set aside first ("set aside" alone
-    # when that left one).
+    # when tied variants measurably worse than the baseline, or with a loss unproven beyond the
+    # tolerance, were set aside first ("set aside" alone when that left one).
     tie: tuple[str, ...] = ()
     tie_broken_by: str = ""
     # The guard's rule in one sentence, with its numbers.
@@ -291,11 +291,12 @@ def select(
         m = by_name[s.name].metric
         return -m if objective.metric.higher_is_better else m
 
-    # A tied variant the test images show to lose against the baseline, or whose point loss is beyond
-    # the tolerance (the guard kept it only because its loss is unproven), never wins the tie against
-    # one that is neither: a smaller file must not buy a loss the user did not allow.
-    kept = [s for s in tied if s.guard != "loss unproven"
-            and not _measurably_worse(by_name[s.name], baseline, objective)] or tied
+    # A tied variant the test images show to lose against the baseline never wins the tie against one
+    # they do not; then, among those left, one whose point loss is beyond the tolerance (the guard kept
+    # it only because its loss is unproven) never wins against one within it: a smaller file must not
+    # buy a loss the user did not allow.
+    not_worse = [s for s in tied if not _measurably_worse(by_name[s.name], baseline, objective)] or tied
+    kept = [s for s in not_worse if s.guard != "loss unproven"] or not_worse
     # The tie goes to the best metric only where it is measurably better: among the tied, those
     # not measurably worse than the most accurate one stay, and of them the smaller file wins.
     top = min(kept, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from edgeopt.errors import ModelError
+from edgeopt.objective import GuardWord
 
 SCHEMA: Literal["edgeopt.results/2"] = "edgeopt.results/2"
 RESULTS_FILE = "results.json"
@@ -129,11 +130,11 @@ class Verdict(Record):
     eligible: bool
     excluded_because: str
     pareto: bool
-    guard: str
+    guard: GuardWord
 
-    @field_validator("guard")
+    @field_validator("guard", mode="before")
     @classmethod
-    def _current_word(cls, word: str) -> str:
+    def _current_word(cls, word: Any) -> Any:
         # Results written before the guard's two words were renamed read as they would now.
         return {"measurably worse": "worse than allowed", "not clearly worse": "loss unproven"}.get(word, word)
 
