@@ -6,7 +6,8 @@ the input pipeline only and is not part of the saved model.
 
 Recipe: new head (global pooling, dropout, softmax), Adam with a triangular cyclical learning
 rate, phase 1 on the head (backbone frozen), phase 2 fine-tuning the top of the backbone at a
-fraction of the rate (a tenth by default), optional label smoothing, early stopping on a validation part of the train split.
+fraction of the rate (a tenth by default), label smoothing (0.1 by default), early stopping on a
+validation part of the train split.
 """
 
 from __future__ import annotations
