@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import provenance  # bench/, beside this script
-from reference import BACKBONE, ROOT, TRASHNET, reference_recipe, train_reference
+from reference import ROOT, reference_recipe, shared_data_missing, train_reference
 
 TARGET_TEST_ACCURACY = 0.92
 
@@ -82,8 +82,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache")
     args = parser.parse_args()
-    if not TRASHNET.is_dir() or not BACKBONE.is_file():
-        print(f"needs {TRASHNET} and {BACKBONE}; they are on the dev/CI machine only", file=sys.stderr)
+    if shared_data_missing():
         return 2
     from edgeopt.machine import cpu_model, usable_cores
 

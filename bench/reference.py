@@ -61,6 +61,14 @@ TARGETS = {
 }
 
 
+def shared_data_missing() -> bool:
+    """Whether ../shared's photos or backbone are absent (they are on the dev/CI machine only); says so."""
+    if TRASHNET.is_dir() and BACKBONE.is_file():
+        return False
+    print(f"needs {TRASHNET} and {BACKBONE}; they are on the dev/CI machine only", file=sys.stderr)
+    return True
+
+
 def reference_recipe(image_size: int, seed: int = 0) -> Any:
     """The reference model's training recipe: the study's ingredients (ImageNet transfer learning,
     augmentation, Adam, a triangular cyclical rate), made stronger for issue 13. Against the recipe
@@ -239,8 +247,7 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache")
     parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
     args = parser.parse_args()
-    if not TRASHNET.is_dir() or not BACKBONE.is_file():
-        print(f"needs {TRASHNET} and {BACKBONE}; they are on the dev/CI machine only", file=sys.stderr)
+    if shared_data_missing():
         return 2
 
     from edgeopt._tf import import_tensorflow

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import provenance  # bench/, beside this script
-from reference import BACKBONE, ROOT, TRASHNET, train_reference
+from reference import ROOT, shared_data_missing, train_reference
 
 METHODS = ("f0_float32", "f2_int8", "f3_int8_uint8io", "f4_float16", "qat_int8", "pruned_int8", "clustered_int8")
 TARGETS = {
@@ -109,8 +109,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache")
     args = parser.parse_args()
-    if not TRASHNET.is_dir() or not BACKBONE.is_file():
-        print(f"needs {TRASHNET} and {BACKBONE}; they are on the dev/CI machine only", file=sys.stderr)
+    if shared_data_missing():
         return 2
 
     from edgeopt.config import MeasureConfig, OptimizeConfig, RetrainConfig
