@@ -199,6 +199,26 @@ def test_a_variant_slower_in_every_round_is_not_tied_however_wide_the_intervals(
     assert set(unpaired.tie) == {"f1", "f3"} and unpaired.selected == "f1"
 
 
+def test_the_reasons_say_same_rounds_and_images_only_when_the_comparison_was_paired():
+    """The reference case above: paired, the runner-up's reason names the shared rounds and images;
+    without per-round ratios or per-image answers the tie was judged on the separate intervals, and
+    the reason must not claim otherwise."""
+    right = [True] * 9 + [False]
+    base = Candidate("f0", 1000, 10, 0.9, latency_ratios=(1.0,) * 5, correct=tuple(right))
+    fast = Candidate("a", 500, 5, 0.9, latency_ratio_interval=(0.45, 0.55), latency_ratios=(0.5, 0.45, 0.55, 0.5, 0.5),
+                     correct=tuple(right))
+    slow = Candidate("b", 600, 9, 0.9, latency_ratio_interval=(0.85, 0.95), latency_ratios=(0.9, 0.85, 0.95, 0.9, 0.9),
+                     correct=tuple(right))
+    paired = select([base, fast, slow], "f0", Objective())
+    assert any(r.startswith("Runner-up: b") and "from the same latency rounds and the same images" in r
+               for r in paired.reasons)
+    wide = replace(slow, latency_ratio_interval=(0.3, 1.5), latency_ratios=None, correct=None)
+    unpaired = select([base, fast, wide], "f0", Objective())
+    assert set(unpaired.tie) == {"a", "b"}
+    tie = next(r for r in unpaired.reasons if r.startswith("Tie within measurement noise"))
+    assert "same latency rounds" not in tie and "from the intervals of each against f0" in tie
+
+
 def test_paired_rounds_that_straddle_zero_are_a_tie():
     base = Candidate("f0", 1000, 10, 0.9, latency_ratios=(1.0,) * 5, correct=(True,) * 9 + (False,))
     a = Candidate("a", 500, 10, 0.9, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0), correct=(True,) * 9 + (False,))

@@ -2,7 +2,7 @@
 choice of a variant.
 
 Knows nothing of TensorFlow or of any runtime: it works on plain numbers, so the study's own
-table can be fed to it in a test.
+table can be fed to it in a test. The sentences that explain a choice are written by reasons.py.
 
 L(f) = w_s*dS + w_t*dT + w_m*dM, every term a relative change against the baseline f0:
   dS = (S - S0)/S0 (file size), dT = (T - T0)/T0 (time per image),
@@ -42,11 +42,10 @@ from typing import Literal
 from pydantic import Field
 
 from edgeopt.errors import ConfigError
+from edgeopt.reasons import Decision, render_guard_rule, render_reasons
 from edgeopt.settings import Settings
 
 ObjectiveForm = Literal["default", "paper"]
-# A winner losing more than this (display units: pp for accuracy) without a guard gets a warning.
-WARN_METRIC_LOSS = 1.0
 # The guard's word on a variant (module doc): the baseline; no guard set; a loss within the
 # tolerance; above it at its point estimate but not provably above 0 (eligible); above it at its
 # point estimate and provably above 0; its whole interval above it (both excluded).
@@ -308,16 +307,20 @@ def select(
         broken_by = "size" if len(leaders) == len(kept) else ("metric" if len(leaders) == 1 else "metric, then size")
     if set_aside:
         broken_by = "set aside" + (f", then {broken_by}" if broken_by else "")
+    # Whether each comparison the reasons speak of was paired (same rounds, same images).
+    others = tied[1:] if len(tied) > 1 else eligible[1:2]
+    paired = all(_paired(by_name[s.name], by_name[best.name]) for s in others)
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
-    rule = _guard_rule(objective)
+    rule = render_guard_rule(objective)
     return Choice(
         baseline=baseline_name,
         selected=winner.name,
         ranking=tuple(ranking),
-        reasons=tuple(_reasons(winner, best, tied, broken_by, ranking, by_name, baseline_name, objective, rule, set_aside,
-                               leaders, top)),
+        reasons=tuple(render_reasons(
+            Decision(winner, best, tied, broken_by, ranking, set_aside, leaders, top, paired),
+            by_name, baseline_name, objective, rule)),
         tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
         tie_broken_by=broken_by,
         guard_rule=rule,
@@ -349,6 +352,14 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
     return size + w.weight_time * time_low + w.weight_metric * metric_low
 
 
+def _paired(a: Candidate, b: Candidate) -> bool:
+    """Whether a and b carry the figures that pair them: latency ratios of the same rounds and
+    answers on the same images (_difference_low and _measurably_worse fall back otherwise)."""
+    rounds = a.latency_ratios is not None and b.latency_ratios is not None and len(a.latency_ratios) == len(b.latency_ratios)
+    images = a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct)
+    return rounds and images
+
+
 def _measurably_worse(a: Candidate, b: Candidate, objective: Objective) -> bool:
     """Whether a's metric is measurably worse than b's: the paired interval of a - b (on the same
     images) lies wholly on the worse side of 0. Unpaired figures: only an exact difference counts."""
@@ -372,111 +383,3 @@ def _score_metric_low(sa: Score, sb: Score, a: Candidate, b: Candidate, baseline
         return min(terms[0], point), max(terms[1], point)
 
     return term_range(a, sa.delta_metric)[0] - term_range(b, sb.delta_metric)[1]
-
-
-def _guard_rule(objective: Objective) -> str:
-    if objective.max_metric_loss is None:
-        return "No accuracy guard (--no-guard): every variant is eligible whatever it loses."
-    unit = objective.metric.loss_unit
-    return (
-        f"Accuracy guard: a variant is excluded when its whole {objective.confidence:.0%} interval of "
-        f"{objective.metric.name} loss against the baseline (paired, exact McNemar) lies above the allowed "
-        f"{objective.max_metric_loss:g} {unit} (clearly worse), or when its point estimate is above "
-        f"{objective.max_metric_loss:g} {unit} and its interval lies wholly above 0 (worse than allowed: its "
-        "loss is real, and more than allowed as far as the test set can tell). A variant whose point estimate "
-        f"is above {objective.max_metric_loss:g} {unit} but whose interval reaches 0 stays eligible (loss "
-        "unproven): the test set cannot tell its loss from none."
-    )
-
-
-def _signed(value: float) -> str:
-    return f"{value + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
-
-
-def _fmt_loss(s: Score, unit: str) -> str:
-    return f"{_signed(-s.metric_loss)} {unit} [{_signed(-s.metric_loss_high)}, {_signed(-s.metric_loss_low)}]"
-
-
-def _reasons(
-    winner: Score, best: Score, tied: list[Score], broken_by: str, ranking: list[Score],
-    by_name: dict[str, Candidate], baseline_name: str, objective: Objective, rule: str,
-    set_aside: Sequence[Score] = (), leaders: Sequence[Score] = (), top: Score | None = None,
-) -> list[str]:
-    unit = objective.metric.loss_unit
-    eligible = [s for s in ranking if s.eligible]
-    cand = by_name[winner.name]
-    discordant = f", {cand.discordant} discordant image(s)" if cand.discordant is not None else ""
-    reasons = [
-        f"{winner.name}: L = {winner.L:.2f} [{winner.L_low:.2f}, {winner.L_high:.2f}] (size {winner.delta_size:+.1%}, "
-        f"time {winner.delta_time:+.1%}, {objective.metric.name} {_fmt_loss(winner, unit)}{discordant} against "
-        f"{baseline_name}); {len(eligible)} of {len(ranking)} variants were eligible."
-    ]
-    if len(tied) > 1:
-        members = ", ".join(f"{s.name} {s.L:.2f} [{s.L_low:.2f}, {s.L_high:.2f}]" for s in tied)
-        scale = objective.metric.display_scale
-        rest = [s for s in tied if s not in set_aside]
-        decided = broken_by.removeprefix("set aside").removeprefix(", then ")
-
-        def names(scores: Sequence[Score]) -> str:
-            return ", ".join(s.name for s in scores)
-
-        if decided.startswith("metric"):
-            assert top is not None  # the most accurate of the tied that were kept (select)
-            dropped = [s for s in rest if s not in leaders]
-            how = (f"the measurably better {objective.metric.name} ({top.name} {by_name[top.name].metric * scale:.2f}; "
-                   f"{names(dropped)} measurably {'lower' if objective.metric.higher_is_better else 'higher'} on the same "
-                   "images)")
-            if decided == "metric, then size":
-                how += (f", then the smaller file among {names(leaders)} ({winner.name}, "
-                        f"{by_name[winner.name].size_bytes:,.0f} bytes)")
-        elif decided == "size":
-            spread = sorted(by_name[s.name].metric * scale for s in rest)
-            how = (f"the smaller file ({by_name[winner.name].size_bytes:,.0f} bytes): their {objective.metric.name} "
-                   + (f"is equal ({spread[0]:.2f})" if spread[0] == spread[-1] else
-                      f"({spread[0]:.2f} to {spread[-1]:.2f}) differs by no more than the test images can tell"))
-        else:
-            how = ""
-        if set_aside:
-            why = {s.name: "beyond the allowed loss at its point estimate" if s.guard == "loss unproven"
-                   else f"measurably worse than {baseline_name} on the same images" for s in set_aside}
-            how = (f"setting aside {', '.join(f'{s.name} ({_fmt_loss(s, unit)}: {why[s.name]})' for s in set_aside)} "
-                   "(a tied variant that is neither is preferred to it, whatever its file size)"
-                   + (f", then among {names(rest)} by {how}" if how else ""))
-        reasons.append(
-            f"Tie within measurement noise: {members}; none is measurably worse than the lowest L ({best.name}) "
-            f"-- the interval of each one's L minus {best.name}'s, from the same latency rounds and the same "
-            f"images, reaches 0 -- so the tie is broken by {how}."
-        )
-    elif len(eligible) > 1:
-        runner = eligible[1]
-        reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f} [{runner.L_low:.2f}, {runner.L_high:.2f}]; "
-                       f"the interval of its L minus {best.name}'s, from the same latency rounds and the same images, "
-                       "lies above 0.")
-    if objective.max_metric_loss is not None:
-        reasons.append(rule)
-    for s in ranking:
-        if s.guard == "loss unproven" and s.eligible:
-            reasons.append(
-                f"{s.name} loses {s.metric_loss:.2f} {unit} [{s.metric_loss_low:.2f}, {s.metric_loss_high:.2f}]: more than "
-                f"the allowed {objective.max_metric_loss:g} {unit} at its point estimate, but its interval reaches 0 (the "
-                "test set cannot tell that loss from none); it stays eligible."
-            )
-    for s in ranking:
-        if not s.eligible:
-            reasons.append(f"{s.name} was excluded: it {s.excluded_because}.")
-    if winner.metric_loss > WARN_METRIC_LOSS and objective.max_metric_loss is None:
-        reasons.append(
-            f"Warning: {winner.name} loses {winner.metric_loss:.2f} {unit} of {objective.metric.name} against "
-            f"{baseline_name}, and no guard is set; the weights trade that for size and speed."
-        )
-    if objective.form == "paper":
-        reasons.append(
-            "Objective 'paper' uses the study's sign for the metric term, which rewards a loss "
-            "of accuracy; use the default objective to choose a model for production."
-        )
-    if not winner.on_pareto_front:
-        reasons.append(
-            f"Note: {winner.name} is not on the Pareto front of size, latency and "
-            f"{objective.metric.name}; the weights favour it anyway."
-        )
-    return reasons

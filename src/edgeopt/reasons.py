@@ -1,0 +1,152 @@
+"""The prose of a choice: why objective.select chose what it chose, in sentences a person reads.
+
+Works on objective's scores and candidates (plain numbers, no runtime); objective calls it, and
+nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # objective imports this module: its types are needed for annotations only
+    from edgeopt.objective import Candidate, Objective, Score
+
+# A winner losing more than this (display units: pp for accuracy) without a guard gets a warning.
+WARN_METRIC_LOSS = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What select found, for the reasons to tell."""
+
+    winner: Score
+    # The lowest L, and the candidates tied with it within noise (best first; [best] alone: no tie).
+    best: Score
+    tied: list[Score]
+    # Choice.tie_broken_by.
+    broken_by: str
+    # Eligible first, the winner first.
+    ranking: list[Score]
+    # Tied variants set aside (measurably worse than the baseline, or loss unproven).
+    set_aside: Sequence[Score] = ()
+    # Among the tied that were kept: those not measurably worse than the most accurate, `top`.
+    leaders: Sequence[Score] = ()
+    top: Score | None = None
+    # Whether every comparison with `best` told of (the tied, or the runner-up) was paired: the
+    # same latency rounds and the same images. False only for hand-made candidates without them.
+    paired: bool = True
+
+
+def render_guard_rule(objective: Objective) -> str:
+    if objective.max_metric_loss is None:
+        return "No accuracy guard (--no-guard): every variant is eligible whatever it loses."
+    unit = objective.metric.loss_unit
+    return (
+        f"Accuracy guard: a variant is excluded when its whole {objective.confidence:.0%} interval of "
+        f"{objective.metric.name} loss against the baseline (paired, exact McNemar) lies above the allowed "
+        f"{objective.max_metric_loss:g} {unit} (clearly worse), or when its point estimate is above "
+        f"{objective.max_metric_loss:g} {unit} and its interval lies wholly above 0 (worse than allowed: its "
+        "loss is real, and more than allowed as far as the test set can tell). A variant whose point estimate "
+        f"is above {objective.max_metric_loss:g} {unit} but whose interval reaches 0 stays eligible (loss "
+        "unproven): the test set cannot tell its loss from none."
+    )
+
+
+def _signed(value: float) -> str:
+    return f"{value + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
+
+
+def _fmt_loss(s: Score, unit: str) -> str:
+    return f"{_signed(-s.metric_loss)} {unit} [{_signed(-s.metric_loss_high)}, {_signed(-s.metric_loss_low)}]"
+
+
+def render_reasons(
+    decision: Decision, by_name: dict[str, Candidate], baseline_name: str, objective: Objective, rule: str,
+) -> list[str]:
+    d = decision
+    winner, best, tied, ranking = d.winner, d.best, d.tied, d.ranking
+    unit = objective.metric.loss_unit
+    eligible = [s for s in ranking if s.eligible]
+    cand = by_name[winner.name]
+    discordant = f", {cand.discordant} discordant image(s)" if cand.discordant is not None else ""
+    compared = ("from the same latency rounds and the same images" if d.paired else
+                f"from the intervals of each against {baseline_name} where rounds or images do not pair them")
+    reasons = [
+        f"{winner.name}: L = {winner.L:.2f} [{winner.L_low:.2f}, {winner.L_high:.2f}] (size {winner.delta_size:+.1%}, "
+        f"time {winner.delta_time:+.1%}, {objective.metric.name} {_fmt_loss(winner, unit)}{discordant} against "
+        f"{baseline_name}); {len(eligible)} of {len(ranking)} variants were eligible."
+    ]
+    if len(tied) > 1:
+        reasons.append(_tie_reason(d, by_name, baseline_name, objective, compared))
+    elif len(eligible) > 1:
+        runner = eligible[1]
+        reasons.append(f"Runner-up: {runner.name} with L = {runner.L:.2f} [{runner.L_low:.2f}, {runner.L_high:.2f}]; "
+                       f"the interval of its L minus {best.name}'s, {compared}, lies above 0.")
+    if objective.max_metric_loss is not None:
+        reasons.append(rule)
+    for s in ranking:
+        if s.guard == "loss unproven" and s.eligible:
+            reasons.append(
+                f"{s.name} loses {s.metric_loss:.2f} {unit} [{s.metric_loss_low:.2f}, {s.metric_loss_high:.2f}]: more than "
+                f"the allowed {objective.max_metric_loss:g} {unit} at its point estimate, but its interval reaches 0 (the "
+                "test set cannot tell that loss from none); it stays eligible."
+            )
+    for s in ranking:
+        if not s.eligible:
+            reasons.append(f"{s.name} was excluded: it {s.excluded_because}.")
+    if winner.metric_loss > WARN_METRIC_LOSS and objective.max_metric_loss is None:
+        reasons.append(
+            f"Warning: {winner.name} loses {winner.metric_loss:.2f} {unit} of {objective.metric.name} against "
+            f"{baseline_name}, and no guard is set; the weights trade that for size and speed."
+        )
+    if objective.form == "paper":
+        reasons.append(
+            "Objective 'paper' uses the study's sign for the metric term, which rewards a loss "
+            "of accuracy; use the default objective to choose a model for production."
+        )
+    if not winner.on_pareto_front:
+        reasons.append(
+            f"Note: {winner.name} is not on the Pareto front of size, latency and "
+            f"{objective.metric.name}; the weights favour it anyway."
+        )
+    return reasons
+
+
+def _tie_reason(d: Decision, by_name: dict[str, Candidate], baseline_name: str, objective: Objective,
+                compared: str) -> str:
+    unit = objective.metric.loss_unit
+    members = ", ".join(f"{s.name} {s.L:.2f} [{s.L_low:.2f}, {s.L_high:.2f}]" for s in d.tied)
+    scale = objective.metric.display_scale
+    rest = [s for s in d.tied if s not in d.set_aside]
+    decided = d.broken_by.removeprefix("set aside").removeprefix(", then ")
+    same_images = " on the same images" if d.paired else ""
+
+    def names(scores: Sequence[Score]) -> str:
+        return ", ".join(s.name for s in scores)
+
+    if decided.startswith("metric"):
+        assert d.top is not None  # the most accurate of the tied that were kept (select)
+        dropped = [s for s in rest if s not in d.leaders]
+        how = (f"the measurably better {objective.metric.name} ({d.top.name} {by_name[d.top.name].metric * scale:.2f}; "
+               f"{names(dropped)} measurably {'lower' if objective.metric.higher_is_better else 'higher'}{same_images})")
+        if decided == "metric, then size":
+            how += (f", then the smaller file among {names(d.leaders)} ({d.winner.name}, "
+                    f"{by_name[d.winner.name].size_bytes:,.0f} bytes)")
+    elif decided == "size":
+        spread = sorted(by_name[s.name].metric * scale for s in rest)
+        how = (f"the smaller file ({by_name[d.winner.name].size_bytes:,.0f} bytes): their {objective.metric.name} "
+               + (f"is equal ({spread[0]:.2f})" if spread[0] == spread[-1] else
+                  f"({spread[0]:.2f} to {spread[-1]:.2f}) differs by no more than the test images can tell"))
+    else:
+        how = ""
+    if d.set_aside:
+        why = {s.name: "beyond the allowed loss at its point estimate" if s.guard == "loss unproven"
+               else f"measurably worse than {baseline_name}{same_images}" for s in d.set_aside}
+        how = (f"setting aside {', '.join(f'{s.name} ({_fmt_loss(s, unit)}: {why[s.name]})' for s in d.set_aside)} "
+               "(a tied variant that is neither is preferred to it, whatever its file size)"
+               + (f", then among {names(rest)} by {how}" if how else ""))
+    return (f"Tie within measurement noise: {members}; none is measurably worse than the lowest L ({d.best.name}) "
+            f"-- the interval of each one's L minus {d.best.name}'s, {compared}, reaches 0 -- so the tie is broken "
+            f"by {how}.")
