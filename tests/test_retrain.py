@@ -175,26 +175,43 @@ def test_qat_trains_with_fake_quant_nodes_and_converts_to_a_full_int8_graph(tiny
     assert artifact.metadata["images"] == len(splits[0].labels)
 
 
+# Points of the tiny test split (60 images) a retrained variant may lose against the float model.
+# Clustering's fine-tuning moves the tiny model by more than QAT's: over seeds 0-2 of its fine-tuning
+# the 16-cluster variant scored 46.7, 51.7 and 56.7% against the float model's 53.3% (and 56.7, 50.0,
+# 50.0% with every kernel clustered), so 5 points (3 images) is within its noise; 10 (6 images) is not.
+ALLOWED_LOSS = {"qat_int8": 0.05, "clustered_int8": 0.10}
+
+
 @pytest.mark.parametrize("name", ["qat_int8", "clustered_int8"])
 def test_a_retrained_variant_keeps_the_float_models_test_accuracy(name, splits, built):
-    """Within 5 points of the float model on the tiny test split (3 of its 60 images). Not pruning:
-    this 0.35-wide net has 8 to 16 channels a layer and loses most of its accuracy at 60% sparsity
-    (measured: 57% -> 18%); what pruning costs is measured on the reference model (bench/retrain.py)."""
+    """Not pruning: this 0.35-wide net has 8 to 16 channels a layer and loses most of its accuracy at
+    60% sparsity (measured: 57% -> 18%); what pruning costs is measured on the reference model
+    (bench/retrain.py), as is what every method costs there."""
     _, test = splits
     baseline = _accuracy(built("f0_float32")[0].path, test.pixels, test.labels)
     assert baseline > 0.4  # twice chance: the tiny model means something
-    assert _accuracy(built(name)[0].path, test.pixels, test.labels) >= baseline - 0.05
+    assert _accuracy(built(name)[0].path, test.pixels, test.labels) >= baseline - ALLOWED_LOSS[name]
+
+
+def _compressed_and_kept(kernels: list[np.ndarray], share: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The kernels pruning and clustering change (each at least `share` of all these weights) and the rest."""
+    least = share * sum(k.size for k in kernels)
+    return [k for k in kernels if k.size >= least], [k for k in kernels if k.size < least]
+
+
+def _zeros(kernels: list[np.ndarray]) -> float:
+    return sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
 
 
 def test_pruning_reaches_its_sparsity_and_the_int8_file_keeps_it(built):
     artifact, ctx = built("pruned_int8")
     target = ctx.retrain.sparsity
     assert target - 0.01 <= artifact.metadata["sparsity_reached"] <= target + 0.02
-    kernels = _pointwise_kernels(artifact.path)
-    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
-    assert target - 0.01 <= zeros <= target + 0.02
-    unpruned = _pointwise_kernels(built("f2_int8")[0].path)
-    assert sum(int(np.sum(k == 0)) for k in unpruned) / sum(k.size for k in unpruned) < 0.1
+    pruned, kept = _compressed_and_kept(_pointwise_kernels(artifact.path), ctx.retrain.min_kernel_share)
+    assert target - 0.01 <= _zeros(pruned) <= target + 0.02
+    # the smallest kernels (the early blocks) are left whole, as in the float model
+    assert kept and _zeros(kept) < 0.1
+    assert _zeros(_pointwise_kernels(built("f2_int8")[0].path)) < 0.1
 
 
 def test_clustering_leaves_at_most_k_values_per_kernel_channel_in_the_int8_file(built):
@@ -202,10 +219,12 @@ def test_clustering_leaves_at_most_k_values_per_kernel_channel_in_the_int8_file(
     k = ctx.retrain.clusters
     assert artifact.metadata["max_unique_values_per_kernel"] <= k
     # int8 scales each output channel on its own: k values per kernel stay k values per channel
-    kernels = _pointwise_kernels(artifact.path)
-    assert max(np.unique(row).size for kernel in kernels for row in kernel) <= k
+    clustered, kept = _compressed_and_kept(_pointwise_kernels(artifact.path), ctx.retrain.min_kernel_share)
+    assert max(np.unique(row).size for kernel in clustered for row in kernel) <= k
     unclustered = _pointwise_kernels(built("f2_int8")[0].path)
     assert max(np.unique(row).size for kernel in unclustered for row in kernel) > 4 * k
+    # the smallest kernels are left alone: more than k values in a channel, as without clustering
+    assert kept and max(np.unique(row).size for kernel in kept for row in kernel) > k
 
 
 def test_pruning_fits_the_float_models_answers_on_each_image_as_flipped(tfmot, tiny_model, splits, tmp_path,
@@ -245,3 +264,29 @@ def test_what_a_fine_tuning_was_fitted_to_is_written_only_when_distilled():
     assert Training(**fields, fitted_to="distilled").model_dump()["fitted_to"] == "distilled"
     with pytest.raises(ValueError):
         Training(**fields, fitted_to="the float model's answers")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_a_labels_fitted_fine_tuning_keeps_the_label_smoothing_the_model_was_trained_with(tfmot, tiny_model, splits,
+                                                                                      tmp_path, smoothing):
+    """Dropping the training's smoothing would pull every answer towards certainty, away from the
+    float model the variant should stay close to."""
+    import json
+    import shutil
+
+    from edgeopt.methods.retrain import _fine_tune, _legacy_copy
+
+    source = tmp_path / "model"
+    shutil.copytree(tiny_model, source)
+    config = json.loads((source / "train_config.json").read_text())
+    (source / "train_config.json").write_text(json.dumps({**config, "label_smoothing": smoothing}))
+    train, _ = splits
+    ctx = _context(source, splits, tmp_path, epochs=1)
+    ctx.train_pixels, ctx.train_labels = train.pixels[:32], train.labels[:32]
+    model = _legacy_copy(ctx)
+    _fine_tune(model, ctx, callbacks=[], learning_rate=1e-5)
+    loss = model.loss
+    if smoothing:
+        assert loss.get_config()["label_smoothing"] == pytest.approx(smoothing) and "categorical" in loss.name
+    else:
+        assert loss == "sparse_categorical_crossentropy"

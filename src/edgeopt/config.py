@@ -107,6 +107,10 @@ class RetrainConfig(Settings):
     sparsity: float = Field(0.5, gt=0, lt=1)
     # clustered_int8: distinct values per pointwise and dense kernel.
     clusters: int = Field(16, ge=2, le=256)
+    # pruned_int8, clustered_int8: leave alone every pointwise or dense kernel holding less than
+    # this share of those kernels' weights (MobileNetV2's early blocks: few bytes, and the layers
+    # compression breaks most; methods.retrain._compressed_layers). 0: compress them all.
+    min_kernel_share: float = Field(0.01, ge=0, lt=1)
     # pruned_int8 fits the float model's answers on each train image (knowledge distillation)
     # rather than the labels; False: the labels, as qat_int8 and clustered_int8 always do.
     distill: bool = True

@@ -15,16 +15,21 @@ chose and why (see also TECH-NOTES):
 - QAT: the activation ranges start from the float model's on the calibration images, and depthwise
   kernels are left to the converter (per channel). With tfmot's defaults (ranges from [-6, 6], one
   range per depthwise kernel) a first run of bench/retrain.py lost 6.07 points; with these, 0.21.
-- Pruning and clustering touch the pointwise and dense kernels only (>= 95% of the weights): the
-  depthwise and first convs are small and the most sensitive. Clustering is per kernel, k-means++
-  (int8 then scales each output channel on its own: at most k values per channel in the file).
+- Pruning and clustering touch the pointwise and dense kernels only, and of those only the ones
+  holding at least 1% of their weights (RetrainConfig.min_kernel_share): 91% of MobileNetV2's
+  weights at alpha 1.0. The depthwise and first convs and the early blocks' pointwise kernels are
+  small and the most sensitive (_compressed_layers has the figures). Clustering is per kernel,
+  k-means++ (int8 then scales each output channel on its own: at most k values per channel in the
+  file).
 - Pruning learns the float model's answers (its probabilities on each train image, flipped or not
   as fitted: knowledge distillation), not the labels: they say more than the label about what the
   pruned model must keep. On the reference model (bench/retrain.py), 2 epochs of pruning to 50%
   lose 6.7 points of int8 test accuracy distilled, against 12.1 fitted to the labels. tfmot has
-  no distillation; it is a loss. QAT, a small correction of the same weights, fits the labels,
-  and so does clustering: distilled, it lost 13 points on the tiny test model (fitting the labels
-  loses under 5 there), and 4.8 in an experiment on the reference model (the labels: 3.6).
+  no distillation; it is a loss. QAT, a small correction of the same weights, fits the labels
+  with the label smoothing the model was trained with, and so does clustering: distilled, it lost
+  13 points on the tiny test model (fitting the labels loses under 5 there), and 4.8 in an
+  experiment on the reference model (the labels: 3.6). (These figures predate leaving the small
+  kernels alone and the smoothing.)
 - The combination tfmot supports (sparsity- and cluster-preserving QAT) is not built: each step is
   another fine-tuning, and the table shows whether its parts pay off first.
 """
@@ -115,13 +120,25 @@ def _legacy_copy(ctx: BuildContext) -> Any:
     return model
 
 
-def _compressible(layer: Any, tf_keras: Any) -> bool:
-    """The kernels pruning and clustering change: pointwise convs and the dense layer."""
+def _pointwise(layer: Any, tf_keras: Any) -> bool:
+    """A pointwise conv or the dense layer: the kernels pruning and clustering may change."""
     if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
         return False
     if isinstance(layer, tf_keras.layers.Conv2D):
         return layer.kernel_size == (1, 1)
     return isinstance(layer, tf_keras.layers.Dense)
+
+
+def _compressed_layers(model: Any, ctx: BuildContext) -> set[str]:
+    """The layers pruning and clustering change: the pointwise and dense kernels that each hold at
+    least RetrainConfig.min_kernel_share of those kernels' weights. The rest -- MobileNetV2's
+    blocks 0-6 at alpha 1.0, 3% of the weights -- carry the early features every later layer reads:
+    on the reference model, one-shot 50% pruning of them alone drops validation accuracy from 94.3%
+    to 66.1%, and leaving them out lifts 16-cluster clustering before fine-tuning from 38.5% to 89.6%."""
+    _, tf_keras, _ = _import_tfmot()
+    sizes = {layer.name: int(np.prod(layer.kernel.shape)) for layer in model.layers if _pointwise(layer, tf_keras)}
+    least = _settings(ctx).min_kernel_share * sum(sizes.values())
+    return {name for name, size in sizes.items() if size >= least}
 
 
 def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rate: float,
@@ -144,10 +161,16 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
         def flip(x: Any, y: Any) -> tuple[Any, Any]:
             return tf.image.random_flip_left_right(x, seed=settings.seed), y
 
-        data = (tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.int32)))
+        smoothing = _label_smoothing_of(ctx)
+        targets = np.eye(int(model.output_shape[-1]), dtype=np.float32)[labels] if smoothing > 0 else labels.astype(np.int32)
+        data = (tf.data.Dataset.from_tensor_slices((pixels, targets))
                 .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
                 .map(lambda x, y: (tf.cast(x, tf.float32), y)).map(flip))
-        loss, metric = "sparse_categorical_crossentropy", "accuracy"
+        # The loss the model was trained with: a fine-tuning that drops its label smoothing pulls
+        # every answer towards certainty, away from the float model it should stay close to.
+        loss = (tf_keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing > 0
+                else "sparse_categorical_crossentropy")
+        metric = "accuracy"
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
     with captured_output(ctx.log_path):
         history = model.fit(data.batch(settings.batch_size), epochs=settings.epochs, verbose=0, callbacks=callbacks)
@@ -159,6 +182,18 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
         "train_accuracy_last_epoch": round(float(history.history["accuracy"][-1]), 4),
         "fitted_to": "distilled" if distill else "labels",
     }
+
+
+def _label_smoothing_of(ctx: BuildContext) -> float:
+    """The label smoothing the source model was trained with (its train_config.json; 0 when absent:
+    edgeopt trained without it before the setting existed)."""
+    import json
+
+    try:
+        config = json.loads((ctx.source / "train_config.json").read_text())
+        return float(config.get("label_smoothing", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def _distillation(ctx: BuildContext) -> tuple[Any, Any, Any]:
@@ -313,8 +348,10 @@ def prepare_pruned(ctx: BuildContext) -> Any:
     schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=_settings(ctx).sparsity,
                                         begin_step=0, end_step=max(1, (2 * steps) // 3), frequency=max(1, steps // 20))
 
+    names = _compressed_layers(model, ctx)
+
     def wrap(layer: Any) -> Any:
-        return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule) if _compressible(layer, tf_keras) else layer
+        return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule) if layer.name in names else layer
 
     return tf_keras.models.clone_model(model, clone_function=wrap)
 
@@ -325,7 +362,8 @@ def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     metadata = _fine_tune(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], learning_rate=1e-4,
                           distill=_settings(ctx).distill)
     stripped = tfmot.sparsity.keras.strip_pruning(model)
-    kernels = [layer.get_weights()[0] for layer in stripped.layers if _compressible(layer, tf_keras)]
+    names = _compressed_layers(stripped, ctx)
+    kernels = [layer.get_weights()[0] for layer in stripped.layers if layer.name in names]
     metadata["target_sparsity"] = _settings(ctx).sparsity
     metadata["sparsity_reached"] = round(float(sum(np.sum(k == 0) for k in kernels) / sum(k.size for k in kernels)), 4)
     _convert_int8(ctx, stripped, out)
@@ -339,9 +377,10 @@ def prepare_clustered(ctx: BuildContext) -> Any:
     clustering = tfmot.clustering.keras
     model = _legacy_copy(ctx)
     centroid_init = clustering.CentroidInitialization.KMEANS_PLUS_PLUS
+    names = _compressed_layers(model, ctx)
 
     def wrap(layer: Any) -> Any:
-        if not _compressible(layer, tf_keras):
+        if layer.name not in names:
             return layer
         # Per layer: tfmot's per-channel clustering loops over channels in Python (with it, these tests on
         # the tiny model ran past 10 minutes instead of 3), and cluster_weights(cluster_per_channel=True) returns every
@@ -359,7 +398,8 @@ def build_clustered_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     model = prepare_clustered(ctx)
     metadata = _fine_tune(model, ctx, callbacks=[], learning_rate=1e-4)
     stripped = tfmot.clustering.keras.strip_clustering(model)
-    kernels = [layer.get_weights()[0] for layer in stripped.layers if _compressible(layer, tf_keras)]
+    names = _compressed_layers(stripped, ctx)
+    kernels = [layer.get_weights()[0] for layer in stripped.layers if layer.name in names]
     metadata["clusters"] = _settings(ctx).clusters
     metadata["max_unique_values_per_kernel"] = int(max(np.unique(k).size for k in kernels))
     _convert_int8(ctx, stripped, out)
