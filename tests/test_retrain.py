@@ -178,7 +178,9 @@ def test_qat_trains_with_fake_quant_nodes_and_converts_to_a_full_int8_graph(tiny
 # Points of the tiny test split (60 images) a retrained variant may lose against the float model.
 # Clustering's fine-tuning moves the tiny model by more than QAT's: over seeds 0-2 of its fine-tuning
 # the 16-cluster variant scored 46.7, 51.7 and 56.7% against the float model's 53.3% (and 56.7, 50.0,
-# 50.0% with every kernel clustered), so 5 points (3 images) is within its noise; 10 (6 images) is not.
+# 50.0% with every kernel clustered, as before min_kernel_share). It was 5 points (3 images) until
+# seed 0 of the new code drew 46.7%, one image beyond it, while the mean over the seeds moved by
+# 0.5: 5 points is within this model's noise, 10 (6 images) is not; bench/retrain.py measures the cost.
 ALLOWED_LOSS = {"qat_int8": 0.05, "clustered_int8": 0.10}
 
 
@@ -285,8 +287,37 @@ def test_a_labels_fitted_fine_tuning_keeps_the_label_smoothing_the_model_was_tra
     ctx.train_pixels, ctx.train_labels = train.pixels[:32], train.labels[:32]
     model = _legacy_copy(ctx)
     _fine_tune(model, ctx, callbacks=[], learning_rate=1e-5)
-    loss = model.loss
+    import tf_keras
+
     if smoothing:
-        assert loss.get_config()["label_smoothing"] == pytest.approx(smoothing) and "categorical" in loss.name
+        assert isinstance(model.loss, tf_keras.losses.CategoricalCrossentropy)
+        assert model.loss.get_config()["label_smoothing"] == pytest.approx(smoothing)
     else:
-        assert loss == "sparse_categorical_crossentropy"
+        assert model.loss == "sparse_categorical_crossentropy"
+
+
+def test_an_unreadable_train_config_is_refused_and_a_missing_one_means_no_smoothing(tfmot, tiny_model, splits,
+                                                                                   tmp_path):
+    import shutil
+
+    from edgeopt.errors import ModelError
+    from edgeopt.methods.retrain import _label_smoothing_of
+
+    source = tmp_path / "model"
+    shutil.copytree(tiny_model, source)
+    ctx = _context(source, splits, tmp_path)
+    (source / "train_config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="train_config.json cannot be read"):
+        _label_smoothing_of(ctx)
+    (source / "train_config.json").unlink()
+    assert _label_smoothing_of(ctx) == 0.0
+
+
+def test_a_kernel_share_that_leaves_nothing_to_compress_is_refused_before_fine_tuning(tfmot, tiny_model, splits,
+                                                                                     tmp_path):
+    from edgeopt.errors import ConfigError
+
+    ctx = _context(tiny_model, splits, tmp_path, min_kernel_share=0.9)
+    with pytest.raises(ConfigError, match="leaves no kernel to prune or cluster"):
+        build_artifact(get_method("pruned_int8"), ctx, tmp_path)
+    assert not list(tmp_path.glob("*.tflite"))

@@ -20,7 +20,7 @@ Triple = Annotated[tuple[float, float, float], Strict(False)]
 
 class TrainConfig(Settings):
     """How `edgeopt train` builds and fits the classifier: the study's ingredients; the defaults are
-    the recipe of bench/reference.py (93.31% and 90.79% on trashnet5 at 224 px with seeds 0 and 1:
+    the recipe of bench/reference.py (93.31, 90.79 and 92.89% on trashnet5 at 224 px with seeds 0-2:
     bench/baseline.py)."""
 
     # Square input side in pixels; MobileNetV2's ImageNet weights exist for 96..224.
@@ -108,8 +108,9 @@ class RetrainConfig(Settings):
     # clustered_int8: distinct values per pointwise and dense kernel.
     clusters: int = Field(16, ge=2, le=256)
     # pruned_int8, clustered_int8: leave alone every pointwise or dense kernel holding less than
-    # this share of those kernels' weights (MobileNetV2's early blocks: few bytes, and the layers
-    # compression breaks most; methods.retrain._compressed_layers). 0: compress them all.
+    # this share of those kernels' weights (MobileNetV2's early blocks, the layers compression breaks
+    # most, and a head of few classes: few bytes; methods.retrain._compressed_layers). 0: compress
+    # them all.
     min_kernel_share: float = Field(0.01, ge=0, lt=1)
     # pruned_int8 fits the float model's answers on each train image (knowledge distillation)
     # rather than the labels; False: the labels, as qat_int8 and clustered_int8 always do.

@@ -307,9 +307,13 @@ def select(
         broken_by = "size" if len(leaders) == len(kept) else ("metric" if len(leaders) == 1 else "metric, then size")
     if set_aside:
         broken_by = "set aside" + (f", then {broken_by}" if broken_by else "")
-    # Whether each comparison the reasons speak of was paired (same rounds, same images).
+    # Whether each comparison the reasons speak of was paired: L against the lowest L on the same
+    # rounds and images; the metric against the most accurate, and against the baseline, on the same images.
     others = tied[1:] if len(tied) > 1 else eligible[1:2]
-    paired = all(_paired(by_name[s.name], by_name[best.name]) for s in others)
+    paired = all(_rounds_pair(by_name[s.name], by_name[best.name]) and _images_pair(by_name[s.name], by_name[best.name])
+                 for s in others)
+    dropped_on_same_images = all(_images_pair(by_name[s.name], by_name[top.name]) for s in kept if s not in leaders)
+    set_aside_on_same_images = all(_images_pair(by_name[s.name], baseline) for s in tied if s not in kept)
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
@@ -319,7 +323,8 @@ def select(
         selected=winner.name,
         ranking=tuple(ranking),
         reasons=tuple(render_reasons(
-            Decision(winner, best, tied, broken_by, ranking, set_aside, leaders, top, paired),
+            Decision(winner, best, tied, broken_by, ranking, paired, dropped_on_same_images, set_aside_on_same_images,
+                     set_aside, leaders, top),
             by_name, baseline_name, objective, rule)),
         tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
         tie_broken_by=broken_by,
@@ -333,15 +338,15 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
 
     w = objective
     size = w.weight_size * (sa.delta_size - sb.delta_size)
-    ra, rb = a.latency_ratios, b.latency_ratios
-    if ra and rb and len(ra) == len(rb):
-        differences = [x - y for x, y in zip(ra, rb, strict=True)]
+    if _rounds_pair(a, b):
+        assert a.latency_ratios and b.latency_ratios
+        differences = [x - y for x, y in zip(a.latency_ratios, b.latency_ratios, strict=True)]
         time_low = min(median_interval(differences, w.confidence)[0], sa.delta_time - sb.delta_time)
     else:  # unpaired: the two intervals against the baseline
         a_low = _interval(a.latency_ms / baseline.latency_ms, a.latency_ratio_interval)[0]
         b_high = _interval(b.latency_ms / baseline.latency_ms, b.latency_ratio_interval)[1]
         time_low = min(a_low - b_high, sa.delta_time - sb.delta_time)
-    if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct):
+    if _images_pair(a, b):
         import numpy as np
 
         paired = paired_difference(np.array(b.correct), np.array(a.correct), w.confidence)  # metric(a) - metric(b)
@@ -352,18 +357,20 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
     return size + w.weight_time * time_low + w.weight_metric * metric_low
 
 
-def _paired(a: Candidate, b: Candidate) -> bool:
-    """Whether a and b carry the figures that pair them: latency ratios of the same rounds and
-    answers on the same images (_difference_low and _measurably_worse fall back otherwise)."""
-    rounds = a.latency_ratios is not None and b.latency_ratios is not None and len(a.latency_ratios) == len(b.latency_ratios)
-    images = a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct)
-    return rounds and images
+def _rounds_pair(a: Candidate, b: Candidate) -> bool:
+    """Whether a and b carry latency ratios of the same interleaved rounds."""
+    return bool(a.latency_ratios and b.latency_ratios and len(a.latency_ratios) == len(b.latency_ratios))
+
+
+def _images_pair(a: Candidate, b: Candidate) -> bool:
+    """Whether a and b carry right-or-wrong answers on the same test images."""
+    return bool(a.correct and b.correct and len(a.correct) == len(b.correct))
 
 
 def _measurably_worse(a: Candidate, b: Candidate, objective: Objective) -> bool:
     """Whether a's metric is measurably worse than b's: the paired interval of a - b (on the same
     images) lies wholly on the worse side of 0. Unpaired figures: only an exact difference counts."""
-    if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct):
+    if _images_pair(a, b):
         import numpy as np
 
         from edgeopt.stats import paired_difference

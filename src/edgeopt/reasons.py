@@ -24,19 +24,24 @@ class Decision:
     winner: Score
     # The lowest L, and the candidates tied with it within noise (best first; [best] alone: no tie).
     best: Score
-    tied: list[Score]
+    tied: Sequence[Score]
     # Choice.tie_broken_by.
     broken_by: str
     # Eligible first, the winner first.
-    ranking: list[Score]
+    ranking: Sequence[Score]
+    # How the comparisons told of were made: every L against best's (the tied, or the runner-up) on
+    # the same latency rounds and images; the metric of those the tie's metric step dropped against
+    # `top`'s, and of those set aside against the baseline's, on the same images. False where a
+    # candidate lacks per-round ratios or per-image answers (a results file without them, or one
+    # whose predictions do not match its labels): its separate intervals against the baseline decided.
+    paired: bool
+    dropped_on_same_images: bool
+    set_aside_on_same_images: bool
     # Tied variants set aside (measurably worse than the baseline, or loss unproven).
     set_aside: Sequence[Score] = ()
     # Among the tied that were kept: those not measurably worse than the most accurate, `top`.
     leaders: Sequence[Score] = ()
     top: Score | None = None
-    # Whether every comparison with `best` told of (the tied, or the runner-up) was paired: the
-    # same latency rounds and the same images. False only for hand-made candidates without them.
-    paired: bool = True
 
 
 def render_guard_rule(objective: Objective) -> str:
@@ -72,7 +77,8 @@ def render_reasons(
     cand = by_name[winner.name]
     discordant = f", {cand.discordant} discordant image(s)" if cand.discordant is not None else ""
     compared = ("from the same latency rounds and the same images" if d.paired else
-                f"from the intervals of each against {baseline_name} where rounds or images do not pair them")
+                f"partly from separate intervals against {baseline_name} (not every pair shares latency rounds "
+                "and images)")
     reasons = [
         f"{winner.name}: L = {winner.L:.2f} [{winner.L_low:.2f}, {winner.L_high:.2f}] (size {winner.delta_size:+.1%}, "
         f"time {winner.delta_time:+.1%}, {objective.metric.name} {_fmt_loss(winner, unit)}{discordant} against "
@@ -121,7 +127,6 @@ def _tie_reason(d: Decision, by_name: dict[str, Candidate], baseline_name: str, 
     scale = objective.metric.display_scale
     rest = [s for s in d.tied if s not in d.set_aside]
     decided = d.broken_by.removeprefix("set aside").removeprefix(", then ")
-    same_images = " on the same images" if d.paired else ""
 
     def names(scores: Sequence[Score]) -> str:
         return ", ".join(s.name for s in scores)
@@ -130,7 +135,8 @@ def _tie_reason(d: Decision, by_name: dict[str, Candidate], baseline_name: str, 
         assert d.top is not None  # the most accurate of the tied that were kept (select)
         dropped = [s for s in rest if s not in d.leaders]
         how = (f"the measurably better {objective.metric.name} ({d.top.name} {by_name[d.top.name].metric * scale:.2f}; "
-               f"{names(dropped)} measurably {'lower' if objective.metric.higher_is_better else 'higher'}{same_images})")
+               f"{names(dropped)} measurably {'lower' if objective.metric.higher_is_better else 'higher'}"
+               f"{' on the same images' if d.dropped_on_same_images else ''})")
         if decided == "metric, then size":
             how += (f", then the smaller file among {names(d.leaders)} ({d.winner.name}, "
                     f"{by_name[d.winner.name].size_bytes:,.0f} bytes)")
@@ -143,7 +149,8 @@ def _tie_reason(d: Decision, by_name: dict[str, Candidate], baseline_name: str, 
         how = ""
     if d.set_aside:
         why = {s.name: "beyond the allowed loss at its point estimate" if s.guard == "loss unproven"
-               else f"measurably worse than {baseline_name}{same_images}" for s in d.set_aside}
+               else f"measurably worse than {baseline_name}{' on the same images' if d.set_aside_on_same_images else ''}"
+               for s in d.set_aside}
         how = (f"setting aside {', '.join(f'{s.name} ({_fmt_loss(s, unit)}: {why[s.name]})' for s in d.set_aside)} "
                "(a tied variant that is neither is preferred to it, whatever its file size)"
                + (f", then among {names(rest)} by {how}" if how else ""))

@@ -17,8 +17,9 @@ chose and why (see also TECH-NOTES):
   range per depthwise kernel) a first run of bench/retrain.py lost 6.07 points; with these, 0.21.
 - Pruning and clustering touch the pointwise and dense kernels only, and of those only the ones
   holding at least 1% of their weights (RetrainConfig.min_kernel_share): 91% of MobileNetV2's
-  weights at alpha 1.0. The depthwise and first convs and the early blocks' pointwise kernels are
-  small and the most sensitive (_compressed_layers has the figures). Clustering is per kernel,
+  weights at alpha 1.0. The depthwise and first convs, the early blocks' pointwise kernels and a
+  head of few classes are small, and the early layers the most sensitive (_compressed_layers has
+  the figures). Clustering is per kernel,
   k-means++ (int8 then scales each output channel on its own: at most k values per channel in the
   file).
 - Pruning learns the float model's answers (its probabilities on each train image, flipped or not
@@ -45,7 +46,7 @@ import numpy as np
 
 from edgeopt._tf import import_tensorflow
 from edgeopt.config import RetrainConfig
-from edgeopt.errors import BackendUnavailableError, DataError, ModelError
+from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
 from edgeopt.methods.base import BuildContext, Method
 from edgeopt.methods.litert import concrete_function_of, representative_images, source_keras_model
 from edgeopt.quiet import captured_output
@@ -131,14 +132,21 @@ def _pointwise(layer: Any, tf_keras: Any) -> bool:
 
 def _compressed_layers(model: Any, ctx: BuildContext) -> set[str]:
     """The layers pruning and clustering change: the pointwise and dense kernels that each hold at
-    least RetrainConfig.min_kernel_share of those kernels' weights. The rest -- MobileNetV2's
-    blocks 0-6 at alpha 1.0, 3% of the weights -- carry the early features every later layer reads:
-    on the reference model, one-shot 50% pruning of them alone drops validation accuracy from 94.3%
-    to 66.1%, and leaving them out lifts 16-cluster clustering before fine-tuning from 38.5% to 89.6%."""
+    least RetrainConfig.min_kernel_share of those kernels' weights. The rest -- at alpha 1.0
+    MobileNetV2's blocks 0-6 (3% of the weights) and a head of under ~17 classes (5 classes: 0.3%)
+    -- are few bytes, and the early blocks carry the features every later layer reads: on the
+    reference model, one-shot 50% pruning of blocks 0-6 alone drops validation accuracy from 94.3%
+    to 66.1%, and leaving the small kernels out lifts 16-cluster clustering before fine-tuning from
+    38.5% to 89.6%."""
     _, tf_keras, _ = _import_tfmot()
     sizes = {layer.name: int(np.prod(layer.kernel.shape)) for layer in model.layers if _pointwise(layer, tf_keras)}
-    least = _settings(ctx).min_kernel_share * sum(sizes.values())
-    return {name for name, size in sizes.items() if size >= least}
+    share = _settings(ctx).min_kernel_share
+    names = {name for name, size in sizes.items() if size >= share * sum(sizes.values())}
+    if not names:  # refused before minutes of fine-tuning that would change nothing
+        largest = max(sizes.values(), default=0) / max(1, sum(sizes.values()))
+        raise ConfigError(f"min_kernel_share = {share:g} leaves no kernel to prune or cluster (the largest holds "
+                          f"{largest:.1%} of the pointwise and dense weights); set it below that in [optimize.retrain]")
+    return names
 
 
 def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rate: float,
@@ -166,7 +174,8 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
         data = (tf.data.Dataset.from_tensor_slices((pixels, targets))
                 .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
                 .map(lambda x, y: (tf.cast(x, tf.float32), y)).map(flip))
-        # The loss the model was trained with: a fine-tuning that drops its label smoothing pulls
+        # The loss the model was trained with (QAT, clustering, and pruning with distill off): a
+        # fine-tuning that drops its label smoothing pulls
         # every answer towards certainty, away from the float model it should stay close to.
         loss = (tf_keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing > 0
                 else "sparse_categorical_crossentropy")
@@ -185,15 +194,19 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
 
 
 def _label_smoothing_of(ctx: BuildContext) -> float:
-    """The label smoothing the source model was trained with (its train_config.json; 0 when absent:
-    edgeopt trained without it before the setting existed)."""
+    """The label smoothing the source model was trained with (its train_config.json; 0 when the
+    file or the key is absent: edgeopt trained without smoothing before the setting existed)."""
     import json
 
-    try:
-        config = json.loads((ctx.source / "train_config.json").read_text())
-        return float(config.get("label_smoothing", 0.0))
-    except (OSError, ValueError, TypeError, AttributeError):
+    path = ctx.source / "train_config.json"
+    if not path.is_file():
         return 0.0
+    try:
+        return float(json.loads(path.read_text()).get("label_smoothing", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{path} cannot be read ({exc}); the retraining methods fine-tune with the loss it "
+                         "names: restore it from the training's output folder, or delete it to fine-tune "
+                         "without label smoothing") from None
 
 
 def _distillation(ctx: BuildContext) -> tuple[Any, Any, Any]:
@@ -339,8 +352,8 @@ def build_qat_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
 
 
 def prepare_pruned(ctx: BuildContext) -> Any:
-    """The model with the pointwise and dense kernels wrapped for magnitude pruning to the target
-    sparsity (polynomial schedule over the first two thirds of the fine-tuning steps)."""
+    """The model with the large pointwise and dense kernels (_compressed_layers) wrapped for
+    magnitude pruning to the target sparsity (polynomial schedule over the first two thirds of the fine-tuning steps)."""
     _, tf_keras, tfmot = _import_tfmot()
     sparsity = tfmot.sparsity.keras
     model = _legacy_copy(ctx)
@@ -371,7 +384,7 @@ def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
 
 
 def prepare_clustered(ctx: BuildContext) -> Any:
-    """The model with the pointwise and dense kernels clustered, each as a whole (k-means++
+    """The model with the large pointwise and dense kernels (_compressed_layers) clustered, each as a whole (k-means++
     centroids, fine-tuned with the weights)."""
     _, tf_keras, tfmot = _import_tfmot()
     clustering = tfmot.clustering.keras
@@ -414,12 +427,12 @@ RETRAIN_METHODS = {
     ),
     "pruned_int8": Method(
         name="pruned_int8", backend="litert", source="keras", suffix=".tflite", retrains=True, cost=COST,
-        summary="magnitude pruning of the pointwise and dense kernels (--sparsity), fine-tuned, then int8 as f2",
+        summary="magnitude pruning of the large pointwise and dense kernels (--sparsity), fine-tuned, then int8 as f2",
         build=build_pruned_int8, calibrated=True,
     ),
     "clustered_int8": Method(
         name="clustered_int8", backend="litert", source="keras", suffix=".tflite", retrains=True, cost=COST,
-        summary="weight clustering of the pointwise and dense kernels (--clusters per layer), fine-tuned, then int8",
+        summary="weight clustering of the large pointwise and dense kernels (--clusters per layer), fine-tuned, then int8",
         build=build_clustered_int8, calibrated=True,
     ),
 }
