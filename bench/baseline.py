@@ -1,6 +1,6 @@
 """The float32 baseline's accuracy over seeds: the reference recipe trained once per seed.
 
-    python bench/baseline.py [--seeds 0,1] [--out bench/results]
+    python bench/baseline.py [--seeds 0,1,2] [--out bench/results]
 
 Trains the reference model's recipe (bench/reference.py, `reference_recipe`) on
 ../shared/data/trashnet5 with each seed, or reuses a model cached in bench/cache/ with that very
@@ -77,7 +77,7 @@ def render(record: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds (at least 2 for a spread)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (at least 2 for a spread)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache")
