@@ -24,13 +24,13 @@ chose and why (see also TECH-NOTES):
   file).
 - Pruning learns the float model's answers (its probabilities on each train image, flipped or not
   as fitted: knowledge distillation), not the labels: they say more than the label about what the
-  pruned model must keep. On the reference model (bench/retrain.py), 2 epochs of pruning to 50%
-  lose 6.7 points of int8 test accuracy distilled, against 12.1 fitted to the labels. tfmot has
+  pruned model must keep. On the first reference model (bench/retrain.py), 2 epochs of pruning to
+  50% lost 6.7 points of int8 test accuracy distilled, against 12.1 fitted to the labels. tfmot has
   no distillation; it is a loss. QAT, a small correction of the same weights, fits the labels
   with the label smoothing the model was trained with, and so does clustering: distilled, it lost
   13 points on the tiny test model (fitting the labels loses under 5 there), and 4.8 in an
-  experiment on the reference model (the labels: 3.6). (These figures predate leaving the small
-  kernels alone and the smoothing.)
+  experiment on that model (the labels: 3.6). These figures predate leaving the small kernels
+  alone and the smoothing; bench/results/retrain.md has the current ones.
 - The combination tfmot supports (sparsity- and cluster-preserving QAT) is not built: each step is
   another fine-tuning, and the table shows whether its parts pay off first.
 """
