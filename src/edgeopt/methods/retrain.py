@@ -19,9 +19,8 @@ chose and why (see also TECH-NOTES):
   holding at least 1% of their weights (RetrainConfig.min_kernel_share): 91% of MobileNetV2's
   weights at alpha 1.0. The depthwise and first convs, the early blocks' pointwise kernels and a
   head of few classes are small, and the early layers the most sensitive (_compressed_layers has
-  the figures). Clustering is per kernel,
-  k-means++ (int8 then scales each output channel on its own: at most k values per channel in the
-  file).
+  the figures). Clustering is per kernel, k-means++ (int8 then scales each output channel on its
+  own: at most k values per channel in the file).
 - Pruning learns the float model's answers (its probabilities on each train image, flipped or not
   as fitted: knowledge distillation), not the labels: they say more than the label about what the
   pruned model must keep. On the first reference model (bench/retrain.py), 2 epochs of pruning to
@@ -175,8 +174,8 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
                 .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
                 .map(lambda x, y: (tf.cast(x, tf.float32), y)).map(flip))
         # The loss the model was trained with (QAT, clustering, and pruning with distill off): a
-        # fine-tuning that drops its label smoothing pulls
-        # every answer towards certainty, away from the float model it should stay close to.
+        # fine-tuning that drops its label smoothing pulls every answer towards certainty, away
+        # from the float model it should stay close to.
         loss = (tf_keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing > 0
                 else "sparse_categorical_crossentropy")
         metric = "accuracy"
@@ -353,7 +352,8 @@ def build_qat_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
 
 def prepare_pruned(ctx: BuildContext) -> Any:
     """The model with the large pointwise and dense kernels (_compressed_layers) wrapped for
-    magnitude pruning to the target sparsity (polynomial schedule over the first two thirds of the fine-tuning steps)."""
+    magnitude pruning to the target sparsity (polynomial schedule over the first two thirds of the
+    fine-tuning steps)."""
     _, tf_keras, tfmot = _import_tfmot()
     sparsity = tfmot.sparsity.keras
     model = _legacy_copy(ctx)
@@ -384,8 +384,8 @@ def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
 
 
 def prepare_clustered(ctx: BuildContext) -> Any:
-    """The model with the large pointwise and dense kernels (_compressed_layers) clustered, each as a whole (k-means++
-    centroids, fine-tuned with the weights)."""
+    """The model with the large pointwise and dense kernels (_compressed_layers) clustered, each as a
+    whole (k-means++ centroids, fine-tuned with the weights)."""
     _, tf_keras, tfmot = _import_tfmot()
     clustering = tfmot.clustering.keras
     model = _legacy_copy(ctx)
