@@ -313,7 +313,7 @@ def select(
     paired = all(_rounds_pair(by_name[s.name], by_name[best.name]) and _images_pair(by_name[s.name], by_name[best.name])
                  for s in others)
     dropped_on_same_images = all(_images_pair(by_name[s.name], by_name[top.name]) for s in kept if s not in leaders)
-    set_aside_on_same_images = all(_images_pair(by_name[s.name], baseline) for s in tied if s not in kept)
+    set_aside_on_same_images = all(_images_pair(by_name[s.name], baseline) for s in set_aside)
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
