@@ -48,6 +48,7 @@ def main() -> int:
     import uvicorn
 
     from edgeopt.device.agent import Agent, AgentConfig
+    from edgeopt.methods.base import TRANSFER_LEVEL
     from edgeopt.release.keys import generate_keys
     from edgeopt.release.repository import Repository, release_custom
     from edgeopt.release.server import create_app
@@ -105,7 +106,7 @@ def main() -> int:
         "bytes_ratio": base_row["bytes"] / sel_row["bytes"],
         "seconds_ratio": base_row["seconds_median"] / sel_row["seconds_median"],
         "compression": {
-            "codec": "zstd level 3",
+            "codec": f"zstd level {TRANSFER_LEVEL}",
             "selected_bytes_ratio": sel_row["bytes"] / sel_zst["bytes"],
             "selected_seconds_ratio": sel_row["seconds_median"] / sel_zst["seconds_median"],
             "baseline_bytes_ratio": base_row["bytes"] / base_zst["bytes"],

@@ -33,6 +33,7 @@ from edgeopt.fleet import enroll
 from edgeopt.release import repository as repository_module
 from edgeopt.release.keys import generate_keys
 from edgeopt.release.repository import Repository, release_custom
+from edgeopt.results import load_results
 from tests.delivery_helpers import CuttingProxy, HostileServer, ServerThread, StaticServer
 from tests.test_images import png_bytes
 
@@ -577,7 +578,6 @@ def test_10_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_mod
 def test_a_fleet_benchmark_job_is_run_when_idle_and_chosen_from_by_device_class(setup, tmp_path):
     from edgeopt.choose import choose_for_device, fleet_results, pool_devices
     from edgeopt.objective import Objective
-    from edgeopt.results import load_results
 
     run = setup.runs[0][0]
     setup.publish(0)
@@ -609,6 +609,9 @@ def test_a_fleet_benchmark_job_is_run_when_idle_and_chosen_from_by_device_class(
 def test_models_travel_compressed_and_are_checked_after_decompression(setup, monkeypatch):
     published = setup.publish(0)
     assert published["length"] < published["uncompressed_length"]  # fewer bytes on the wire
+    run, variant = setup.runs[0]
+    recorded = {v.name: v for v in load_results(run).variants}[variant]
+    assert published["length"] == recorded.transfer_bytes  # what optimize reported as "zstd KB" is what is sent
     with ServerThread(setup.repo_path) as server:
         assert str(setup.agent(server.url).check_once()) == "activated release 1"
         record = DeviceState.complete(setup.state / "active")

@@ -195,7 +195,7 @@ class Variant(Record):
     file: str  # relative to the run folder
     sha256: str
     size_bytes: int
-    # The file compressed with zstd (level 19): the bytes a delivery sends.
+    # The file compressed with zstd (methods.base.TRANSFER_LEVEL): the bytes a delivery sends.
     transfer_bytes: int | None = None
     build_seconds: float = 0.0
     # The runtime (name and version) that measured it; loadable False when it could not load it.

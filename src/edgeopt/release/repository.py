@@ -234,13 +234,11 @@ class Repository:
             release = number + 1 if isinstance(number, int) and 0 <= number < MAX_RELEASE else 1
             extra: dict[str, Any] = {}
             if compress:
-                import zstandard
-
-                from edgeopt.methods.base import TRANSFER_LEVEL
+                from edgeopt.methods.base import compress_for_transfer
 
                 packed = self.path / TARGETS / f".{channel}-model.zst"
                 packed.parent.mkdir(parents=True, exist_ok=True)
-                packed.write_bytes(zstandard.ZstdCompressor(level=TRANSFER_LEVEL).compress(model.read_bytes()))
+                packed.write_bytes(compress_for_transfer(model.read_bytes()))
                 model_target, _ = self._store_target(packed, f"{channel}/model")
                 packed.unlink()
                 extra = {"compression": "zstd",
