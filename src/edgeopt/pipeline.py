@@ -37,10 +37,10 @@ from edgeopt.measure import (
     measure_latency,
     predictions_record,
 )
+from edgeopt.methods._tfmot import require_tfmot
 from edgeopt.methods.base import Artifact, BuildContext, Method
 from edgeopt.methods.build import build_variants
 from edgeopt.methods.registry import get_method, list_methods
-from edgeopt.methods.retrain import require_tfmot
 from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.progress import NullProgress, Progress

@@ -13,8 +13,9 @@ chose and why (see also TECH-NOTES):
   quantize a model nested in a model.
 - BatchNorm stays frozen (inference mode), as in edgeopt's own fine-tuning of a pretrained backbone.
 - QAT: the activation ranges start from the float model's on the calibration images, and depthwise
-  kernels are left to the converter (per channel). With tfmot's defaults (ranges from [-6, 6], one
-  range per depthwise kernel) a first run of bench/retrain.py lost 6.07 points; with these, 0.21.
+  kernels are left to the converter (per channel): methods.qat. With tfmot's defaults (ranges from
+  [-6, 6], one range per depthwise kernel) a first run of bench/retrain.py lost 6.07 points; with
+  these, 0.21.
 - Pruning and clustering touch the pointwise and dense kernels only, and of those only the ones
   holding at least 1% of their weights (RetrainConfig.min_kernel_share): 91% of MobileNetV2's
   weights at alpha 1.0. The depthwise and first convs, the early blocks' pointwise kernels and a
@@ -43,42 +44,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt._tf import import_tensorflow
 from edgeopt.config import RetrainConfig
-from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
+from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.methods._tfmot import import_tfmot
 from edgeopt.methods.base import BuildContext, Method
 from edgeopt.methods.litert import concrete_function_of, representative_images, source_keras_model
+from edgeopt.methods.qat import quantize_for_training
 from edgeopt.quiet import captured_output
 
 # What `edgeopt methods` says these cost, measured by bench/retrain.py (reference model, 2 cores).
 COST = "retrains: ~3.5 min per fine-tuning epoch at 224 px on 2 cores (1,720 photos)"
-
-
-def require_tfmot() -> None:
-    """Refuse before any work when the optional extra is missing (pip install 'edgeopt[tfmot]')."""
-    import importlib.util
-
-    missing = [m for m in ("tf_keras", "tensorflow_model_optimization") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise BackendUnavailableError(
-            f"{missing[0]} is not installed: the retraining methods need pip install 'edgeopt[tfmot]'"
-        )
-
-
-def _import_tfmot() -> tuple[Any, Any, Any]:
-    require_tfmot()
-    tf = import_tensorflow()
-    try:
-        # tfmot sets TF_USE_LEGACY_KERAS=1 for the rest of the process (and its children): tf.keras
-        # becomes tf-keras. edgeopt imports `keras` (3) directly everywhere else, which it does not affect.
-        import tensorflow_model_optimization as tfmot
-        import tf_keras
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"TF Model Optimization cannot be imported ({exc}); reinstall it: pip install -c requirements-lock.txt "
-            "'edgeopt[tfmot]'"
-        ) from None
-    return tf, tf_keras, tfmot
 
 
 def _settings(ctx: BuildContext) -> RetrainConfig:
@@ -87,7 +62,7 @@ def _settings(ctx: BuildContext) -> RetrainConfig:
 
 def _legacy_copy(ctx: BuildContext) -> Any:
     """edgeopt's Keras 3 classifier rebuilt flat in tf-keras with the same weights (a new model on every call)."""
-    _, tf_keras, _ = _import_tfmot()
+    _, tf_keras, _ = import_tfmot()
     source = source_keras_model(ctx)
     by_name = {layer.name: layer for layer in source.layers}
     backbones = [layer for layer in source.layers if re.fullmatch(r"mobilenetv2_[0-9.]+_\d+", layer.name)]
@@ -137,7 +112,7 @@ def _compressed_layers(model: Any, ctx: BuildContext) -> set[str]:
     reference model, one-shot 50% pruning of blocks 0-6 alone drops validation accuracy from 94.3%
     to 66.1%, and leaving the small kernels out lifts 16-cluster clustering before fine-tuning from
     38.5% to 89.6%."""
-    _, tf_keras, _ = _import_tfmot()
+    _, tf_keras, _ = import_tfmot()
     sizes = {layer.name: int(np.prod(layer.kernel.shape)) for layer in model.layers if _pointwise(layer, tf_keras)}
     share = _settings(ctx).min_kernel_share
     names = {name for name, size in sizes.items() if size >= share * sum(sizes.values())}
@@ -152,7 +127,7 @@ def _fine_tune(model: Any, ctx: BuildContext, callbacks: list[Any], learning_rat
                distill: bool = False) -> dict[str, Any]:
     """Fit on the train split (horizontal flips; the test split is never seen) with Adam: to the
     labels, or with `distill` to the float model's answers (see the module doc)."""
-    tf, tf_keras, _ = _import_tfmot()
+    tf, tf_keras, _ = import_tfmot()
     settings = _settings(ctx)
     learning_rate = settings.learning_rate or learning_rate
     if ctx.train_pixels is None or ctx.train_labels is None or not len(ctx.train_labels):
@@ -212,7 +187,7 @@ def _distillation(ctx: BuildContext) -> tuple[Any, Any, Any]:
     """The train images paired with the float model's probabilities on each, flipped left-right at
     random with their answers (computed on the flipped image); the loss that fits them; and the
     accuracy against the labels, which ride along as a last column."""
-    tf, tf_keras, _ = _import_tfmot()
+    tf, tf_keras, _ = import_tfmot()
     settings = _settings(ctx)
     assert ctx.train_pixels is not None and ctx.train_labels is not None
     pixels, labels = ctx.train_pixels, ctx.train_labels.astype(np.float32)[:, None]
@@ -253,7 +228,7 @@ def _convert_int8(ctx: BuildContext, model: Any, out: Path) -> None:
     """int8 weights and activations, float input and output (as f2). For a QAT model the ranges come
     from its fake-quant nodes; the calibration images fill in the ops QAT does not cover (the
     input's rescaling)."""
-    tf, _, _ = _import_tfmot()
+    tf, _, _ = import_tfmot()
     # A concrete function, as litert.py converts: from_keras_model gives the same graph 15x slower.
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function_of(model)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -263,84 +238,8 @@ def _convert_int8(ctx: BuildContext, model: Any, out: Path) -> None:
 
 
 def prepare_qat(ctx: BuildContext) -> Any:
-    """The model with fake-quant nodes on every layer but the input's rescaling (quantize_apply)."""
-    _, tf_keras, tfmot = _import_tfmot()
-    quantization = tfmot.quantization.keras
-    model = _legacy_copy(ctx)
-
-    def annotate(layer: Any) -> Any:
-        # Rescaling has no QAT config; the converter calibrates it from the representative images.
-        return layer if isinstance(layer, tf_keras.layers.Rescaling) else quantization.quantize_annotate_layer(layer)
-
-    # clone_function returns the copy's own layers (weights and all), wrapped or not.
-    annotated = tf_keras.models.clone_model(model, clone_function=annotate)
-    with quantization.quantize_scope(), captured_output(ctx.log_path):
-        qat = quantization.quantize_apply(annotated, scheme=_depthwise_float_scheme())
-    _start_activation_ranges(qat, model, ctx)
-    return qat
-
-
-def _depthwise_float_scheme() -> Any:
-    """tfmot's default 8-bit scheme, except that depthwise kernels are not fake-quantized while training.
-
-    tfmot 0.8 quantizes a conv kernel "per axis" along its last axis, which for a depthwise kernel
-    (h, w, channels, 1) is the depth multiplier: one range for all channels, and the converter keeps it.
-    MobileNetV2's depthwise kernels differ per channel by orders of magnitude (BatchNorm rescales them
-    after). Left float in training, they are quantized per channel by the converter, as in f2."""
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as registry,
-    )
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_scheme as scheme,
-    )
-
-    _, tf_keras, _ = _import_tfmot()
-
-    class Registry(registry.Default8BitQuantizeRegistry):  # type: ignore[misc]
-        def get_quantize_config(self, layer: Any) -> Any:
-            if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
-                return registry.Default8BitQuantizeConfig([], ["activation"], False)
-            return super().get_quantize_config(layer)
-
-    class Scheme(scheme.Default8BitQuantizeScheme):  # type: ignore[misc]
-        def get_quantize_registry(self) -> Any:
-            return Registry()
-
-    return Scheme()
-
-
-def _start_activation_ranges(qat: Any, float_model: Any, ctx: BuildContext) -> None:
-    """Start every activation range of the QAT model at the float model's min/max on the calibration
-    images, as post-training int8 calibrates them. tfmot starts them at [-6, 6] and moves them by an
-    exponential average of decay 0.999: a fine-tuning of a few hundred steps would leave them far from
-    the activations' ranges (about +-38 at MobileNetV2's first projection)."""
-    _, tf_keras, _ = _import_tfmot()
-    targets: list[tuple[str, Any, Any]] = []  # (float layer name, min variable, max variable)
-    for layer in qat.layers:
-        inner = getattr(layer, "layer", None)
-        if inner is None:
-            continue
-        weight_ranges = {id(v) for _, _, variables in getattr(layer, "_weight_vars", []) for v in variables.values()}
-        ranges = {v.name.split("/")[-1].split(":")[0]: v for v in layer.non_trainable_weights if id(v) not in weight_ranges}
-        for name, low in ranges.items():
-            high = ranges.get(name[:-len("_min")] + "_max") if name.endswith("_min") else None
-            if high is not None:
-                targets.append((inner.name, low, high))
-    if not targets:
-        return
-    names = sorted({name for name, _, _ in targets})
-    probe = tf_keras.Model(float_model.input, [float_model.get_layer(n).output for n in names])
-    sample = ctx.representative.astype(np.float32)
-    lows = {n: 0.0 for n in names}  # int8 ranges always hold 0
-    highs = {n: 0.0 for n in names}
-    for start in range(0, len(sample), 32):
-        outputs = probe(sample[start:start + 32], training=False)
-        for n, value in zip(names, outputs if len(names) > 1 else [outputs], strict=True):
-            lows[n] = min(lows[n], float(np.min(value)))
-            highs[n] = max(highs[n], float(np.max(value)))
-    for name, low, high in targets:
-        low.assign(lows[name])
-        high.assign(highs[name])
+    """A tf-keras copy of the model with fake-quant nodes (methods.qat)."""
+    return quantize_for_training(_legacy_copy(ctx), ctx)
 
 
 def build_qat_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
@@ -354,7 +253,7 @@ def prepare_pruned(ctx: BuildContext) -> Any:
     """The model with the large pointwise and dense kernels (_compressed_layers) wrapped for
     magnitude pruning to the target sparsity (polynomial schedule over the first two thirds of the
     fine-tuning steps)."""
-    _, tf_keras, tfmot = _import_tfmot()
+    _, tf_keras, tfmot = import_tfmot()
     sparsity = tfmot.sparsity.keras
     model = _legacy_copy(ctx)
     steps = _steps(ctx)
@@ -370,7 +269,7 @@ def prepare_pruned(ctx: BuildContext) -> Any:
 
 
 def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
-    _, tf_keras, tfmot = _import_tfmot()
+    _, tf_keras, tfmot = import_tfmot()
     model = prepare_pruned(ctx)
     metadata = _fine_tune(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], learning_rate=1e-4,
                           distill=_settings(ctx).distill)
@@ -386,7 +285,7 @@ def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
 def prepare_clustered(ctx: BuildContext) -> Any:
     """The model with the large pointwise and dense kernels (_compressed_layers) clustered, each as a
     whole (k-means++ centroids, fine-tuned with the weights)."""
-    _, tf_keras, tfmot = _import_tfmot()
+    _, tf_keras, tfmot = import_tfmot()
     clustering = tfmot.clustering.keras
     model = _legacy_copy(ctx)
     centroid_init = clustering.CentroidInitialization.KMEANS_PLUS_PLUS
@@ -407,7 +306,7 @@ def prepare_clustered(ctx: BuildContext) -> Any:
 
 
 def build_clustered_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
-    _, tf_keras, tfmot = _import_tfmot()
+    _, tf_keras, tfmot = import_tfmot()
     model = prepare_clustered(ctx)
     metadata = _fine_tune(model, ctx, callbacks=[], learning_rate=1e-4)
     stripped = tfmot.clustering.keras.strip_clustering(model)
