@@ -130,14 +130,21 @@ _INTERRUPTED = build._BOOT.replace(
 @pytest.mark.parametrize(("boot", "ended"), [("import os; os._exit(3)", "ended (exit code 3)"),
                                              (_INTERRUPTED, "was killed by SIGINT")],
                          ids=["dies at once", "SIGINT to the worker alone"])
+@pytest.mark.parametrize("names", [("f0_float32", "ort_fp32"), ("f0_float32", "f2_int8")],
+                         ids=["another runtime", "litert's calibrated methods"])
 def test_what_a_dead_worker_did_not_build_is_built_here_with_a_warning(tiny_model, tmp_path, split_pixels,
-                                                                        monkeypatch, caplog, boot, ended):
+                                                                        monkeypatch, caplog, boot, ended, names):
     monkeypatch.setattr(build, "usable_cores", lambda: 2)
     monkeypatch.setattr(build, "_BOOT", boot)  # a worker that dies at once (say, OOM), or is sent a SIGINT
+    threads = {}  # the held-out threads each method built here had: both cores once no worker runs
+    real = build._build_one
+    monkeypatch.setattr(build, "_build_one", lambda m, ctx, out: threads.setdefault(m.name, ctx.holdout_threads)
+                        and real(m, ctx, out))
     with caplog.at_level(logging.WARNING):
-        built, _ = _build(tiny_model, tmp_path, split_pixels[0], 2, ("f0_float32", "ort_fp32"))
-    assert list(built.artifacts) == ["f0_float32", "ort_fp32"] and built.artifacts["ort_fp32"].path.is_file()
+        built, _ = _build(tiny_model, tmp_path, split_pixels[0], 2, names)
+    assert list(built.artifacts) == list(names) and built.artifacts[names[1]].path.is_file()
     assert f"{ended} after 0 of them; building the rest here" in caplog.text
+    assert threads == {names[0]: 1, names[1]: 2}
 
 
 def test_while_a_worker_builds_this_process_does_other_work_until_none_is_left(monkeypatch):

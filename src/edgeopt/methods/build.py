@@ -84,10 +84,7 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
     processes = max(1, min(processes, cores, len(ordered)))
     local = [m for chain in ordered[:1] + ordered[processes:] for m in chain]
     remote = ordered[1:processes]
-    # Two processes each running a held-out pass on both cores of a two-core machine only fight
-    # over them (ONNX Runtime's threads spin while they wait): each gets its share of the cores.
-    # Alone, the passes keep their 2 threads, or 1 where this process may use one core only.
-    ctx.holdout_threads = max(1, cores // processes) if remote else min(2, cores)
+    ctx.holdout_threads = _holdout_threads(cores, processes if remote else 1)
     outcomes: dict[str, Outcome] = {}
 
     def done(outcome: Outcome) -> None:
@@ -110,9 +107,11 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
                 done(outcome)
                 if outcome.artifact is not None:
                     ctx.built[outcome.name] = outcome.artifact.path
-            for method in worker.chain:
-                if method.name not in outcomes:  # the worker died: build the rest here
-                    build_here(method)
+            rest = [m for m in worker.chain if m.name not in outcomes]
+            if rest:  # the worker died: build the rest here, with the cores it no longer uses
+                ctx.holdout_threads = _holdout_threads(cores, 1 + sum(w.running() for w in workers))
+            for method in rest:
+                build_here(method)
     finally:
         for worker in workers:
             worker.stop()
@@ -125,6 +124,14 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
         else:
             built.not_built[method.name] = outcome.not_built
     return built
+
+
+def _holdout_threads(cores: int, processes: int) -> int:
+    """Threads of a held-out pass while `processes` processes build. Two processes each running one
+    on both cores of a two-core machine only fight over them (ONNX Runtime's threads spin while they
+    wait): each gets its share of the cores. Alone, a pass keeps 2 threads, or 1 where this process
+    may use one core only."""
+    return max(1, cores // processes) if processes > 1 else min(2, cores)
 
 
 # Runtimes whose calibrated methods (with the guarded ones that repair them) share nothing with
@@ -222,6 +229,9 @@ class _Worker:
                 raise payload
             done.append(payload)
         return done
+
+    def running(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self) -> None:
         """End the worker (at once when it is still building: its output is being discarded)."""
