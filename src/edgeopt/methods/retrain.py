@@ -249,10 +249,10 @@ def build_qat_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     return metadata
 
 
-def prepare_pruned(ctx: BuildContext) -> Any:
+def prepare_pruned(ctx: BuildContext) -> tuple[Any, set[str]]:
     """The model with the large pointwise and dense kernels (_compressed_layers) wrapped for
     magnitude pruning to the target sparsity (polynomial schedule over the first two thirds of the
-    fine-tuning steps)."""
+    fine-tuning steps), and those layers' names."""
     _, tf_keras, tfmot = import_tfmot()
     sparsity = tfmot.sparsity.keras
     model = _legacy_copy(ctx)
@@ -265,16 +265,15 @@ def prepare_pruned(ctx: BuildContext) -> Any:
     def wrap(layer: Any) -> Any:
         return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule) if layer.name in names else layer
 
-    return tf_keras.models.clone_model(model, clone_function=wrap)
+    return tf_keras.models.clone_model(model, clone_function=wrap), names
 
 
 def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     _, tf_keras, tfmot = import_tfmot()
-    model = prepare_pruned(ctx)
+    model, names = prepare_pruned(ctx)
     metadata = _fine_tune(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], learning_rate=1e-4,
                           distill=_settings(ctx).distill)
     stripped = tfmot.sparsity.keras.strip_pruning(model)
-    names = _compressed_layers(stripped, ctx)
     kernels = [layer.get_weights()[0] for layer in stripped.layers if layer.name in names]
     metadata["target_sparsity"] = _settings(ctx).sparsity
     metadata["sparsity_reached"] = round(float(sum(np.sum(k == 0) for k in kernels) / sum(k.size for k in kernels)), 4)
@@ -282,9 +281,9 @@ def build_pruned_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     return metadata
 
 
-def prepare_clustered(ctx: BuildContext) -> Any:
+def prepare_clustered(ctx: BuildContext) -> tuple[Any, set[str]]:
     """The model with the large pointwise and dense kernels (_compressed_layers) clustered, each as a
-    whole (k-means++ centroids, fine-tuned with the weights)."""
+    whole (k-means++ centroids, fine-tuned with the weights), and those layers' names."""
     _, tf_keras, tfmot = import_tfmot()
     clustering = tfmot.clustering.keras
     model = _legacy_copy(ctx)
@@ -297,20 +296,21 @@ def prepare_clustered(ctx: BuildContext) -> Any:
         # Per layer: tfmot's per-channel clustering loops over channels in Python (with it, these tests on
         # the tiny model ran past 10 minutes instead of 3), and cluster_weights(cluster_per_channel=True) returns every
         # conv without bias (all of MobileNetV2's) unclustered: tfmot 0.8.1 counts its channels as the
-        # size of its last trainable weight, the kernel.
+        # size of its last trainable weight, the kernel. Nor would it save bytes on the wire: each channel's
+        # centroids become other int8 codes, and zstd sees up to 256 a block. One-shot on the reference
+        # model, 16 centroids per channel came to 0.223x of the float32 file, per layer to 0.163x.
         return clustering.cluster_weights(layer, number_of_clusters=_settings(ctx).clusters,
                                           cluster_centroids_init=centroid_init)
 
     with captured_output(ctx.log_path):
-        return tf_keras.models.clone_model(model, clone_function=wrap)
+        return tf_keras.models.clone_model(model, clone_function=wrap), names
 
 
 def build_clustered_int8(ctx: BuildContext, out: Path) -> dict[str, Any]:
     _, tf_keras, tfmot = import_tfmot()
-    model = prepare_clustered(ctx)
+    model, names = prepare_clustered(ctx)
     metadata = _fine_tune(model, ctx, callbacks=[], learning_rate=1e-4)
     stripped = tfmot.clustering.keras.strip_clustering(model)
-    names = _compressed_layers(stripped, ctx)
     kernels = [layer.get_weights()[0] for layer in stripped.layers if layer.name in names]
     metadata["clusters"] = _settings(ctx).clusters
     metadata["max_unique_values_per_kernel"] = int(max(np.unique(k).size for k in kernels))
