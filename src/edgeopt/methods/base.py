@@ -115,7 +115,8 @@ class Method:
 # model comes out 7-8% smaller (70% sparsity, fine-tuned: 0.135x of the float32 file against
 # 0.145x; 60%, one-shot: 0.150x against 0.163x), and so does one of 8 clusters (0.129x against
 # 0.138x); 16 clusters and the unpruned variants gain under 1%. It costs 0.4-1.8 s of compression
-# on one core per file (22 and --ultra: no smaller); decompressing on the device is as fast.
+# on one core per file (22 and --ultra: no smaller); decompressing on the device is as fast, with
+# a window no larger than the file (at most 8 MB).
 TRANSFER_LEVEL = 19
 
 
