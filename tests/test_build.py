@@ -138,13 +138,23 @@ def test_what_a_dead_worker_did_not_build_is_built_here_with_a_warning(tiny_mode
     monkeypatch.setattr(build, "_BOOT", boot)  # a worker that dies at once (say, OOM), or is sent a SIGINT
     threads = {}  # the held-out threads each method built here had: both cores once no worker runs
     real = build._build_one
-    monkeypatch.setattr(build, "_build_one", lambda m, ctx, out: threads.setdefault(m.name, ctx.holdout_threads)
-                        and real(m, ctx, out))
+
+    def recording(method, ctx, out_dir):
+        threads[method.name] = ctx.holdout_threads
+        return real(method, ctx, out_dir)
+
+    monkeypatch.setattr(build, "_build_one", recording)
     with caplog.at_level(logging.WARNING):
         built, _ = _build(tiny_model, tmp_path, split_pixels[0], 2, names)
     assert list(built.artifacts) == list(names) and built.artifacts[names[1]].path.is_file()
     assert f"{ended} after 0 of them; building the rest here" in caplog.text
     assert threads == {names[0]: 1, names[1]: 2}
+
+
+@pytest.mark.parametrize(("cores", "processes", "threads"),
+                         [(1, 1, 1), (2, 1, 2), (2, 2, 1), (4, 2, 2), (6, 2, 2), (6, 3, 2), (8, 8, 1), (16, 1, 2)])
+def test_a_held_out_pass_gets_two_threads_or_its_share_of_the_cores_when_fewer(cores, processes, threads):
+    assert build._holdout_threads(cores, processes) == threads
 
 
 def test_while_a_worker_builds_this_process_does_other_work_until_none_is_left(monkeypatch):

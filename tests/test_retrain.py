@@ -162,7 +162,7 @@ def test_qat_trains_with_fake_quant_nodes_and_converts_to_a_full_int8_graph(tiny
     graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, *TINY_SIZE, 3], tf.float32)).graph
     ops = [op.type for op in graph.get_operations()]
     # every conv kernel is fake-quantized per channel while training (depthwise kernels are left to the
-    # converter, see methods.retrain), and every block's activations are
+    # converter, see methods.qat), and every block's activations are
     assert ops.count("FakeQuantWithMinMaxVarsPerChannel") >= ops.count("Conv2D") > 0
     assert ops.count("FakeQuantWithMinMaxVars") >= 2 * ops.count("DepthwiseConv2dNative") > 0
 

@@ -197,6 +197,7 @@ class Variant(Record):
     size_bytes: int
     # The file compressed with zstd (methods.base.TRANSFER_LEVEL): the bytes a delivery sends.
     transfer_bytes: int | None = None
+    # Building the file, with its sha256 and transfer size (zstd level 19: up to ~2 s of a float32 file's).
     build_seconds: float = 0.0
     # The runtime (name and version) that measured it; loadable False when it could not load it.
     runtime: str = ""

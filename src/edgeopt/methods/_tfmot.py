@@ -21,6 +21,8 @@ def require_tfmot() -> None:
 
 
 def import_tfmot() -> tuple[Any, Any, Any]:
+    """tensorflow, tf_keras and tensorflow_model_optimization, or a one-line error that says how to
+    install them."""
     require_tfmot()
     tf = import_tensorflow()
     try:

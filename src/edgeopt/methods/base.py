@@ -111,12 +111,13 @@ class Method:
     cost: str = ""
 
 
-# zstd's level for what a delivery sends. 19, not zstd's default 3: on the reference model a pruned
-# model comes out 7-8% smaller (70% sparsity, fine-tuned: 0.135x of the float32 file against
-# 0.145x; 60%, one-shot: 0.150x against 0.163x), and so does one of 8 clusters (0.129x against
+# zstd's level for what a delivery sends. 19, not zstd's default 3: measured on the reference model's
+# files, a pruned model comes out 7-8% smaller (70% sparsity, fine-tuned: 0.135x of the float32 file
+# against 0.145x; 60%, one-shot: 0.150x against 0.163x) and one of 8 clusters 6.5% (0.129x against
 # 0.138x); 16 clusters and the unpruned variants gain under 1%. It costs 0.4-1.8 s of compression
-# on one core per file (22 and --ultra: no smaller); decompressing on the device is as fast, with
-# a window no larger than the file (at most 8 MB).
+# per file on one core of the Xeon the benchmarks ran on (level 22: no smaller). zstd decompresses
+# at the same speed whatever the level (its documentation; bench/update.py times whole deliveries),
+# with a window no larger than the file, at most 8 MB at this level.
 TRANSFER_LEVEL = 19
 
 

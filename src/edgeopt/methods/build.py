@@ -127,11 +127,10 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
 
 
 def _holdout_threads(cores: int, processes: int) -> int:
-    """Threads of a held-out pass while `processes` processes build. Two processes each running one
-    on both cores of a two-core machine only fight over them (ONNX Runtime's threads spin while they
-    wait): each gets its share of the cores. Alone, a pass keeps 2 threads, or 1 where this process
-    may use one core only."""
-    return max(1, cores // processes) if processes > 1 else min(2, cores)
+    """Threads of a held-out pass while `processes` processes build: 2, or each process's share of
+    the cores when that is fewer. Two processes each running one on both cores of a two-core machine
+    only fight over them (ONNX Runtime's threads spin while they wait)."""
+    return min(2, max(1, cores // processes))
 
 
 # Runtimes whose calibrated methods (with the guarded ones that repair them) share nothing with

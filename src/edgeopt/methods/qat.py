@@ -19,8 +19,7 @@ from edgeopt.quiet import captured_output
 
 def quantize_for_training(model: Any, ctx: BuildContext) -> Any:
     """The tf-keras model with fake-quant nodes on every layer but the input's rescaling
-    (quantize_apply), its activation ranges started from the calibration images; `model` itself
-    is left as it was."""
+    (quantize_apply), its activation ranges started from `model`'s on the calibration images."""
     _, tf_keras, tfmot = import_tfmot()
     quantization = tfmot.quantization.keras
 

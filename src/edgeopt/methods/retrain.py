@@ -296,9 +296,10 @@ def prepare_clustered(ctx: BuildContext) -> tuple[Any, set[str]]:
         # Per layer: tfmot's per-channel clustering loops over channels in Python (with it, these tests on
         # the tiny model ran past 10 minutes instead of 3), and cluster_weights(cluster_per_channel=True) returns every
         # conv without bias (all of MobileNetV2's) unclustered: tfmot 0.8.1 counts its channels as the
-        # size of its last trainable weight, the kernel. Nor would it save bytes on the wire: each channel's
-        # centroids become other int8 codes, and zstd sees up to 256 a block. One-shot on the reference
-        # model, 16 centroids per channel came to 0.223x of the float32 file, per layer to 0.163x.
+        # size of its last trainable weight, the kernel. Nor would it save bytes on the wire: int8 scales
+        # each channel's own centroids to codes of their own, so zstd's entropy coder sees up to 256
+        # codes, not 16. One-shot on the reference model (zstd level 19), 16 centroids per channel came
+        # to 0.223x of the float32 file, 16 per layer to 0.163x.
         return clustering.cluster_weights(layer, number_of_clusters=_settings(ctx).clusters,
                                           cluster_centroids_init=centroid_init)
 
