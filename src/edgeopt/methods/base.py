@@ -112,12 +112,13 @@ class Method:
 
 
 # zstd's level for what a delivery sends. 19, not zstd's default 3: measured on the reference model's
-# files, a pruned model comes out 7-8% smaller (70% sparsity, fine-tuned: 0.135x of the float32 file
-# against 0.145x; 60%, one-shot: 0.150x against 0.163x) and one of 8 clusters 6.5% (0.129x against
-# 0.138x); 16 clusters and the unpruned variants gain under 1%. It costs 0.4-1.8 s of compression
-# per file on one core of the Xeon the benchmarks ran on (level 22: no smaller). zstd decompresses
-# at the same speed whatever the level (its documentation; bench/update.py times whole deliveries),
-# with a window no larger than the file, at most 8 MB at this level.
+# files (bench/results/retrain.md against the run before), pruned_int8 (50%) comes out 4.4% smaller
+# (0.175x of the float32 file against 0.183x) and clustered_int8 (16 clusters) 5.7% (0.165x against
+# 0.175x); in scratch runs, 70% sparsity 7% and 8 clusters 6.5%. The float and plain int8 files come
+# out 0.1-0.3% larger. It costs 0.4-1.8 s of compression per file on one core of the Xeon the
+# benchmarks ran on (level 22: no smaller). zstd decompresses at the same speed whatever the level
+# (its documentation; bench/update.py times whole deliveries), with a window no larger than the
+# file, at most 8 MB at this level.
 TRANSFER_LEVEL = 19
 
 
