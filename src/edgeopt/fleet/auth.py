@@ -47,7 +47,7 @@ PUBLIC_KEY_PREFIX = "ed25519:"
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENDPOINT = re.compile(r"^/[a-z][a-z0-9/_-]{0,63}$")
+_ENDPOINT = re.compile(r"^/[a-z][a-z0-9/._-]{0,63}$")
 
 
 class Unauthenticated(Exception):
