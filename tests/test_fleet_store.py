@@ -93,6 +93,14 @@ def test_enrollment_is_replaced_only_when_asked_and_a_revoked_device_has_no_key(
         store.enroll("../etc", os.urandom(32), T0)
 
 
+def test_a_batch_of_devices_is_enrolled_at_once_or_not_at_all(store):
+    store.enroll_many({f"belt-{i}": bytes([i]) * 32 for i in range(50)}, T0)
+    assert len(store.devices()) == 52 and store.public_key("belt-7") == bytes([7]) * 32
+    with pytest.raises(ConfigError, match="enrolled already"):
+        store.enroll_many({"belt-50": b"n" * 32, "belt-3": b"n" * 32}, T0)
+    assert store.public_key("belt-50") is None and store.public_key("belt-3") == bytes([3]) * 32
+
+
 def test_old_history_is_pruned_and_each_devices_latest_report_stays(store):
     for day in range(5):
         store.record_report(report("sorter-1", day + 1), T0 + dt.timedelta(days=day))

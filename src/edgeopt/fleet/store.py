@@ -118,6 +118,15 @@ class FleetStore:
         self.url = self.engine.url.render_as_string(hide_password=True)
         self.backend = self.engine.dialect.name
         self._nonces_pruned_at = float("-inf")
+        # The per-report statements, built once with bound parameters: SQLAlchemy compiles each one
+        # once (values written into a statement would make every report a new statement to build).
+        nonce = self._insert(t.nonces)
+        self._add_nonce = nonce.on_conflict_do_nothing().returning(t.nonces.c.nonce)
+        self._add_report = sa.insert(t.reports)
+        latest = self._insert(t.latest)
+        self._set_latest = latest.on_conflict_do_update(
+            index_elements=[t.latest.c.device_id],
+            set_={c.name: latest.excluded[c.name] for c in t.latest.columns if c.name != "device_id"})
         try:
             self._migrate()
         except sa.exc.OperationalError as exc:
@@ -202,6 +211,19 @@ class FleetStore:
                 conn.execute(sa.insert(t.devices).values(device_id=device_id, **values))
         return known is not None
 
+    def enroll_many(self, keys: dict[str, bytes], now: dt.datetime) -> None:
+        """Enroll new devices in one transaction (provisioning a batch, simulations); none may exist yet."""
+        bad = [d for d, k in keys.items() if not re.match(DEVICE_ID, d) or len(k) != 32]
+        if bad:
+            raise ConfigError(f"device {bad[0]!r}: ids are letters, digits, '.', '_' or '-' (up to 64); keys are 32 bytes")
+        rows = [{"device_id": d, "public_key": k, "enrolled_at": _utc(now), "revoked_at": None} for d, k in keys.items()]
+        try:
+            with self._write() as conn:
+                if rows:
+                    conn.execute(sa.insert(t.devices), rows)
+        except sa.exc.IntegrityError:
+            raise ConfigError("some of these devices are enrolled already; enroll them one by one with --replace") from None
+
     def revoke(self, device_id: str, now: dt.datetime) -> None:
         """Refuse the device's requests from now on; its history stays."""
         with self._write() as conn:
@@ -216,6 +238,15 @@ class FleetStore:
             row = conn.execute(sa.select(t.devices.c.public_key).where(
                 t.devices.c.device_id == device_id, t.devices.c.revoked_at.is_(None))).first()
         return bytes(row.public_key) if row else None
+
+    def credentials(self, device_id: str, nonce: str) -> tuple[bytes | None, bool]:
+        """(enrolled public key or None, whether the nonce was used): a signed request's checks in one read."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.devices.c.public_key).where(
+                t.devices.c.device_id == device_id, t.devices.c.revoked_at.is_(None))).first()
+            used = conn.execute(sa.select(t.nonces.c.nonce).where(
+                t.nonces.c.device_id == device_id, t.nonces.c.nonce == nonce)).first() is not None
+        return (bytes(row.public_key) if row else None), used
 
     def devices(self) -> list[Enrollment]:
         with self._read() as conn:
@@ -236,8 +267,7 @@ class FleetStore:
 
     def _use_nonce(self, conn: Connection, device_id: str, nonce: str, time_s: int, now: dt.datetime) -> None:
         # RETURNING, not rowcount: psycopg reports no rowcount for an INSERT here (-1)
-        inserted = conn.execute(self._insert(t.nonces).values(device_id=device_id, nonce=nonce, time_s=time_s)
-                                .on_conflict_do_nothing().returning(t.nonces.c.nonce)).first()
+        inserted = conn.execute(self._add_nonce, {"device_id": device_id, "nonce": nonce, "time_s": time_s}).first()
         if inserted is None:
             raise Replayed(device_id)
         now_s = _utc(now).timestamp()
@@ -258,12 +288,12 @@ class FleetStore:
             with self._write() as conn:
                 if nonce is not None:
                     self._use_nonce(conn, report.device_id, nonce[0], nonce[1], received)
-                columns = {"received_at": received, "channel": report.channel, "active_release": report.active_release}
-                inserted = conn.execute(sa.insert(t.reports).values(device_id=report.device_id, report=history, **columns))
+                columns = {"device_id": report.device_id, "received_at": received, "channel": report.channel,
+                           "active_release": report.active_release}
+                inserted = conn.execute(self._add_report, {**columns, "report": history})
                 report_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-                latest = {**columns, "report_id": report_id, "device_class": report.device_class, "report": whole}
-                conn.execute(self._insert(t.latest).values(device_id=report.device_id, **latest)
-                             .on_conflict_do_update(index_elements=[t.latest.c.device_id], set_=latest))
+                conn.execute(self._set_latest, {**columns, "report_id": report_id, "device_class": report.device_class,
+                                                "report": whole})
         except sa.exc.IntegrityError:
             raise ConfigError(f"device {report.device_id} is not enrolled; enroll it with 'edgeopt fleet enroll'") from None
         return report_id

@@ -79,12 +79,12 @@ async def _signed_body(request: Request, store: FleetStore, endpoint: str, limit
     Unauthenticated (or TooLarge) before anything past the headers is read."""
     signed = auth.read_signed_headers(request.headers)
     auth.check_fresh(signed, now)
-    public_key = await run_in_threadpool(store.public_key, signed.device_id)
+    public_key, replayed = await run_in_threadpool(store.credentials, signed.device_id, signed.nonce)
     if public_key is None:
         raise auth.Unauthenticated(f"device {signed.device_id} is not enrolled (or was revoked); enroll it with "
                                    "'edgeopt fleet enroll'")
     auth.check_signature(public_key, signed, request.method, endpoint)
-    if await run_in_threadpool(store.nonce_used, signed.device_id, signed.nonce):
+    if replayed:
         raise auth.Replayed(signed.device_id)
     body = await _body(request, limit)
     if body is None:
