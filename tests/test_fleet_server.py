@@ -152,3 +152,17 @@ def test_fleet_data_is_read_with_an_operator_token(served):
     assert devices["sorter-2"]["reported"] is None  # enrolled, never reported: listed too
     served.store.revoke_operator("alice", served.store.devices()[0].enrolled)
     assert served.client.get("/fleet.json", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_agent_whose_reports_are_refused_says_so_in_its_log_and_keeps_going(served, tmp_path):
+    served.clock[0] = time.time()
+    root = tmp_path / "root.json"
+    root.write_text("{}")
+    auth.generate_device_key(tmp_path / "unenrolled.key")  # a key the server does not know
+    agent = Agent(AgentConfig(server=served.server.url, state=tmp_path / "device", root=root, device_id="sorter-1",
+                              key_file=tmp_path / "unenrolled.key"))
+    agent.report()
+    events = [json.loads(line) for line in (tmp_path / "device" / "agent.log").read_text().splitlines()]
+    assert {"event": "report-refused", "status": 401}.items() <= events[-1].items()
+    assert served.store.count_reports() == 0

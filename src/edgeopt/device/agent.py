@@ -503,9 +503,11 @@ class Agent:
             refusals=list(self.refusals), device_class=self.profile()["device_class"], profile=self.profile(),
         )
         try:
-            self._post("/status", report.model_dump_json())
+            status = self._post("/status", report.model_dump_json())
         except Exception:  # reporting is best effort; the next check reports again
-            pass
+            return
+        if status in (401, 413, 400):  # refused: a clock off by minutes, a revoked key, ... -- say so locally
+            self.state.log("report-refused", status=status)
 
     def run(self, max_checks: int | None = None) -> None:
         """Check forever (or max_checks times), backing off while the repository is unreachable or faulty."""
