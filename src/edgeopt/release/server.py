@@ -71,7 +71,7 @@ async def _body(request: Request, limit: int) -> bytes | None:
 
 
 class TooLarge(Exception):
-    pass
+    """A request body over its endpoint's cap (declared or read): 413, not read further."""
 
 
 async def _signed_body(request: Request, store: FleetStore, endpoint: str, limit: int, now: float) -> tuple[auth.SignedHeaders, bytes]:
