@@ -26,9 +26,10 @@ def free_port() -> int:
 class ServerThread:
     """`edgeopt serve` in a background thread of the test process."""
 
-    def __init__(self, repo: Path, rate_kbps: float | None = None) -> None:
+    def __init__(self, repo: Path, rate_kbps: float | None = None, **app_options) -> None:
         self.port = free_port()
-        config = uvicorn.Config(create_app(repo, rate_kbps), host="127.0.0.1", port=self.port, log_level="error")
+        self.app = create_app(repo, rate_kbps, **app_options)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -48,6 +49,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.app.state.store.close()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

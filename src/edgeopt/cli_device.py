@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, out_console
+from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, err_console, out_console
 from edgeopt.errors import ConfigError
 
 device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True, rich_markup_mode=None)
@@ -24,7 +24,8 @@ def device_run(
     root: Annotated[Path, typer.Option(help="Trusted root: the repository's metadata/1.root.json, copied to the device")],
     channel: Annotated[str, typer.Option(help="Release channel to follow")] = "stable",
     device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
-    token_file: Annotated[Path | None, typer.Option(help="Credential from 'edgeopt fleet enroll', for reports")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="The device's key, which signs its reports: from 'edgeopt fleet enroll --out' or 'edgeopt device keygen'")] = None,
     device_class: Annotated[str | None, typer.Option(help="Fleet class for benchmarks [default: from the profile]")] = None,
     interval: Annotated[float, typer.Option(min=0.0, help="Mean seconds between checks")] = 30.0,
     jitter: Annotated[float, typer.Option(min=0.0, max=0.99, help="Each wait is drawn from interval x [1-j, 1+j]")] = 0.5,
@@ -41,11 +42,16 @@ def device_run(
     from edgeopt.device.fetch import Limits
     from edgeopt.device.smoke import SmokeLimits
 
-    if token_file is not None and not token_file.is_file():
-        raise ConfigError(f"--token-file {token_file} does not exist; issue one with 'edgeopt fleet enroll'")
+    if key_file is not None:
+        from edgeopt.fleet.auth import load_device_key
+
+        if not key_file.is_file():
+            raise ConfigError(f"--key-file {key_file} does not exist; make one with 'edgeopt device keygen' (then enroll its "
+                              "public key) or 'edgeopt fleet enroll --out'")
+        load_device_key(key_file)  # a wrong file is said now, not at the first report
     config = AgentConfig(
         server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
-        token_file=token_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
+        key_file=key_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
         smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
         limits=Limits(min_rate_bps=min_rate), keep_releases=keep_releases,
     )
@@ -64,6 +70,20 @@ def device_run(
         policy = PollPolicy(interval_s=interval, jitter=jitter, max_backoff_s=max_backoff,
                             min_fault_s=min(1.0, max_backoff), backoff_base_s=min(5.0, max_backoff))
         run_agent(agent, LoopConfig(policy=policy, report_every_s=report_every))
+
+
+@device_app.command("keygen")
+def device_keygen(
+    out: Annotated[Path, typer.Option(help="File for the device's private key (mode 0600), e.g. device/device.key")],
+) -> None:
+    """Make this device's signing key and print its public key, for 'edgeopt fleet enroll --public-key'."""
+    from edgeopt.fleet.auth import generate_device_key
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    public = generate_device_key(out)
+    out_console.print(public, highlight=False, markup=False)
+    err_console.print(f"wrote {out}; on the release side run: edgeopt fleet enroll DEVICE_ID --repo REPO --public-key {public}",
+                      highlight=False, markup=False)
 
 
 @device_app.command("sort")

@@ -1,4 +1,4 @@
-"""The release side's commands: keys, the TUF repository, publish, refresh, serve, the fleet."""
+"""The release side's commands: keys, the TUF repository, publish, refresh, serve (the fleet: cli_fleet.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ keys_app = typer.Typer(help="Signing keys of the release repository (one per TUF
                        rich_markup_mode=None)
 repo_app = typer.Typer(help="The release repository (TUF metadata over static files).", no_args_is_help=True,
                        rich_markup_mode=None)
-fleet_app = typer.Typer(help="The devices: credentials, reports, benchmarks.", no_args_is_help=True, rich_markup_mode=None)
 
 KeysOption = Annotated[Path, typer.Option(help="The folder made by 'edgeopt keys generate'")]
 
@@ -128,7 +127,7 @@ def publish_job(
     names = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
     job = Repository(repo).publish_job(keys, run_dir, names)
     out_console.print(f"published benchmark job {job['job']} ({len(job['variants'])} variants); devices with "
-                      "--token-file and labelled samples run it when idle")
+                      "--key-file and labelled samples run it when idle")
 
 
 def refresh(
@@ -149,52 +148,21 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
     rate: Annotated[float | None, typer.Option(help="Bandwidth limit per download, KB/s (experiments)")] = None,
+    db: Annotated[str | None, typer.Option(help="Fleet database URL (postgresql+psycopg://user@host/db) or SQLite "
+                                                "file [default: REPO/fleet/fleet.db]")] = None,
 ) -> None:
-    """Serve the repository's metadata and target files (Range, ETag) and take device reports."""
+    """Serve the repository's metadata and target files (Range, ETag) and take signed device reports."""
     from edgeopt.release.repository import Repository
     from edgeopt.release.server import serve as run_serve
 
     if not Repository(repo).exists():
         raise ConfigError(f"{repo} is not a release repository; create it with 'edgeopt repo init {repo} --keys KEYS'")
-    run_serve(repo, host, port, rate)
-
-
-@fleet_app.command("show")
-def fleet_show(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
-    """Each device's last report: active release, latency, last error, refusals, class."""
-    from edgeopt.release.server import fleet_status
-
-    table = Table(title=f"fleet of {repo}", title_justify="left")
-    for col in ("device", "class", "release", "latency ms", "last error", "refusals", "reported"):
-        table.add_column(col)
-    for r in fleet_status(repo):
-        latency = f"{r['latency_ms']:.1f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
-        table.add_row(r["device_id"], r.get("device_class") or "-", str(r.get("active_release")), latency,
-                      r.get("last_error") or "-", str(len(r.get("refusals") or [])), r["received"])
-    out_console.print(table)
-
-
-@fleet_app.command("enroll")
-def fleet_enroll(
-    repo: Annotated[Path, typer.Option(help="Release repository folder")],
-    device_id: Annotated[str, typer.Argument(help="The device's name, as it reports (--device-id)")],
-    out: Annotated[Path, typer.Option(help="File for the device's credential (mode 0600); copy it to the device")],
-) -> None:
-    """Issue a device's credential for its reports (the server keeps only its hash)."""
-    import os
-
-    from edgeopt.fleet import enroll
-
-    if out.exists():
-        raise ConfigError(f"{out} already exists; choose another --out")
-    token = enroll(repo, device_id)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    out_console.print(f"enrolled {device_id}; copy {out} to the device and pass it as --token-file")
+    run_serve(repo, host, port, rate, db)
 
 
 def register(app: typer.Typer) -> None:
+    from edgeopt.cli_fleet import fleet_app
+
     app.add_typer(keys_app, name="keys")
     app.add_typer(repo_app, name="repo")
     app.add_typer(fleet_app, name="fleet")

@@ -85,8 +85,9 @@ class AgentConfig:
     root: Path
     channel: str = "stable"
     device_id: str = field(default_factory=socket.gethostname)
-    # The credential 'edgeopt device enroll' issued, for reports; None: reports are not sent.
-    token_file: Path | None = None
+    # The device's private key (from 'edgeopt fleet enroll --out' or 'edgeopt device keygen'), which
+    # signs its reports and uploads; None: reports are not sent.
+    key_file: Path | None = None
     # A name for devices that should measure alike (fleet benchmarks); None: derived from the profile.
     device_class: str | None = None
     # Seconds between checks, and the longest back-off after faults.
@@ -463,10 +464,9 @@ class Agent:
         results = bench_run(work, MeasureConfig(threads=self.config.smoke.threads, rounds=3, invocations=20),
                             images=self.state.root / "samples", device_class=self.profile()["device_class"],
                             source_sha256=job["results_sha256"])
-        token_file = self.config.token_file
         kept = ""
-        if token_file is not None:
-            status = self._post("/bench", results.to_json(), Path(token_file).read_text().strip())
+        if self.config.key_file is not None:
+            status = self._post("/bench", results.to_json())
             if status in (404, 405, 501):  # a static server: the results stay on the device
                 kept = str(self.state.root / "bench" / f"{job_sha[:16]}.json")
                 Path(kept).parent.mkdir(exist_ok=True)
@@ -478,11 +478,18 @@ class Agent:
                        **({"kept": kept, "reason": "the server has no /bench"} if kept else {}))
         shutil.rmtree(work, ignore_errors=True)
 
-    def _post(self, path: str, body: str, token: str) -> int:
-        """POST to the release side within REPORT_S, answer included; its status (the body is not read)."""
+    def _post(self, path: str, body: str) -> int:
+        """POST to the release side, signed with the device's key, within REPORT_S, answer included;
+        its status (the body is not read)."""
+        from edgeopt.fleet.auth import load_device_key, sign_request
+
+        if self.config.key_file is None:
+            raise ConfigError("no --key-file: the device cannot sign what it sends")
+        data = body.encode()
+        signed = sign_request(load_device_key(self.config.key_file), self.config.device_id, "POST", path, data, time.time())
         with wall_clock(REPORT_S, f"POST {path}"), self.client.stream(
-                "POST", f"{self.base}{path}", params={"device": self.config.device_id}, content=body,
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as response:
+                "POST", f"{self.base}{path}", content=data,
+                headers={**signed, "Content-Type": "application/json"}) as response:
             return int(response.status_code)
 
     # --- reports ------------------------------------------------------------------------------
@@ -496,10 +503,9 @@ class Agent:
 
     def report(self) -> None:
         """Tell the release side (best effort: a static server has no /status; the next check reports again)."""
-        token_file = self.config.token_file
-        if token_file is None:
+        if self.config.key_file is None:
             return
-        from edgeopt.fleet import DeviceReport
+        from edgeopt.fleet.report import DeviceReport
 
         active = self.state.record_of("active")
         report = DeviceReport(
@@ -509,7 +515,7 @@ class Agent:
             refusals=list(self.refusals), device_class=self.profile()["device_class"], profile=self.profile(),
         )
         try:
-            self._post("/status", report.model_dump_json(), Path(token_file).read_text().strip())
+            self._post("/status", report.model_dump_json())
         except Exception:  # reporting is best effort; the next check reports again
             pass
 
