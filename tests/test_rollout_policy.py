@@ -44,8 +44,9 @@ def devices_in(share_ppm: int, count: int, outside: bool = False) -> list[str]:
 
 
 def running(name: str, new: Window | None = None, old: Window | None = None, outcome: str = "activated") -> Evidence:
-    windows = {NEW: new or window(), OLD: old or window()}
-    return Evidence(name, 0.0, NEW, {NEW: outcome}, windows)
+    """A device of the stage: release 2 (NEW) installed, or its install failed and release 1 still runs."""
+    windows = {2: new or window(), 1: old or window()}
+    return Evidence(name, 0.0, 2 if outcome == "activated" else 1, (2, outcome), windows)
 
 
 def test_buckets_are_stable_nested_and_drawn_afresh_for_each_release():
@@ -90,7 +91,7 @@ def test_a_stage_waits_for_enough_in_service_frames():
 def test_failures_above_the_rate_halt_the_rollout():
     s = state(stage=1)
     names = devices_in(50_000, 10)
-    evidence = [running(d, outcome="smoke-failed" if i < 3 else "activated") for i, d in enumerate(names)]
+    evidence = [running(d, outcome="smoke-test-failed" if i < 3 else "activated") for i, d in enumerate(names)]
     decision = decide(s, evidence, now=1.0)  # a breach halts at once, soak or not
     assert decision.action == "halt"
     assert "3 of 10 devices" in decision.reason and "30%" in decision.reason
@@ -100,9 +101,9 @@ def test_failures_above_the_rate_halt_the_rollout():
 def test_a_failure_rate_needs_min_reports_or_the_whole_stage():
     s = state(stage=2)
     names = devices_in(250_000, 3)
-    evidence = [running(names[0], outcome="smoke-failed"), running(names[1])]
+    evidence = [running(names[0], outcome="smoke-test-failed"), running(names[1])]
     # two reports of a stage with more known devices: fewer than min_reports (5), no verdict yet
-    others = [Evidence(d, 0.0, OLD) for d in devices_in(250_000, 8)[3:]]
+    others = [Evidence(d, 0.0, 1) for d in devices_in(250_000, 8)[3:]]
     assert decide(s, evidence + others, now=1.0).action == "wait"
     # a stage of just two devices: both reported, one failed -> halt
     assert decide(s, evidence, now=1.0).action == "halt"
@@ -131,7 +132,7 @@ def test_latency_and_low_confidence_regressions_halt(new, reason):
 def test_devices_outside_the_share_do_not_count_and_paused_waits_but_still_halts():
     s = state(stage=1, status="paused")
     healthy = [running(d) for d in devices_in(50_000, 10)]
-    outside = [Evidence(d, 0.0, OLD) for d in devices_in(50_000, 50, outside=True)]
+    outside = [Evidence(d, 0.0, 1) for d in devices_in(50_000, 50, outside=True)]
     decision = decide(s, healthy + outside, now=1000.0)
     assert decision.action == "wait" and "paused" in decision.reason and decision.stats.population == 10
     failing = [running(d, outcome="rolled-back") for d in devices_in(50_000, 10)]
@@ -148,20 +149,31 @@ def test_the_last_stage_completes_and_a_finished_rollout_does_nothing():
 def test_min_frames_zero_promotes_on_installs_alone():
     s = state(criteria=Criteria(min_frames=0))
     names = devices_in(10_000, 3)
-    evidence = [Evidence(d, 0.0, NEW, {NEW: "activated"}) for d in names]
+    evidence = [Evidence(d, 0.0, 2, (2, "activated")) for d in names]
     assert decide(s, evidence, now=61.0).action == "promote"
 
 
-def test_reports_become_evidence_and_malformed_windows_are_ignored():
-    report = {
-        "device_id": "sorter-1", "active_sha256": NEW,
-        "installs": [{"model_sha256": NEW, "outcome": "smoke-failed"}, {"model_sha256": NEW, "outcome": "activated"}],
-        "health": [{"model_sha256": NEW, "frames": 80, "latency_ms_p50": 2.0, "latency_ms_p90": 3.0,
-                    "mean_confidence": 0.8, "low_confidence_share": 0.1},
-                   {"model_sha256": OLD, "frames": "many"}],
-    }
-    e = evidence_from(report, 5.0)
-    assert e.outcomes == {NEW: "activated"} and set(e.windows) == {NEW} and e.windows[NEW].frames == 80
+def test_failed_downloads_do_not_count_against_the_release():
+    s = state(stage=1)
+    evidence = [Evidence(d, 0.0, 1, (2, "download-failed")) for d in devices_in(50_000, 10)]
+    decision = decide(s, evidence, now=1.0)
+    assert decision.action == "wait" and decision.stats.attempted == 0
+
+
+def test_reports_become_evidence_and_windows_without_figures_are_ignored():
+    from edgeopt.fleet.report import DeviceReport, InstallOutcome, ServiceWindow
+
+    service = ServiceWindow(release=2, start="2026-12-01T10:00:00Z", end="2026-12-01T10:05:00Z", frames=80,
+                            latency_p50_ms=2.0, latency_p90_ms=3.0, mean_confidence=0.8, low_confidence_share=0.1)
+    empty = ServiceWindow(release=1, start="2026-12-01T09:00:00Z", end="2026-12-01T09:00:00Z", frames=0)
+    report = DeviceReport(device_id="sorter-1", channel="stable", active_release=2, previous_release=1,
+                          install=InstallOutcome(release=2, result="activated", smoke_test="passed", time="2026-12-01T09:59:00Z"),
+                          service=service, previous_service=empty)
+    e = evidence_from(report.model_dump(), 5.0)
+    assert e.install == (2, "activated") and e.outcome(2) == "activated" and e.outcome(1) is None
+    assert set(e.windows) == {2} and e.windows[2].frames == 80 and e.windows[2].mean_confidence == 0.8
+    old = evidence_from(DeviceReport(device_id="old-agent", channel="stable").model_dump(), 5.0)
+    assert old.install is None and not old.windows and old.active_release is None
 
 
 def test_state_round_trips_through_json():

@@ -18,6 +18,8 @@ rollout_app = typer.Typer(help="Staged rollouts: a release reaches 1, 5, 25, 100
 RepoOption = Annotated[Path, typer.Option(help="Release repository folder")]
 KeysOption = Annotated[Path, typer.Option(help="The folder made by 'edgeopt keys generate' (channel, snapshot, timestamp keys)")]
 ChannelOption = Annotated[str, typer.Option(help="Release channel")]
+DbOption = Annotated[str | None, typer.Option(
+    help="Fleet database URL (postgresql+psycopg://user@host/db) or SQLite file [default: REPO/fleet/fleet.db]")]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -72,6 +74,7 @@ def rollout_start(
 def rollout_status(
     repo: RepoOption,
     channel: Annotated[str | None, typer.Option(help="Only this channel [default: every channel with a rollout]")] = None,
+    db: DbOption = None,
 ) -> None:
     """Each rollout's stage, its devices' figures, and its history."""
     from edgeopt.rollout.control import Rollouts, describe, fleet_evidence
@@ -85,7 +88,7 @@ def rollout_status(
     now = time.time()
     for state in states:
         out_console.print(describe(state), highlight=False, markup=False)
-        decision = decide(state, fleet_evidence(repo, state.channel), now)
+        decision = decide(state, fleet_evidence(repo, state.channel, db), now)
         if decision.stats is not None:
             s = decision.stats
             deltas = ", ".join(f"{name} {value:+.3f}" if name != "p90 latency x" else f"{name}{value:.2f}"
@@ -134,6 +137,7 @@ def rollout_watch(
     channel: Annotated[str | None, typer.Option(help="Only this channel [default: every running rollout]")] = None,
     loop: Annotated[bool, typer.Option(help="Keep watching (every --every seconds) instead of one pass for cron")] = False,
     every: Annotated[float, typer.Option(min=1.0, help="Seconds between passes with --loop")] = 60.0,
+    db: DbOption = None,
 ) -> None:
     """Promote each running rollout's stage when its devices soaked healthy, halt it when they do not."""
     from edgeopt.rollout.control import Rollouts, fleet_evidence
@@ -145,7 +149,7 @@ def rollout_watch(
             if state.status not in ACTIVE or channel not in (None, state.channel):
                 continue
             now = time.time()
-            after, decision = rollouts.watch(keys, state.channel, fleet_evidence(repo, state.channel), now)
+            after, decision = rollouts.watch(keys, state.channel, fleet_evidence(repo, state.channel, db), now)
             out_console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} {state.channel} release "
                               f"{state.release}: {decision.action}: {after.reason}", highlight=False, markup=False)
         if not loop:

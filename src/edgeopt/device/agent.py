@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeopt.device.fetch import BoundedFetcher, Incomplete, Limits, RangeRefused, SlowRetrieval, download_target, wall_clock
-from edgeopt.device.health import record_install
+from edgeopt.device.health import record_install, report_fields
 from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
@@ -246,7 +246,7 @@ class Agent:
             return self._install(updater, model, labels, release)
         except Refused as exc:
             if exc.permanent:
-                record_install(self.state.root, _model_sha256(model), release, "refused")
+                record_install(self.state.root, release, "refused", detail=str(exc))
             return self._refused(sha, f"release {release}: {exc}", permanent=exc.permanent, release=release)
         except Retry as exc:
             return self._fail("retry", f"will retry: release {release}: {exc}", release)
@@ -312,7 +312,7 @@ class Agent:
             try:
                 smoke_test(staging, record, self.state.root / "samples", self.config.smoke)
             except SmokeTestFailed as exc:
-                record_install(self.state.root, plain["sha256"], release, "smoke-failed")
+                record_install(self.state.root, release, "smoke-test-failed", detail=str(exc))
                 raise self._count(sha, "smoke", f"smoke test failed: {exc}") from None
             fault_point("staged")
             os.replace(staging, folder)
@@ -333,7 +333,7 @@ class Agent:
                 (self.state.root / "active").unlink()
             error = self._count(sha, "smoke", f"post-switch check failed: {exc}")
             self.state.log("rolled-back", release=release, to=old["release"] if old else None, reason=str(exc))
-            record_install(self.state.root, plain["sha256"], release, "rolled-back")
+            record_install(self.state.root, release, "rolled-back", detail=str(exc))
             if isinstance(error, Refused):
                 self.state.reject(sha, str(error))
             self.last_error = f"rolled back release {release}: {exc}"
@@ -341,7 +341,7 @@ class Agent:
             self.report()
             return Outcome("rolled-back", f"rolled back release {release}: {exc}", release)
         self.state.clear_failures(sha)
-        record_install(self.state.root, plain["sha256"], release, "activated")
+        record_install(self.state.root, release, "activated")
         self.last_latency_ms = check["latency_ms"]
         self.last_error = None
         removed = self.state.prune(self.config.keep_releases)
@@ -513,6 +513,7 @@ class Agent:
             active_release=active["release"] if active else None, active_sha256=active["model"]["sha256"] if active else None,
             latency_ms=self.last_latency_ms, last_error=(self.last_error or None) and self.last_error[:500],
             refusals=list(self.refusals), device_class=self.profile()["device_class"], profile=self.profile(),
+            **report_fields(self.state.root, active, self.state.record_of("previous")),
         )
         try:
             self._post("/status", report.model_dump_json())

@@ -7,8 +7,8 @@ every FLUSH_S seconds and when the loop ends). The agent reads the file for its 
 current model's window beside the window of the model the device ran before it, so the release
 side compares the two on the same device, belt and camera.
 
-<state>/installs.json keeps the agent's last install outcomes (activated, smoke-failed, rolled-back,
-refused) per model, and <state>/starts.<process> counts the starts of each process (agent, sort):
+<state>/installs.json keeps the agent's last install attempt (activated, smoke-test-failed,
+rolled-back, refused) and counts rollbacks, and <state>/starts.<process> counts the starts of each process (agent, sort):
 restarts are reported too.
 """
 
@@ -24,8 +24,6 @@ from typing import Any
 
 HEALTH_FILE = "health.json"
 INSTALLS_FILE = "installs.json"
-# Install outcomes kept (and reported), newest last.
-KEEP_INSTALLS = 10
 # Frames of each model kept (the window), and models kept.
 WINDOW_FRAMES = 500
 KEEP_MODELS = 3
@@ -62,8 +60,9 @@ class HealthRecorder:
         self.flushed = -math.inf
         self.dirty = False
 
-    def record(self, model_sha256: str, latency_ms: float, confidence: float, now: float) -> None:
+    def record(self, model_sha256: str, release: int, latency_ms: float, confidence: float, now: float) -> None:
         entry = self.models.setdefault(model_sha256, {"frames": []})
+        entry["release"] = release
         frames = entry["frames"]
         frames.append([round(now, 3), round(float(latency_ms), 3), round(float(confidence), 4)])
         del frames[: max(0, len(frames) - self.window)]
@@ -82,8 +81,10 @@ class HealthRecorder:
             self.flushed, self.dirty = now, False
 
 
-def summarize(frames: list[list[float]], low_confidence: float = LOW_CONFIDENCE) -> dict[str, Any] | None:
-    """A window's figures: frames, span, latency p50/p90, mean top-1 confidence, low-confidence share."""
+def summarize(frames: list[list[float]], release: int, model_sha256: str,
+              low_confidence: float = LOW_CONFIDENCE) -> dict[str, Any] | None:
+    """A window's figures: frames, first and last frame's time, latency p50/p90, mean top-1
+    confidence, low-confidence share (the fields of fleet.report.ServiceWindow)."""
     rows = [f for f in frames if isinstance(f, list) and len(f) == 3 and all(isinstance(v, (int, float)) for v in f)]
     if not rows:
         return None
@@ -95,24 +96,21 @@ def summarize(frames: list[list[float]], low_confidence: float = LOW_CONFIDENCE)
     else:
         p50 = p90 = latencies[0]
     return {
-        "frames": len(rows), "window_s": round(rows[-1][0] - rows[0][0], 3),
-        "latency_ms_p50": round(p50, 3), "latency_ms_p90": round(p90, 3),
-        "mean_confidence": round(statistics.fmean(confidences), 4),
+        "release": release, "model_sha256": model_sha256, "start": _iso(rows[0][0]), "end": _iso(rows[-1][0]),
+        "frames": len(rows), "latency_p50_ms": round(p50, 3), "latency_p90_ms": round(max(p50, p90), 3),
+        "mean_confidence": round(min(1.0, max(0.0, statistics.fmean(confidences))), 4),
         "low_confidence_share": round(sum(c < low_confidence for c in confidences) / len(rows), 4),
         "low_confidence_below": low_confidence,
     }
 
 
-def read_health(state: Path, low_confidence: float = LOW_CONFIDENCE) -> list[dict[str, Any]]:
-    """Each recent model's window summary, newest first, as a report carries them."""
+def service_window(state: Path, model_sha256: str, low_confidence: float = LOW_CONFIDENCE) -> dict[str, Any] | None:
+    """The in-service window of one model, as a report carries it (fleet.report.ServiceWindow), or None."""
     models = _read_json(Path(state) / HEALTH_FILE).get("models", {})
-    out = []
-    for sha, entry in (models.items() if isinstance(models, dict) else ()):
-        summary = summarize(entry.get("frames", []) if isinstance(entry, dict) else [], low_confidence)
-        if summary is not None:
-            out.append({"model_sha256": sha, **summary, "_last": entry.get("last", 0)})
-    out.sort(key=lambda w: w.pop("_last"), reverse=True)
-    return out[:KEEP_MODELS]
+    entry = models.get(model_sha256) if isinstance(models, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("release"), int):
+        return None
+    return summarize(entry.get("frames", []), entry["release"], model_sha256, low_confidence)
 
 
 def count_start(state: Path, process: str) -> int:
@@ -139,19 +137,35 @@ def read_starts(state: Path) -> dict[str, int]:
     return counts
 
 
-def record_install(state: Path, model_sha256: str, release: int, outcome: str, now: float | None = None) -> None:
-    """Remember an install outcome of a model (the agent's side of the rollout's evidence). Best effort."""
+def record_install(state: Path, release: int, result: str, now: float | None = None, detail: str | None = None) -> None:
+    """Remember the agent's last install attempt (fleet.report.InstallOutcome's fields) and count
+    rollbacks. Best effort: a disk fault loses a report field, never an install."""
+    path = Path(state) / INSTALLS_FILE
+    value = _read_json(path)
+    smoke = {"activated": "passed", "smoke-test-failed": "failed", "rolled-back": "failed"}.get(result)
+    value["last"] = {"release": release, "result": result, "smoke_test": smoke, "time": _iso(now),
+                     "detail": detail[:300] if detail else None}
+    value["rollbacks"] = int(value.get("rollbacks", 0)) + (result == "rolled-back")
+    with contextlib.suppress(OSError):
+        _write_json(path, value)
+
+
+def report_fields(state: Path, active: dict[str, Any] | None, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The health fields of the agent's report: the active and the previous release's in-service
+    windows (same device), the last install attempt, rollbacks and restarts."""
+    installs = _read_json(Path(state) / INSTALLS_FILE)
+    starts = read_starts(state)
+    return {
+        "previous_release": previous["release"] if previous else None,
+        "install": installs.get("last") if isinstance(installs.get("last"), dict) else None,
+        "rollbacks": int(installs.get("rollbacks", 0)),
+        "restarts": sum(max(0, n - 1) for n in starts.values()),  # every start of a process after its first
+        "service": service_window(state, active["model"]["sha256"]) if active else None,
+        "previous_service": service_window(state, previous["model"]["sha256"]) if previous else None,
+    }
+
+
+def _iso(when: float | None) -> str:
     import time
 
-    path = Path(state) / INSTALLS_FILE
-    entries = _read_json(path).get("installs", [])
-    entries = [e for e in entries if isinstance(e, dict)][-(KEEP_INSTALLS - 1):]
-    entries.append({"model_sha256": model_sha256, "release": release, "outcome": outcome,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
-    with contextlib.suppress(OSError):
-        _write_json(path, {"installs": entries})
-
-
-def read_installs(state: Path) -> list[dict[str, Any]]:
-    entries = _read_json(Path(state) / INSTALLS_FILE).get("installs", [])
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

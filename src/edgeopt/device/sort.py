@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from edgeopt.device.health import HealthRecorder, count_start
 from edgeopt.device.smoke import transform_of
 from edgeopt.device.state import RELEASE_RECORD
@@ -58,6 +60,9 @@ class ActiveModel:
             record = json.loads((folder / RELEASE_RECORD).read_text())
             model = folder / record["model"]["file"]
             self.session = runtime_for(model).open(model, self.threads, transform_of(record))
+            # one inference before the first frame: a runtime's first call sets itself up, and that
+            # time would otherwise count as the model's latency in service
+            self.session.predict(np.zeros((1, *self.session.input.image_size, 3), np.uint8))
             self.classes = json.loads((folder / record["labels"]["file"]).read_text())["classes"]
             self.release = int(record["release"])
             self.sha256 = str(record["model"]["sha256"])
@@ -135,7 +140,7 @@ def sort_frames(
             probs = model.session.predict(pixels[None])[0]
             latency = (time.perf_counter() - start) * 1000
             best = int(probs.argmax())
-            health.record(model.sha256, latency, float(probs[best]), time.time())
+            health.record(model.sha256, model.release or 0, latency, float(probs[best]), time.time())
             emit({"file": frame.name, "class": model.classes[best], "confidence": round(float(probs[best]), 4),
                   "model_release": model.release, "latency_ms": round(latency, 3)})
             done.add(frame.name)

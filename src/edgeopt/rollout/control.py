@@ -184,15 +184,10 @@ class Rollouts:
         return self._save(state, status, now, decision)
 
 
-def fleet_evidence(repo: Path, channel: str) -> list[Evidence]:
-    """Every device's latest report on the channel, as evidence."""
-    from edgeopt.release.server import fleet_status
+def fleet_evidence(repo: Path, channel: str, db: str | None = None) -> list[Evidence]:
+    """Every device's latest report on the channel (the fleet database), as evidence."""
+    from edgeopt.fleet.store import open_store
     from edgeopt.rollout.policy import evidence_from
 
-    out = []
-    for report in fleet_status(repo):
-        if report.get("channel") != channel:
-            continue
-        received = dt.datetime.strptime(report["received"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-        out.append(evidence_from(report, received))
-    return out
+    with open_store(repo, db) as store:
+        return [evidence_from(stored.report.model_dump(), stored.received.timestamp()) for stored in store.latest(channel)]

@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 PPM = 1_000_000
 DEFAULT_STAGES_PPM = (10_000, 50_000, 250_000, PPM)
-# Install outcomes a device reports; the failed ones count against the release.
-FAILED_OUTCOMES = frozenset({"smoke-failed", "rolled-back", "refused"})
+# Install results a device reports (fleet.report.InstallOutcome) that count against the release; a
+# failed download does not: a device cannot tell a bad network from a bad upload.
+FAILED_OUTCOMES = frozenset({"smoke-test-failed", "rolled-back", "refused"})
 Status = Literal["running", "paused", "halted", "aborted", "complete", "superseded"]
 ACTIVE: frozenset[str] = frozenset({"running", "paused"})
 
@@ -142,12 +143,15 @@ class Evidence:
     device_id: str
     # The server's time of the report (seconds since the epoch).
     reported_at: float
-    # sha256 of the active model (uncompressed), None when the device has none.
-    active_sha256: str | None
-    # The device's latest install outcome per model sha256 ("activated", "smoke-failed", ...).
-    outcomes: Mapping[str, str] = field(default_factory=dict)
-    # In-service windows per model sha256.
-    windows: Mapping[str, Window] = field(default_factory=dict)
+    # The active release, None when the device has none.
+    active_release: int | None
+    # The device's last install attempt: (release, result), result as fleet.report.InstallOutcome's.
+    install: tuple[int, str] | None = None
+    # In-service windows per release: the active one's, and the one before it on the same device.
+    windows: Mapping[int, Window] = field(default_factory=dict)
+
+    def outcome(self, release: int) -> str | None:
+        return self.install[1] if self.install is not None and self.install[0] == release else None
 
 
 @dataclass(frozen=True)
@@ -229,12 +233,12 @@ class Decision:
 
 def _paired(evidence: Evidence, state: RolloutState) -> tuple[Window, Window] | None:
     """(new, before) windows of a device, each with enough frames, or None."""
-    new = evidence.windows.get(state.model_sha256)
+    new = evidence.windows.get(state.release)
     if new is None or new.frames < max(1, state.criteria.min_frames):
         return None
-    before = evidence.windows.get(state.previous_sha256 or "")
+    before = evidence.windows.get(state.previous_release) if state.previous_release is not None else None
     if before is None:  # the model the device ran before, if not the channel's previous release
-        others = [w for sha, w in evidence.windows.items() if sha != state.model_sha256]
+        others = [w for release, w in evidence.windows.items() if release != state.release]
         before = max(others, key=lambda w: w.frames, default=None)
     if before is None or before.frames < max(1, state.criteria.min_frames):
         return None
@@ -243,11 +247,11 @@ def _paired(evidence: Evidence, state: RolloutState) -> tuple[Window, Window] | 
 
 def _healthy(evidence: Evidence, state: RolloutState) -> bool:
     c = state.criteria
-    if evidence.active_sha256 != state.model_sha256:
+    if evidence.active_release != state.release:
         return False
     if c.min_frames == 0:
         return True
-    new = evidence.windows.get(state.model_sha256)
+    new = evidence.windows.get(state.release)
     if new is None or new.frames < c.min_frames:
         return False
     pair = _paired(evidence, state)
@@ -260,23 +264,22 @@ def _healthy(evidence: Evidence, state: RolloutState) -> bool:
 
 
 def measure_stage(state: RolloutState, evidence: Iterable[Evidence]) -> StageStats:
-    sha = state.model_sha256
     population = attempted = failed = running = healthy = 0
     pairs: list[tuple[Window, Window]] = []
     failed_devices = []
     for e in evidence:
-        outcome = e.outcomes.get(sha)
-        inside = in_share(e.device_id, sha, state.share_ppm)
-        if not inside and outcome is None and e.active_sha256 != sha:
+        outcome = e.outcome(state.release)
+        runs = e.active_release == state.release
+        if not in_share(e.device_id, state.model_sha256, state.share_ppm) and outcome is None and not runs:
             continue
         population += 1
-        if outcome is not None or e.active_sha256 == sha:
+        if outcome not in (None, "download-failed") or runs:
             attempted += 1
         if outcome in FAILED_OUTCOMES:
             failed += 1
             failed_devices.append(e.device_id)
             continue
-        if e.active_sha256 == sha:
+        if runs:
             running += 1
             healthy += _healthy(e, state)
             if (pair := _paired(e, state)) is not None:
@@ -339,25 +342,27 @@ def decide(state: RolloutState, evidence: Iterable[Evidence], now: float) -> Dec
     return Decision("promote", f"{stage} soaked: {stats.healthy} of {stats.population} devices healthy", stats)
 
 
-def window_from(data: Mapping[str, Any]) -> Window | None:
-    """A report's window (a dict), or None when it is malformed."""
+def window_from(data: Mapping[str, Any] | None) -> Window | None:
+    """A report's in-service window (fleet.report.ServiceWindow, as a dict), or None when it has
+    no usable figures."""
+    if not data:
+        return None
     try:
-        window = Window(int(data["frames"]), float(data["latency_ms_p50"]), float(data["latency_ms_p90"]),
+        window = Window(int(data["frames"]), float(data["latency_p50_ms"]), float(data["latency_p90_ms"]),
                         float(data["mean_confidence"]), float(data["low_confidence_share"]))
     except (KeyError, TypeError, ValueError):
         return None
-    return window if window.frames >= 0 and all(math.isfinite(v) for v in (window.latency_ms_p90, window.mean_confidence,
-                                                                          window.low_confidence_share)) else None
+    figures = (window.latency_ms_p90, window.mean_confidence, window.low_confidence_share)
+    return window if window.frames > 0 and all(math.isfinite(v) for v in figures) else None
 
 
 def evidence_from(report: Mapping[str, Any], reported_at: float) -> Evidence:
-    """A device report (the JSON the agent sends) as evidence; fields it lacks are simply absent."""
-    outcomes: dict[str, str] = {}
-    for entry in report.get("installs") or ():  # oldest first: the latest outcome per model wins
-        if isinstance(entry, Mapping) and isinstance(entry.get("model_sha256"), str):
-            outcomes[entry["model_sha256"]] = str(entry.get("outcome"))
+    """A device report (fleet.report.DeviceReport as a dict) as evidence; what it lacks is absent."""
+    install = report.get("install")
+    last = (int(install["release"]), str(install["result"])) if isinstance(install, Mapping) else None
     windows = {}
-    for entry in report.get("health") or ():
-        if isinstance(entry, Mapping) and isinstance(entry.get("model_sha256"), str) and (w := window_from(entry)):
-            windows[entry["model_sha256"]] = w
-    return Evidence(str(report["device_id"]), reported_at, report.get("active_sha256"), outcomes, windows)
+    for key in ("previous_service", "service"):  # the active release's window wins a tie
+        entry = report.get(key)
+        if isinstance(entry, Mapping) and isinstance(entry.get("release"), int) and (w := window_from(entry)):
+            windows[entry["release"]] = w
+    return Evidence(str(report["device_id"]), reported_at, report.get("active_release"), last, windows)
