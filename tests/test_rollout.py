@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from edgeopt.release.keys import generate_keys
 from edgeopt.release.repository import Repository
 from edgeopt.rollout.control import Rollouts
 from edgeopt.rollout.policy import PPM, Criteria, evidence_from, in_share
-from tests.delivery_helpers import HostileServer, StaticServer
+from tests.delivery_helpers import HostileServer, ServerThread, StaticServer
 from tests.rollout_helpers import write_frame, write_release
 
 pytest.importorskip("onnxruntime")
@@ -190,3 +193,49 @@ def test_watch_halts_a_bad_release_and_every_device_converges_on_the_model_befor
     assert {active_sha(a) for a in agents} == {fleet.good_sha}
     log = [json.loads(line) for line in (fleet.repo_path / "rollouts" / "stable.log").read_text().splitlines()]
     assert [e["event"] for e in log] == ["started", "halted"] and why in log[-1]["reason"]
+
+
+def edgeopt(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeopt", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_reports_through_the_server_drive_rollout_watch_and_fleet_show(fleet):
+    """Agents sign their reports to `edgeopt serve`; the fleet database holds them; `rollout watch`
+    (the CLI, one pass as cron runs it) promotes from them, and `fleet show` says where it stands."""
+    from tests.fleet_helpers import enroll_device
+
+    new = sha256_of(write_release(fleet.tmp / "peek", "good", 1)[0])
+    names = pick(new, 500_000, True, 2) + pick(new, 500_000, False, 2)
+    with ServerThread(fleet.repo_path) as server:
+        agents = []
+        for name in names:
+            enroll_device(fleet.repo_path, name, fleet.tmp / f"{name}.key")
+            agents.append(Agent(replace(fleet.agent(server.url, name).config, key_file=fleet.tmp / f"{name}.key")))
+        for a in agents:
+            a.check_once()
+            sort_some(a, 90)
+        fleet.start("good", 1, stages=(500_000, PPM))
+        for a in agents:
+            a.check_once()
+            sort_some(a, 90)
+            a.report()
+        status = edgeopt("rollout", "status", "--repo", fleet.repo_path)
+        assert "stage devices 2: 2 tried, 0 failed, 2 run it, 2 healthy; 2 paired" in status.stdout, status.stdout
+        watch = edgeopt("rollout", "watch", "--repo", fleet.repo_path, "--keys", fleet.keys)
+        assert watch.returncode == 0 and "stable release 2: promote" in watch.stdout, watch.stdout + watch.stderr
+        assert [a.check_once().kind for a in agents] == ["up-to-date", "up-to-date", "activated", "activated"]
+    shown = edgeopt("fleet", "show", fleet.repo_path)
+    assert "rollout stable: release 2 running at stage 2 of 2 (100 %)" in shown.stdout, shown.stdout
+
+
+def test_pause_resume_and_bad_options_from_the_command_line(fleet):
+    fleet.start("good", 1)
+    paused = edgeopt("rollout", "pause", "--repo", fleet.repo_path, "--reason", "night shift")
+    assert paused.returncode == 0 and "paused at stage 1 of 2 (1 %): night shift" in paused.stdout
+    assert "running at stage 1" in edgeopt("rollout", "resume", "--repo", fleet.repo_path).stdout
+    for option, fragment in ((("--stages", "5,1"), "must increase"), (("--soak", "soon"), "--soak 'soon'"),
+                             (("--max-failure-rate", "2"), "--max-failure-rate must be in [0, 1)")):
+        bad = edgeopt("rollout", "start", fleet.tmp, "--repo", fleet.repo_path, "--keys", fleet.keys, *option)
+        assert bad.returncode == 2 and fragment in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    again = edgeopt("rollout", "abort", "--repo", fleet.repo_path, "--keys", fleet.keys)
+    assert again.returncode == 0 and "aborted" in again.stdout

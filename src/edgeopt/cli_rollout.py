@@ -63,8 +63,9 @@ def rollout_start(
                             max_latency_ratio, promote_share).check()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    soak_s = parse_durations(soak)
     model, labels, custom = release_custom(run_dir, variant)
-    state = Rollouts(repo).start(keys, channel, model, labels, custom, shares, parse_durations(soak), criteria, time.time())
+    state = Rollouts(repo).start(keys, channel, model, labels, custom, shares, soak_s, criteria, time.time())
     out_console.print(describe(state), highlight=False, markup=False)
     out_console.print(f"run 'edgeopt rollout watch --repo {repo} --keys {keys}' from cron (or with --loop) to promote it",
                       highlight=False, markup=False)
