@@ -23,7 +23,9 @@ SIZE = 8
 NAN_ABOVE = 160.0
 
 
-def write_model(path: Path, kind: str = "good", variant: int = 0) -> Path:
+def write_model(path: Path, kind: str = "good", variant: int = 0, pad_bytes: int = 0) -> Path:
+    """`pad_bytes` of random (incompressible) weights ride along unused, so a transfer weighs what a
+    real model's would."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -40,6 +42,9 @@ def write_model(path: Path, kind: str = "good", variant: int = 0) -> Path:
     ]
     inits = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b"),
              numpy_helper.from_array(scale, "scale")]
+    if pad_bytes:
+        padding = rng.integers(0, 256, pad_bytes, dtype=np.uint8)
+        inits.append(numpy_helper.from_array(padding, "padding"))  # in the file (what is sent), unused by the graph
     last = "logits"
     if kind == "nan":  # sqrt(NAN_ABOVE - brightness) * 0 is 0, or NaN when the frame is brighter
         nodes += [
@@ -65,9 +70,9 @@ def write_model(path: Path, kind: str = "good", variant: int = 0) -> Path:
     return path
 
 
-def write_release(folder: Path, kind: str = "good", variant: int = 0) -> tuple[Path, Path, dict[str, Any]]:
+def write_release(folder: Path, kind: str = "good", variant: int = 0, pad_bytes: int = 0) -> tuple[Path, Path, dict[str, Any]]:
     """(model, labels, custom) as `edgeopt publish` would sign them."""
-    model = write_model(folder / f"{kind}-{variant}.onnx", kind, variant)
+    model = write_model(folder / f"{kind}-{variant}.onnx", kind, variant, pad_bytes)
     labels = folder / "labels.json"
     labels.write_text(json.dumps({"classes": CLASSES}))
     custom = {"format": "onnx", "method": f"tiny_{kind}_{variant}", "classes": CLASSES,
