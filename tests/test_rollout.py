@@ -239,3 +239,24 @@ def test_pause_resume_and_bad_options_from_the_command_line(fleet):
         assert bad.returncode == 2 and fragment in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     again = edgeopt("rollout", "abort", "--repo", fleet.repo_path, "--keys", fleet.keys)
     assert again.returncode == 0 and "aborted" in again.stdout
+
+
+def test_a_release_published_meanwhile_supersedes_the_rollout(fleet):
+    fleet.start("good", 1)
+    model, labels, custom = write_release(fleet.models, "good", 2)
+    fleet.repo.publish_release(fleet.keys, "stable", model, labels, custom)
+    state, decision = fleet.rollouts.watch(fleet.keys, "stable", [], now=2000.0)
+    assert state.status == "superseded" and "published on the channel meanwhile" in state.reason
+    assert fleet.repo.current_release("stable")["release"] == 3  # nothing re-signed over the newer release
+
+
+def test_halting_a_channels_first_release_withdraws_it(fleet):
+    fleet.repo.add_channel(fleet.keys, "beta")
+    model, labels, custom = write_release(fleet.models, "good", 1)
+    fleet.rollouts.start(fleet.keys, "beta", model, labels, custom, (500_000, PPM), (0.0,), Criteria(), now=0.0)
+    state = fleet.rollouts.abort(fleet.keys, "beta", now=1.0)
+    assert "withdrawn (share 0)" in state.reason
+    assert fleet.repo.current_release("beta")["rollout"]["share_ppm"] == 0
+    with StaticServer(fleet.repo_path) as server:
+        fresh = Agent(replace(fleet.agent(server.url, "new-1").config, channel="beta"))
+        assert fresh.check_once().kind == "held" and active_sha(fresh) is None
