@@ -14,7 +14,9 @@
          (it answers NaN on them): it must halt by itself, never beyond the 25 % stage;
       3. a release that passes every smoke test but is far less confident in service than the
          model before on the same devices: likewise;
-    after each halt every device must run the model before again. Reported: devices that installed
+    after each halt every device must run the model before again. In-service latency is not a
+    criterion here (--max-latency-ratio): all devices share one process, so a frame's time measures
+    the installs around it, not the model. Reported: devices that installed
     each bad release, requests per second, the static server's egress against devices x the
     compressed size, time to 100 %.
 (b) 10,000 devices on a simulated clock (bench/fleet_sim.py): the same schedule, bucket and policy code.
@@ -249,7 +251,7 @@ def run_part_a(args: argparse.Namespace) -> dict[str, Any]:
         phases.append({
             "release": label, "kind": kind, "status": state.status, "reason": state.reason,
             "stage_at_end": state.stage + 1, "share_at_end_pct": state.share_ppm / 10_000,
-            "never_beyond_25_pct": state.share_ppm <= 250_000 if kind != "good" else None,
+            "expected": (state.status == "complete") if kind == "good" else (state.status == "halted" and state.share_ppm <= 250_000),
             "share_reached_after_s": share_times, "decided_after_s": round(decided, 1),
             "every_device_converged_after_s": round(decided + converged, 1), "converged_on_sha256": target,
             "devices_that_installed_it": len(installed), "devices_that_tried_it": len(tried),
@@ -263,6 +265,8 @@ def run_part_a(args: argparse.Namespace) -> dict[str, Any]:
               flush=True)
         good_sha = target if kind == "good" else good_sha
     stop.set()
+    for thread in threads:  # an inference cut off by the interpreter's exit aborts the process
+        thread.join(timeout=60)
     front.shutdown()
     reports.should_exit = True
     seconds = [per_second[s] for s in range(min(per_second), max(per_second) + 1)]
@@ -311,7 +315,10 @@ def render(report: dict[str, Any]) -> str:
                          f"{p['every_device_converged_after_s']} | {p['target_egress_per_device_x_compressed']:.2f} | "
                          f"{p['egress_bytes'].get('metadata', 0):,} |")
         good = a["phases"][0]
-        lines += ["", f"Time to 100 %: {good['share_reached_after_s'].get('100 %', float('nan')):.0f} s (the share), "
+        unmet = [p["release"] for p in a["phases"] if not p["expected"]]
+        lines += ["", "Expected (the good release complete; each bad one halted by itself, never beyond 25 %; every "
+                  "device back on the model before): " + (f"NOT MET for {', '.join(unmet)}" if unmet else "met"), ""]
+        lines += [f"Time to 100 %: {good['share_reached_after_s'].get('100 %', float('nan')):.0f} s (the share), "
                   f"{good['every_device_converged_after_s']:.0f} s (every device running it).",
                   f"Requests: {sum(a['requests_by_kind'].values()):,} ({a['requests_by_kind']}); "
                   f"{a['requests_per_s_mean']:.1f}/s on average, {a['requests_per_s_peak']}/s at peak. "
@@ -346,8 +353,9 @@ def main() -> int:
     parser.add_argument("--soak", type=float, default=6.0, help="(a) seconds each stage soaks")
     parser.add_argument("--frame-rate", type=float, default=2.0, help="(a) frames per second each device sorts")
     parser.add_argument("--min-frames", type=int, default=10, help="(a) in-service frames before a device's health counts")
-    parser.add_argument("--max-latency-ratio", type=float, default=3.0,
-                        help="(a) in-service p90 latency bound: 200 agents share 2 cores, so latency is noisy here")
+    parser.add_argument("--max-latency-ratio", type=float, default=1e6,
+                        help="(a) in-service p90 latency bound; off by default: the devices share one process and its "
+                             "GIL, so a frame's time measures the contention of the installs around it, not the model")
     parser.add_argument("--model-kb", type=int, default=512, help="(a) incompressible padding in each model, KB")
     parser.add_argument("--belts", type=int, default=4, help="(a) threads classifying the devices' frames")
     parser.add_argument("--timeout", type=float, default=900.0, help="(a) seconds any one phase may take")
@@ -369,7 +377,7 @@ def main() -> int:
     text = render(report)
     (args.out / "fleet.md").write_text(text)
     print(text)
-    return 0
+    return 1 if "a" in report and not all(p["expected"] for p in report["a"]["phases"]) else 0
 
 
 if __name__ == "__main__":
