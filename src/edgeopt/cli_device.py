@@ -27,8 +27,10 @@ def device_run(
     key_file: Annotated[Path | None, typer.Option(
         help="The device's key, which signs its reports: from 'edgeopt fleet enroll --out' or 'edgeopt device keygen'")] = None,
     device_class: Annotated[str | None, typer.Option(help="Fleet class for benchmarks [default: from the profile]")] = None,
-    interval: Annotated[float, typer.Option(min=0.0, help="Seconds between checks")] = 30.0,
+    interval: Annotated[float, typer.Option(min=0.0, help="Mean seconds between checks")] = 30.0,
+    jitter: Annotated[float, typer.Option(min=0.0, max=0.99, help="Each wait is drawn from interval x [1-j, 1+j]")] = 0.5,
     max_backoff: Annotated[float, typer.Option(min=0.0, help="Longest wait, seconds, after faults")] = 600.0,
+    report_every: Annotated[float, typer.Option(min=0.0, help="Seconds between reports while nothing changes")] = 300.0,
     latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
     min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
     min_rate: Annotated[float, typer.Option(help="Slowest transfer accepted, bytes/s over 30 s")] = 4096.0,
@@ -62,7 +64,12 @@ def device_run(
         if outcome.kind in ("unreachable", "retry"):  # nothing refused, but the check did not complete
             raise typer.Exit(EXIT_FAILED)
     else:
-        agent.run()
+        from edgeopt.device.poll import LoopConfig, run_agent
+        from edgeopt.device.schedule import PollPolicy
+
+        policy = PollPolicy(interval_s=interval, jitter=jitter, max_backoff_s=max_backoff,
+                            min_fault_s=min(1.0, max_backoff), backoff_base_s=min(5.0, max_backoff))
+        run_agent(agent, LoopConfig(policy=policy, report_every_s=report_every))
 
 
 @device_app.command("keygen")

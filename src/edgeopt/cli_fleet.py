@@ -107,6 +107,12 @@ def fleet_show(
                  r.get("last_error") or "-")
         table.add_row(*((r["device_id"], r["device_class"] or "-", r["channel"] or "-", *cells) if not history else cells))
     out_console.print(table)
+    if repo is not None and not history:
+        from edgeopt.rollout.control import Rollouts, describe
+
+        for state in Rollouts(repo).states():  # each channel's staged rollout: where it stands, and why
+            if channel in (None, state.channel):
+                out_console.print(f"rollout {describe(state)}", highlight=False, markup=False)
 
 
 @fleet_app.command("enroll")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeopt.device.fetch import BoundedFetcher, Incomplete, Limits, RangeRefused, SlowRetrieval, download_target, wall_clock
+from edgeopt.device.health import record_install, report_fields
 from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
@@ -100,7 +101,8 @@ class AgentConfig:
     failures_to_reject: int = 2
 
 
-OutcomeKind = Literal["up-to-date", "no-release", "activated", "refused", "retry", "unreachable", "rolled-back", "skipped"]
+OutcomeKind = Literal["up-to-date", "no-release", "activated", "refused", "retry", "unreachable", "rolled-back", "skipped",
+                      "held"]
 
 
 @dataclass(frozen=True)
@@ -235,9 +237,16 @@ class Agent:
         if not release:
             return self._refused(sha, f"release number {number!r} is not a whole number from 1 to {MAX_RELEASE}",
                                  permanent=True)
+        from edgeopt.rollout.policy import held_back
+
+        held = held_back(self.config.device_id, model, has_model=active is not None)
+        if held:  # a staged rollout whose signed share does not reach this device yet
+            return Outcome("held", held, release)
         try:
             return self._install(updater, model, labels, release)
         except Refused as exc:
+            if exc.permanent:
+                record_install(self.state.root, release, "refused", detail=str(exc))
             return self._refused(sha, f"release {release}: {exc}", permanent=exc.permanent, release=release)
         except Retry as exc:
             return self._fail("retry", f"will retry: release {release}: {exc}", release)
@@ -303,6 +312,7 @@ class Agent:
             try:
                 smoke_test(staging, record, self.state.root / "samples", self.config.smoke)
             except SmokeTestFailed as exc:
+                record_install(self.state.root, release, "smoke-test-failed", detail=str(exc))
                 raise self._count(sha, "smoke", f"smoke test failed: {exc}") from None
             fault_point("staged")
             os.replace(staging, folder)
@@ -323,6 +333,7 @@ class Agent:
                 (self.state.root / "active").unlink()
             error = self._count(sha, "smoke", f"post-switch check failed: {exc}")
             self.state.log("rolled-back", release=release, to=old["release"] if old else None, reason=str(exc))
+            record_install(self.state.root, release, "rolled-back", detail=str(exc))
             if isinstance(error, Refused):
                 self.state.reject(sha, str(error))
             self.last_error = f"rolled back release {release}: {exc}"
@@ -330,6 +341,7 @@ class Agent:
             self.report()
             return Outcome("rolled-back", f"rolled back release {release}: {exc}", release)
         self.state.clear_failures(sha)
+        record_install(self.state.root, release, "activated")
         self.last_latency_ms = check["latency_ms"]
         self.last_error = None
         removed = self.state.prune(self.config.keep_releases)
@@ -501,6 +513,7 @@ class Agent:
             active_release=active["release"] if active else None, active_sha256=active["model"]["sha256"] if active else None,
             latency_ms=self.last_latency_ms, last_error=(self.last_error or None) and self.last_error[:500],
             refusals=list(self.refusals), device_class=self.profile()["device_class"], profile=self.profile(),
+            **report_fields(self.state.root, active, self.state.record_of("previous")),
         )
         try:
             status = self._post("/status", report.model_dump_json())
