@@ -14,6 +14,7 @@ from PIL import Image
 
 from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
 from edgeopt.data.synthetic import generate_synthetic
+from tests.browser_helpers import artifacts, chromium, open_page  # noqa: F401 (fixtures: a real browser for pages)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRASHNET = SHARED / "data" / "trashnet5"

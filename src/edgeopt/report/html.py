@@ -23,7 +23,7 @@ from edgeopt.report.markdown import (
     timing_line,
 )
 from edgeopt.report.page import esc, inline, page, table, unordered
-from edgeopt.report.table import TABLE_HEADER, paired_text, pct, table_rows, verdict, verdict_detail
+from edgeopt.report.table import TABLE_HEADER, pct, table_rows, verdict, verdict_detail
 from edgeopt.results import PairedClass, Results
 
 
@@ -32,14 +32,18 @@ def _headline(results: Results) -> str:
     if choice is None:
         return ""
     chosen, base = results.selected, results.baseline
+    head = (f'<p class="headline">Chosen for {esc(", ".join(choice.target))}: <span class="chosen-name" id="chosen">'
+            f"{esc(choice.selected)}</span>")
+    if chosen.name == base.name:
+        return head + " &mdash; the baseline itself.</p>"
     figures = [f"{base.size_bytes / chosen.size_bytes:.2f}x smaller"]
     if chosen.latency and base.latency:
-        figures.append(f"{base.latency.median_ms / chosen.latency.median_ms:.2f}x faster")
+        speed = base.latency.median_ms / chosen.latency.median_ms
+        figures.append(f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower")
     if chosen.paired:
-        figures.append(f"test accuracy {paired_text(chosen)[0]} pp")
-    than = f" than {esc(base.name)}" if chosen.name != base.name else ""
-    return (f'<p class="headline">Chosen for {esc(", ".join(choice.target))}: <span class="chosen-name" id="chosen">'
-            f"{esc(choice.selected)}</span> &mdash; {esc(', '.join(figures))}{than}.</p>")
+        p = chosen.paired
+        figures.append(f"test accuracy {100 * p.difference:+.2f} pp [{100 * p.low:+.2f}, {100 * p.high:+.2f}]")
+    return head + f" &mdash; against {esc(base.name)}: {esc(', '.join(figures))}.</p>"
 
 
 def _variants_table(results: Results) -> str:
@@ -98,6 +102,9 @@ def _gallery(results: Results, root: Path | None) -> str:
         return ""
     if choice.selected == choice.baseline:
         return "<p>The baseline itself was chosen: nothing to compare.</p>"
+    if results.baseline.predictions is None or results.selected.predictions is None:
+        return (f"<p>These results keep no per-image answers of {esc(choice.selected)} or {esc(choice.baseline)}: "
+                "the photos they disagree on cannot be shown.</p>")
     found = disagreements(results)
     if not found:
         return (f'<p id="gallery-count">{esc(choice.selected)} and {esc(choice.baseline)} give the same answer on every '

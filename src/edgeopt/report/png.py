@@ -62,7 +62,15 @@ def _draw_panel(ax: Any, results: Results, points: list[ChartPoint], axis: Axis)
 
 
 def render_png(results: Results, path: Path) -> None:
-    """Two panels sharing the accuracy axis, the legend below them."""
+    fig = draw_png(results)
+    import matplotlib.pyplot as plt  # after draw_png chose the Agg backend
+
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def draw_png(results: Results) -> Any:
+    """The figure (matplotlib): two panels sharing the accuracy axis, the legend below them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,5 +92,4 @@ def render_png(results: Results, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False,
                title="open marker: not eligible for the target; bars: intervals", title_fontsize=8)
     fig.tight_layout(rect=(0, legend_inches / (4.4 + legend_inches), 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
