@@ -23,6 +23,7 @@ from edgeopt.report.markdown import (
     timing_line,
 )
 from edgeopt.report.page import esc, inline, page, table, unordered
+from edgeopt.report.points import not_drawn
 from edgeopt.report.table import TABLE_HEADER, pct, table_rows, verdict, verdict_detail
 from edgeopt.results import PairedClass, Results
 
@@ -159,13 +160,15 @@ def render_html(results: Results, photos: Path | None = None) -> str:
                     "reasons") if choice else ""
     chart = charts.chart_html(charts.variants_figure(results), "chart-variants", include_script=True)
     confidence = choice.objective.get("confidence", 0.95) if choice else 0.95
+    missing = f" Not drawn (no latency or accuracy): {esc(', '.join(not_drawn(results)))}." if not_drawn(results) else ""
     body = f"""<h1>{esc(title)}</h1>{banner}{settings}
 <section id="summary">{_headline(results)}<h2>Why</h2>{reasons}</section>
 <section id="chart"><h2>Accuracy, latency and size</h2>{chart}
 <p class="caption">Each variant's test accuracy minus the baseline's on the same photos, against its latency (left) and its
 file size (right). Vertical bars: the paired {confidence:.0%} interval of the accuracy change; horizontal bars: the interval of
 its latency ratio to the baseline (same interleaved rounds), times the baseline's median. The step line in each panel is
-that panel's Pareto front: no variant left of it is as accurate. Hover a point for its figures; click a legend entry to hide it.</p>
+that panel's Pareto front: no variant left of it is as accurate. Hover a point for its figures; click a legend entry to
+hide it.{missing}</p>
 </section>
 <section id="variants"><h2>Variants</h2>{_variants_table(results)}
 <p class="caption"><em>Δ pp</em>: test accuracy minus the baseline's on the same images, with its exact paired interval

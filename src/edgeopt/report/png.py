@@ -18,6 +18,7 @@ from edgeopt.report.points import (
     axis_title,
     chart_points,
     front_line,
+    not_drawn,
     x_interval,
     x_of,
     x_range,
@@ -79,7 +80,7 @@ def draw_png(results: Results) -> Any:
     points = chart_points(results)
     entries = len(points) + 3  # the allowed loss, the front, the ring
     columns = 3 if entries > 6 else 2
-    legend_inches = 0.25 + 0.2 * -(-entries // columns)
+    legend_inches = 0.25 + 0.2 * -(-entries // columns) + (0.15 if not_drawn(results) else 0.0)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4 + legend_inches), dpi=110, sharey=True)
     for ax, axis in zip(axes, PANELS, strict=True):
         _draw_panel(ax, results, points, axis)
@@ -89,7 +90,10 @@ def draw_png(results: Results) -> Any:
         title += " (SYNTHETIC demo data)"
     fig.suptitle(title)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False,
-               title="open marker: not eligible for the target; bars: intervals", title_fontsize=8)
+    missing = not_drawn(results)
+    title = "open marker: not eligible for the target; bars: intervals"
+    if missing:
+        title += "\nnot drawn (no latency or accuracy): " + ", ".join(missing)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False, title=title, title_fontsize=8)
     fig.tight_layout(rect=(0, legend_inches / (4.4 + legend_inches), 1, 1))
     return fig

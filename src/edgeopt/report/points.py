@@ -54,6 +54,12 @@ class ChartPoint:
         return f"{self.name} ({self.verdict})"
 
 
+def not_drawn(results: Results) -> list[str]:
+    """The variants without a latency or a test accuracy, and why: "ort_int8_dynamic (stopped early)"."""
+    drawn = {p.name for p in chart_points(results)}
+    return [f"{v.name} ({verdict(v)})" for v in results.variants if v.name not in drawn]
+
+
 def style_of(index: int) -> tuple[str, str]:
     """The colour and marker of the index-th variant of a run (the same in every chart of it)."""
     return PALETTE[index % len(PALETTE)], MARKERS[index % len(MARKERS)]
