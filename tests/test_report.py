@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -186,3 +187,14 @@ def test_results_without_per_image_answers_say_so_instead_of_claiming_agreement(
     assert disagreements(bare) == []
     assert "keep no per-image answers" in page and "give the same answer" not in page
     assert 'id="variants-table"' in page
+
+
+def test_without_plotly_the_run_keeps_everything_but_the_page_and_says_how_to_get_it(run, tmp_path, monkeypatch, caplog):
+    for name in ("plotly", "plotly.graph_objects", "plotly.subplots"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, as in an install older than report.html
+    out = tmp_path / "out"
+    out.mkdir()
+    write_report(run, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["results.json", REPORT_FILE, PLOT_FILE])
+    assert HTML_FILE not in (out / REPORT_FILE).read_text()
+    assert f"{HTML_FILE} not written" in caplog.text and "pip install -e '.[build]'" in caplog.text

@@ -7,6 +7,7 @@ measures or decides. Plotting libraries are imported only when a picture is draw
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edgeopt.report.markdown import PLOT_FILE, markdown_table, render_device_comparison, render_markdown
@@ -23,11 +24,21 @@ __all__ = [
 
 
 def write_report(results: Results, folder: Path) -> None:
-    """results.json, the PNG, report.md and report.html into folder."""
-    from edgeopt.report.html import render_html
+    """results.json, the PNG, report.md and report.html into folder. Without plotly (an install
+    older than report.html) the rest is written and a warning says how to get the page: the
+    measurements of a long run are never lost to a missing chart library."""
     from edgeopt.report.png import render_png
 
     write_results(results, folder)
     render_png(results, folder / PLOT_FILE)
-    (folder / REPORT_FILE).write_text(render_markdown(results, html_name=HTML_FILE))
-    (folder / HTML_FILE).write_text(render_html(results), encoding="utf-8")
+    try:
+        from edgeopt.report.html import render_html
+
+        page = render_html(results)
+    except ImportError as exc:
+        logging.getLogger(__name__).warning(
+            "%s not written (%s); install the build extra (pip install -e '.[build]') for it", HTML_FILE, exc)
+        page = None
+    (folder / REPORT_FILE).write_text(render_markdown(results, html_name=HTML_FILE if page else None))
+    if page:
+        (folder / HTML_FILE).write_text(page, encoding="utf-8")

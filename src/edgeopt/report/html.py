@@ -37,7 +37,8 @@ def _headline(results: Results) -> str:
             f"{esc(choice.selected)}</span>")
     if chosen.name == base.name:
         return head + " &mdash; the baseline itself.</p>"
-    figures = [f"{base.size_bytes / chosen.size_bytes:.2f}x smaller"]
+    smaller = base.size_bytes / chosen.size_bytes
+    figures = [f"{smaller:.2f}x smaller" if smaller >= 1 else f"{1 / smaller:.2f}x larger"]
     if chosen.latency and base.latency:
         speed = base.latency.median_ms / chosen.latency.median_ms
         figures.append(f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower")
