@@ -69,7 +69,7 @@ each device's choice is remade from its own measurements: its latency, its accur
 <section id="chart"><h2>Latency and accuracy on each target</h2>{chart}
 <p class="caption">Top: each variant's median latency per image on each target, with the interval of its latency ratio to
 that target's baseline (same interleaved rounds) times the baseline's median. Bottom: its accuracy change against the
-baseline on that target's images, with its paired interval. A missing bar: not loadable or not measured there.</p></section>
+baseline on that target's images, with its paired interval. A missing point: not loadable or not measured there.</p></section>
 <section id="variants"><h2>Side by side</h2>{_side_by_side(targets, run)}
 <p class="caption">Highlighted: the variant chosen for that target. <em>Δ pp</em>: accuracy minus the baseline's on that
 target's images, with its paired interval. Hover an underlined verdict for its reason.</p></section>
