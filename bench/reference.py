@@ -304,9 +304,9 @@ def main() -> int:
         "targets": check_targets(runs, full, litert, litert_full, start_up_seconds(stage_seconds)),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reference.json").write_text(json.dumps(reference, indent=1))
+    provenance.write_json(args.out / "reference.json", reference)
     text = render(reference, runs)
-    (args.out / "reference.md").write_text(text)
+    provenance.write_text(args.out / "reference.md", text)
     print(text)
     return 0
 

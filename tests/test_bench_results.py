@@ -3,7 +3,9 @@ their own tables: every choice in them is what edgeopt's chooser makes from thei
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,54 @@ def test_baseline_benchmark_covers_two_seeds_of_one_recipe_and_judges_the_lowest
     for r in seeds:
         assert f"| {r['seed']} | {100 * r['test_accuracy']:.2f} |" in text
     assert f"lowest {100 * lowest:.2f}% — **{'met' if record['summary']['met'] else 'NOT MET'}**" in text
+
+
+def _provenance():
+    """bench/provenance.py, the benchmarks' writer (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_provenance", RESULTS.parent / "provenance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_results_are_written_with_paths_relative_to_the_repository(tmp_path, monkeypatch):
+    provenance = _provenance()
+    checkout, shared, elsewhere = tmp_path / "checkout", tmp_path / "shared", tmp_path / "main-cache"
+    (checkout / "bench").mkdir(parents=True)
+    elsewhere.mkdir()
+    (checkout / "bench" / "cache").symlink_to(elsewhere)  # a worktree's cache is the main checkout's
+    monkeypatch.setattr(provenance, "ROOT", checkout)
+    monkeypatch.setattr(provenance, "SHARED", shared)
+    record = {
+        "source": f"{checkout}/bench/cache/trashnet5-mnv2-a1.0-224", "root": f"{shared}/data/trashnet5",
+        "runs": [{"notes": [f"Measured from the optimize run {elsewhere}/device-run (5 variants)."]}],
+        "other": f"{checkout}-old/x", "figure": 3.5,
+    }
+    provenance.write_json(tmp_path / "r.json", record)
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "source": "bench/cache/trashnet5-mnv2-a1.0-224", "root": "../shared/data/trashnet5",
+        "runs": [{"notes": ["Measured from the optimize run bench/cache/device-run (5 variants)."]}],
+        "other": f"{checkout}-old/x", "figure": 3.5,  # another folder that merely starts alike is left alone
+    }
+    provenance.write_text(tmp_path / "r.md", f"Model `{checkout}/bench/cache/m` on `{shared}`; code in {checkout}.")
+    assert (tmp_path / "r.md").read_text() == "Model `bench/cache/m` on `../shared`; code in .."
+
+
+def _absolute_paths(value) -> list[str]:
+    if isinstance(value, str):
+        return re.findall(r"(?:^|[\s`(\"'])(/(?:[\w.-]+/)+[\w.-]*)", value)
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    return []
+
+
+def test_committed_results_name_no_absolute_path_of_the_machine_that_made_them():
+    found = {}
+    for path in sorted(RESULTS.glob("*")):
+        text = path.read_text()
+        paths = _absolute_paths(json.loads(text) if path.suffix == ".json" else text)
+        if paths:
+            found[path.name] = sorted(set(paths))[:3]
+    assert found == {}

@@ -26,8 +26,8 @@ from edgeopt.runtimes import litert as litert_runtime
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = MeasureConfig(rounds=2, invocations=5, warmup=1)
 # What the device side may import: none of the build machine's heavy stack.
-BUILD_ONLY = ("tensorflow", "keras", "scipy", "matplotlib", "starlette", "uvicorn", "onnx", "tf2onnx", "sqlalchemy", "alembic",
-              "psycopg")
+BUILD_ONLY = ("tensorflow", "keras", "scipy", "matplotlib", "plotly", "starlette", "uvicorn", "onnx", "tf2onnx", "sqlalchemy",
+              "alembic", "psycopg")
 
 
 def _sha(run: Path) -> str:

@@ -182,7 +182,7 @@ def _check_retrain_flags(cfg: OptimizeConfig, **flags: float | None) -> None:
 @app.command()
 def optimize(
     model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train', or an .onnx model (needs --data)")],
-    out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, selected model")],
+    out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, report.html, selected model")],
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods, baseline first (see 'edgeopt methods')")] = None,
     backends: Annotated[str | None, typer.Option(help="litert,onnxruntime [default: every installed one]")] = None,
     calibration: Annotated[str | None, typer.Option(help="ONNX Runtime static calibration: MinMax | Entropy | Percentile")] = None,
@@ -233,7 +233,7 @@ def optimize(
     _check_retrain_flags(cfg, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
-    out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")
+    out_console.print(f"wrote {out}/ (report.html, report.md, results.json, selected model)")
 
 
 @app.command()
@@ -249,7 +249,7 @@ def demo(
     results = run_demo(out, threads=threads, force=force, progress=RichProgress())
     _print_table(results)
     out_console.print(
-        f"demo finished in {time.perf_counter() - started:.0f} s; report: {out / 'optimized' / 'report.md'}"
+        f"demo finished in {time.perf_counter() - started:.0f} s; report: {out / 'optimized' / 'report.html'} (and report.md)"
     )
 
 
@@ -299,7 +299,8 @@ def choose(
         help="Results file written by 'edgeopt device bench' on a target device (repeat the option for several devices)")] = None,
     fleet: Annotated[Path | None, typer.Option(help="A release repository: use its fleet's benchmarks of this run")] = None,
     device_class: Annotated[str | None, typer.Option(help="With --fleet: only this device class [default: each class]")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for report.md and each device's results with its choice")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for report.md, report.html and each device's results with its choice")] = None,
     objective: Annotated[str | None, typer.Option(help="default | paper [default: the run's]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="The accuracy guard's tolerance, PP [default: the run's]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard")] = False,
@@ -312,7 +313,7 @@ def choose(
     from edgeopt.choose import choose_for_device, fleet_results, pool_devices
     from edgeopt.objective import Objective
     from edgeopt.outputs import staged_output
-    from edgeopt.report import render_device_comparison
+    from edgeopt.report import HTML_FILE, REPORT_FILE, render_device_comparison
     from edgeopt.results import RESULTS_FILE, load_results, run_folder, write_results
 
     run_dir = run_folder(run_dir)
@@ -349,11 +350,14 @@ def choose(
             out_console.print(f"  - {reason}", highlight=False, markup=False)
     if out is not None:
         with staged_output(out, force, reads=(run_dir, *(device_results or [])), command="choose") as staging:
-            (staging / "report.md").write_text(text)
+            from edgeopt.report.device_page import render_device_html
+
+            (staging / REPORT_FILE).write_text(text)
+            (staging / HTML_FILE).write_text(render_device_html(run, decided), encoding="utf-8")
             for i, (_, dev) in enumerate(decided, 1):
                 (staging / f"target-{i}").mkdir()
                 write_results(dev, staging / f"target-{i}")
-        out_console.print(f"wrote {out}/report.md")
+        out_console.print(f"wrote {out}/{REPORT_FILE} and {out}/{HTML_FILE}")
 
 
 @app.command(name="methods")

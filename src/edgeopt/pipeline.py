@@ -168,7 +168,7 @@ def optimize(
     data_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Results:
-    """Build, measure, score and choose; write variants/, results.json, report.md, the plot,
+    """Build, measure, score and choose; write variants/, results.json, report.md, report.html, the plot,
     selected.<ext> and labels.json to `out`. Returns the results as written.
 
     `model` is a folder written by `edgeopt train`, or an .onnx file (then `data_dir` is needed).
