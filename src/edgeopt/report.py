@@ -17,8 +17,8 @@ from edgeopt.results import FITTED_TO_IN_WORDS, Results, Variant, write_results
 REPORT_FILE = "report.md"
 PLOT_FILE = "size_latency.png"
 
-TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "train acc %", "ms/image", "p90 ms", "KB",
-                "zstd KB", "x smaller", "x faster", "L [interval]", "verdict")
+TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "changed % [95%]", "train acc %", "ms/image", "p90 ms",
+                "KB", "zstd KB", "x smaller", "x faster", "L [interval]", "verdict")
 
 
 def _pct(value: float | None) -> str:
@@ -31,6 +31,31 @@ def paired_text(v: Variant) -> tuple[str, str]:
         return ("baseline", "") if v.score is not None and v.score.guard == "baseline" else ("-", "")
     p = v.paired
     return f"{100 * p.difference:+.2f} [{100 * p.low:+.2f},{100 * p.high:+.2f}]", str(p.discordant)
+
+
+def fidelity_text(v: Variant) -> str:
+    """"0.26 [0.03,0.92]": the share of the baseline's answers the variant changes (every image evaluated)."""
+    f = v.fidelity
+    return "-" if f is None else f"{100 * f.changed / f.images:.2f} [{100 * f.low:.2f},{100 * f.high:.2f}]"
+
+
+def guard_words(v: Variant, results: Results) -> str:
+    """The variant's loss against the guard's tolerance in words (edgeopt.guard.in_words), with the
+    test photos that would settle it; "" for the baseline, without a guard or without paired figures."""
+    from edgeopt.guard import in_words
+    from edgeopt.stats import photos_to_settle
+
+    choice = results.choice
+    limit = choice.objective.get("max_metric_loss") if choice else None
+    if limit is None or v.paired is None or v.score is None or choice is None:
+        return ""
+    p, s = v.paired, v.score
+    scale = choice.objective.get("metric", {}).get("display_scale", 100.0)
+    unit = choice.objective.get("metric", {}).get("loss_unit", "pp")
+    undecided = s.metric_loss_low <= limit < s.metric_loss_high
+    to_settle = photos_to_settle(p.baseline_only, p.variant_only, p.n, limit / scale, p.confidence) if undecided else None
+    at_tolerance = p.baseline_only - p.variant_only == round(limit / scale * p.n, 9)
+    return in_words(s.metric_loss_low, s.metric_loss_high, limit, unit, p.n, to_settle, settles=not at_tolerance)
 
 
 def _verdict(v: Variant) -> str:
@@ -48,7 +73,8 @@ def _verdict(v: Variant) -> str:
         if s.guard in EXCLUDED_BY_GUARD:
             return s.guard
         return "other runtime" if "runtime" in s.excluded_because else "excluded"
-    return "eligible, loss unproven" if s.guard == "loss unproven" else "eligible"
+    return {"loss unproven": "eligible, loss unproven", "within twice the tolerance": "eligible, not shown within"}.get(
+        s.guard, "eligible")
 
 
 def table_rows(results: Results) -> list[tuple[str, ...]]:
@@ -69,6 +95,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
             _pct(v.test.accuracy) if v.test else "-",
             delta,
             discordant,
+            fidelity_text(v) if v.paired is not None else "",
             _pct(v.train.accuracy) if v.train else "-",
             f"{lat.median_ms:.2f}" if lat else "-",
             f"{lat.p90_ms:.2f}" if lat else "-",
@@ -93,19 +120,24 @@ def _choice_lines(results: Results) -> list[str]:
     if choice is None:
         return []
     obj = choice.objective
-    guard = (f", accuracy guard {obj['max_metric_loss']:g} pp at {obj['confidence']:.0%}" if obj["max_metric_loss"] is not None
-             else ", no accuracy guard")
+    guard = (f", accuracy guard {obj['max_metric_loss']:g} pp ({obj.get('guard', 'benefit-of-doubt')}) at "
+             f"{obj['confidence']:.0%}" if obj["max_metric_loss"] is not None else ", no accuracy guard")
+    margin = obj.get("margin", 0.0)
     lines = [
         f"Selected: **{choice.selected}** (marked *) for {', '.join(choice.target)}. Objective: `{obj['form']}`, "
         f"L = {obj['weight_size']:g}*dS + {obj['weight_time']:g}*dT + {obj['weight_metric']:g}*dA{guard}; "
-        f"S is the {'file size' if obj.get('size', 'file') == 'file' else 'transfer size (zstd)'}.",
+        f"S is the {'file size' if obj.get('size', 'file') == 'file' else 'transfer size (zstd)'}; variants whose L "
+        f"differ by less than the margin, {margin:g}, are tied (--margin).",
         "",
-        f"*Δ pp* is each variant's test accuracy minus the baseline's on the same images, with its exact paired "
-        f"{obj['confidence']:.0%} interval (McNemar); *disc.* counts the images on which exactly one of the two is right. "
-        "The L interval adds the spread of the latency rounds (paired by round) and the accuracy interval.",
+        f"*Δ pp* is each variant's test accuracy minus the baseline's on the same images, with its paired "
+        f"{obj['confidence']:.0%} interval (Tango's score interval); *disc.* counts the images on which exactly one of "
+        "the two is right; *changed %* is the share of the baseline's answers the variant changes on every image "
+        "evaluated (test and train sample; no labels needed), with its exact interval: it bounds the accuracy lost on "
+        "those images. The L interval adds the spread of the latency rounds (paired by round) and the accuracy interval.",
         "",
         *markdown_table(TABLE_HEADER, table_rows(results)),
         "",
+        *_guard_lines(results),
         "## Why the winner won",
         "",
         *[f"- {r}" for r in choice.reasons],
@@ -126,6 +158,14 @@ def _choice_lines(results: Results) -> list[str]:
             f"dA {s.delta_metric:+.4f})" + (f" — {'; '.join(flags)}" if flags else "")
         )
     return lines
+
+
+def _guard_lines(results: Results) -> list[str]:
+    """Each variant's loss against the tolerance in plain words, and what would settle it."""
+    lines = [f"- **{v.name}**: {words}." for v in results.variants if (words := guard_words(v, results))]
+    if not lines:
+        return []
+    return ["## The accuracy guard, variant by variant", "", *lines, ""]
 
 
 def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
@@ -327,9 +367,16 @@ def render_device_comparison(run: Results, devices: list[tuple[str, Results]]) -
             elif old.score is not None and not old.score.eligible:
                 why.append(f"{run.choice.selected} is not eligible here: it {old.score.excluded_because}")
             elif old.latency and dv.latency and bv.latency:
+                margin = dev.choice.objective.get("margin", 0.0)
+                gap = ""
+                if old.score is not None and dv.score is not None:
+                    apart = old.score.L - dv.score.L
+                    gap = (f"; their L differ by {apart:.3f}, more than the margin of {margin:g}" if apart >= margin else
+                           f"; their L differ by {apart:.3f}, within the margin of {margin:g}: a tie, broken by "
+                           f"{dev.choice.tie_broken_by or 'the order of the tie rule'}")
                 why.append(f"here {run.choice.selected} takes {old.latency.median_ms:.2f} ms against {dv.latency.median_ms:.2f} ms "
                            f"for {dv.name} (build machine: {run.variant(run.choice.selected).latency.median_ms:.2f} vs "  # type: ignore[union-attr]
-                           f"{bv.latency.median_ms:.2f} ms)")
+                           f"{bv.latency.median_ms:.2f} ms){gap}")
             lines += ["", "The choice changed because " + "; ".join(why or ["the device's figures rank the variants differently"]) + "."]
         lines += ["", *[f"Note: {n}" for n in dev.notes]]
     return "\n".join(lines) + "\n"
