@@ -15,8 +15,19 @@ import numpy as np
 
 from edgeopt.errors import ConfigError, ModelError
 from edgeopt.objective import EXCLUDED_BY_GUARD, Candidate, Objective, ObjectiveForm, select
-from edgeopt.results import Accuracy, Choice, Latency, Paired, PairedClass, Predictions, Results, Variant, Verdict
-from edgeopt.stats import median_interval, paired_difference
+from edgeopt.results import (
+    Accuracy,
+    Choice,
+    Fidelity,
+    Latency,
+    Paired,
+    PairedClass,
+    Predictions,
+    Results,
+    Variant,
+    Verdict,
+)
+from edgeopt.stats import median_interval, paired_difference, share_interval
 
 
 def default_target(results: Results) -> tuple[str, ...]:
@@ -45,6 +56,25 @@ def paired_against(variant: Variant, baseline: Variant, labels: Sequence[int], c
     return Paired(**whole.model_dump(), confidence=confidence, per_class=per_class)
 
 
+def fidelity_against(variant: Variant, baseline: Variant, confidence: float) -> Fidelity | None:
+    """The answers the variant changes against the baseline's, on every image both answered: the test
+    images, and the train sample when both carry it."""
+    if variant.predictions is None or baseline.predictions is None:
+        return None
+    n = min(len(variant.predictions.test), len(baseline.predictions.test))
+    if n == 0:
+        return None
+    test_changed = int(np.sum(np.asarray(variant.predictions.test[:n]) != np.asarray(baseline.predictions.test[:n])))
+    changed, images = test_changed, n
+    train, base_train = variant.predictions.train, baseline.predictions.train
+    if train and base_train and len(train) == len(base_train):
+        changed += int(np.sum(np.asarray(train) != np.asarray(base_train)))
+        images += len(train)
+    low, high = share_interval(changed, images, confidence)
+    return Fidelity(changed=changed, images=images, test_changed=test_changed, test_images=n, low=low, high=high,
+                    confidence=confidence)
+
+
 def latency_against(variant: Latency, baseline: Latency, confidence: float) -> Latency:
     """The variant's latency with the interval of its ratio to the baseline, one ratio per
     interleaved round (both were timed in the same round, so the machine's slow moments cancel)."""
@@ -66,11 +96,14 @@ def _candidate(v: Variant, baseline: Variant, labels: Sequence[int], objective: 
                                          strict=True)) if rounds and min(baseline.latency.round_medians_ms[:rounds]) > 0 else None
     predicted = v.predictions.test if v.predictions is not None else []
     correct = tuple(bool(p == t) for p, t in zip(predicted, labels, strict=False)) if len(predicted) == len(labels) else None
+    fidelity = v.fidelity
     return Candidate(
         name=v.name, size_bytes=size, latency_ms=v.latency.median_ms, metric=v.test.accuracy, backend=v.backend,
         latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
         metric_delta_interval=(paired.low, paired.high) if paired else None,
         discordant=paired.discordant if paired else None, latency_ratios=ratios, correct=correct,
+        transfer_bytes=v.transfer_bytes, input_dtype=v.graph.input.dtype if v.graph is not None else "",
+        fidelity=(fidelity.test_changed, fidelity.test_images, fidelity.changed, fidelity.images) if fidelity else None,
     )
 
 
@@ -91,6 +124,7 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
             update["latency"] = latency_against(v.latency, baseline.latency, confidence)
         if v is not baseline:
             update["paired"] = paired_against(v, baseline, labels, results.model.classes, confidence)
+            update["fidelity"] = fidelity_against(v, baseline, confidence)
         variants.append(v.model_copy(update=update))
     if not measurable(variants[0]):
         why = baseline.load_error or baseline.stopped_early or "no figures"
@@ -147,7 +181,18 @@ def choose_for_device(run: Results, run_sha256: str, device: Results, objective:
     known = {v.name for v in run.variants}
     if not {v.name for v in device.variants} <= known:
         raise ConfigError("the device results name variants this run does not have")
-    return decide(_carry_exclusions(run, device, objective), objective, device_target(device))
+    carried = _carry_exclusions(run, device, objective)
+    if objective.max_metric_loss is None or objective.guard == "benefit-of-doubt":
+        return decide(carried, objective, device_target(device))
+    # What the guard allows is for the build machine's test split to show (its exclusions are carried
+    # above); a device's few samples show nothing within a tolerance, and can only add what they show worse.
+    decided = decide(carried, objective.replaced(guard="benefit-of-doubt"), device_target(device))
+    assert decided.choice is not None
+    note = (f"On this device the {objective.guard} guard is the build machine's: its {len(run.data.test_items)} test images "
+            f"decided what may be chosen; this device's {len(device.data.test_items)} images can only exclude what they "
+            "show worse (the benefit-of-doubt rule below).")
+    return decided.model_copy(update={"choice": decided.choice.model_copy(update={
+        "reasons": [decided.choice.reasons[0], note, *decided.choice.reasons[1:]]})})
 
 
 # In a device variant's stopped_early: what the build machine's test split excluded (the report's verdict).

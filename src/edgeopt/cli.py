@@ -108,6 +108,12 @@ def _numbers(text: str | None, count: int, option: str) -> tuple[float, ...] | N
     return values
 
 
+GUARD_HELP = ("The accuracy guard's rule: bounded (shown within the tolerance, or within it at its point estimate and "
+              "shown within twice it) | non-inferiority (shown within it) | benefit-of-doubt (excluded only when shown "
+              "worse, or beyond it and measurably worse than nothing); docs/choice.md [default: bounded]")
+MARGIN_HELP = "Variants whose L differ by less than this are tied (docs/choice.md) [default: 0.03]"
+
+
 def _optimize_config(
     config: Path | None, methods: str | None, threads: int | None, rounds: int | None,
     invocations: int | None, representative_samples: int | None, objective: str | None,
@@ -117,6 +123,7 @@ def _optimize_config(
     input_mean: str | None = None, input_std: str | None = None, target: str | None = None,
     confidence: float | None = None, no_guard: bool = False, race: bool | None = None, size: str | None = None,
     fine_tune_epochs: int | None = None, sparsity: float | None = None, clusters: int | None = None,
+    guard: str | None = None, margin: float | None = None,
 ) -> OptimizeConfig:
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
@@ -163,6 +170,8 @@ def _optimize_config(
         "objective.weight_time": ("--w-time", w_time),
         "objective.weight_metric": ("--w-accuracy", w_accuracy),
         "objective.max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
+        "objective.guard": ("--guard", guard),
+        "objective.margin": ("--margin", margin),
         "retrain.epochs": ("--fine-tune-epochs", fine_tune_epochs),
         "retrain.sparsity": ("--sparsity", sparsity),
         "retrain.clusters": ("--clusters", clusters),
@@ -198,9 +207,10 @@ def optimize(
     w_time: Annotated[float | None, typer.Option(help="Weight of the time term [default: 1]")] = None,
     w_accuracy: Annotated[float | None, typer.Option(help="Weight of the accuracy term [default: 1]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(
-        help="The accuracy guard's tolerance, PP: a variant clearly losing more, or losing more and measurably more "
-        "than nothing, is not eligible [default: 1.0]")] = None,
+        help="The accuracy guard's tolerance, PP; --guard says which variants it allows [default: 1.0]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard: any loss is traded by the weights")] = False,
+    guard: Annotated[str | None, typer.Option(help=GUARD_HELP)] = None,
+    margin: Annotated[float | None, typer.Option(help=MARGIN_HELP)] = None,
     confidence: Annotated[float | None, typer.Option(
         help="Confidence of the accuracy and L intervals, and of the test that a guarded repair changes fewer answers "
         "[default: 0.95]")] = None,
@@ -229,7 +239,8 @@ def optimize(
     cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
                            objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
                            backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard, race,
-                           size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
+                           size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters, guard=guard,
+                           margin=margin)
     _check_retrain_flags(cfg, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
     results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
     _print_table(results)
@@ -304,6 +315,8 @@ def choose(
     objective: Annotated[str | None, typer.Option(help="default | paper [default: the run's]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="The accuracy guard's tolerance, PP [default: the run's]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard")] = False,
+    guard: Annotated[str | None, typer.Option(help=GUARD_HELP.replace("bounded]", "the run's]"))] = None,
+    margin: Annotated[float | None, typer.Option(help=MARGIN_HELP.replace("0.03]", "the run's]"))] = None,
     confidence: Annotated[float | None, typer.Option(help="Confidence of the intervals [default: the run's]")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
 ) -> None:
@@ -327,7 +340,7 @@ def choose(
         stored["max_metric_loss"] = None
     obj = build_settings(Objective, stored, {
         "form": ("--objective", objective), "max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
-        "confidence": ("--confidence", confidence),
+        "confidence": ("--confidence", confidence), "guard": ("--guard", guard), "margin": ("--margin", margin),
     })
     run_sha = hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest()
     if not device_results and fleet is None:

@@ -92,6 +92,22 @@ class Paired(PairedClass):
     per_class: dict[str, PairedClass] = Field(default_factory=dict)
 
 
+class Fidelity(Record):
+    """Answers that differ from the baseline's (float32's), which needs no labels: on the test images,
+    and on every image evaluated (the test images and the train sample), with the exact interval of
+    the share changed. A variant cannot lose more accuracy on a set of images than the share of their
+    answers it changes. The train images favour the variant (the model was fitted to them, and answers
+    there are surer): the test images' share is the one to judge by."""
+
+    changed: int
+    images: int
+    test_changed: int
+    test_images: int
+    low: float  # of changed / images, at `confidence`
+    high: float
+    confidence: float
+
+
 class Latency(Record):
     median_ms: float
     p90_ms: float
@@ -218,12 +234,17 @@ class Variant(Record):
     training: Training | None = None
     # Racing: images evaluated, and why evaluation stopped before the whole test split ("" when it did not).
     stopped_early: str = ""
+    # Answers that differ from the baseline's (None for the baseline, for a results file written before
+    # issue 29, and left out of the file then).
+    fidelity: Fidelity | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_no_training(self, handler: Any) -> Any:
         data = handler(self)
-        if isinstance(data, dict) and data.get("training", 0) is None:
-            del data["training"]
+        if isinstance(data, dict):
+            for key in ("training", "fidelity"):
+                if key in data and data[key] is None:
+                    del data[key]
         return data
 
 

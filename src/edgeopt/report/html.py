@@ -24,7 +24,7 @@ from edgeopt.report.markdown import (
 )
 from edgeopt.report.page import esc, inline, page, table, unordered
 from edgeopt.report.points import not_drawn
-from edgeopt.report.table import TABLE_HEADER, pct, table_rows, verdict, verdict_detail
+from edgeopt.report.table import TABLE_HEADER, guard_words, pct, table_rows, verdict, verdict_detail
 from edgeopt.results import PairedClass, Results
 
 
@@ -69,6 +69,12 @@ def _class_cell(acc: float | None, pc: PairedClass | None) -> str:
     cls = "worse" if pc.high < 0 else "better" if pc.low > 0 else ""
     title = f"{100 * pc.difference:+.1f} pp [{100 * pc.low:+.1f}, {100 * pc.high:+.1f}], {pc.discordant} discordant of {pc.n}"
     return f'<td class="{cls}" title="{esc(title)}">{text} ({100 * pc.difference:+.1f})</td>'
+
+
+def _guard_list(results: Results) -> str:
+    """Each variant's loss against the guard's tolerance in plain words ("" without a guard)."""
+    items = [f"{v.name}: {words}." for v in results.variants if (words := guard_words(v, results))]
+    return f"<h3>The accuracy guard, variant by variant</h3>{unordered(items, 'guard')}" if items else ""
 
 
 def _per_class_table(results: Results) -> str:
@@ -172,9 +178,10 @@ that panel's Pareto front: no variant left of it is as accurate. Hover a point f
 hide it.{missing}</p>
 </section>
 <section id="variants"><h2>Variants</h2>{_variants_table(results)}
-<p class="caption"><em>Δ pp</em>: test accuracy minus the baseline's on the same images, with its exact paired interval
-(McNemar); <em>disc.</em>: images on which exactly one of the two is right. Hover an underlined verdict for its reason.</p>
-</section>
+<p class="caption"><em>Δ pp</em>: test accuracy minus the baseline's on the same images, with its paired interval
+(Tango's score interval); <em>disc.</em>: images on which exactly one of the two is right; <em>changed %</em>: the share of
+the baseline's answers the variant changes on every image evaluated. Hover an underlined verdict for its reason.</p>
+{_guard_list(results)}</section>
 <section id="per-class"><h2>Accuracy per class</h2>{_per_class_table(results)}
 <p class="caption">Test accuracy per class, and in brackets the paired change against the baseline in pp; red: the class's
 interval lies wholly below 0, green: wholly above (hover a cell for the interval).</p></section>

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edgeopt.report.table import TABLE_HEADER, paired_text, table_rows, verdict
+from edgeopt.report.table import TABLE_HEADER, guard_words, paired_text, table_rows, verdict
 from edgeopt.report.table import pct as _pct
 from edgeopt.results import FITTED_TO_IN_WORDS, Results
 
@@ -25,19 +25,24 @@ def _choice_lines(results: Results) -> list[str]:
     if choice is None:
         return []
     obj = choice.objective
-    guard = (f", accuracy guard {obj['max_metric_loss']:g} pp at {obj['confidence']:.0%}" if obj["max_metric_loss"] is not None
-             else ", no accuracy guard")
+    guard = (f", accuracy guard {obj['max_metric_loss']:g} pp ({obj.get('guard', 'benefit-of-doubt')}) at "
+             f"{obj['confidence']:.0%}" if obj["max_metric_loss"] is not None else ", no accuracy guard")
+    margin = obj.get("margin", 0.0)
     lines = [
         f"Selected: **{choice.selected}** (marked *) for {', '.join(choice.target)}. Objective: `{obj['form']}`, "
         f"L = {obj['weight_size']:g}*dS + {obj['weight_time']:g}*dT + {obj['weight_metric']:g}*dA{guard}; "
-        f"S is the {'file size' if obj.get('size', 'file') == 'file' else 'transfer size (zstd)'}.",
+        f"S is the {'file size' if obj.get('size', 'file') == 'file' else 'transfer size (zstd)'}; variants whose L "
+        f"differ by less than the margin, {margin:g}, are tied (--margin).",
         "",
-        f"*Δ pp* is each variant's test accuracy minus the baseline's on the same images, with its exact paired "
-        f"{obj['confidence']:.0%} interval (McNemar); *disc.* counts the images on which exactly one of the two is right. "
-        "The L interval adds the spread of the latency rounds (paired by round) and the accuracy interval.",
+        f"*Δ pp* is each variant's test accuracy minus the baseline's on the same images, with its paired "
+        f"{obj['confidence']:.0%} interval (Tango's score interval); *disc.* counts the images on which exactly one of "
+        "the two is right; *changed %* is the share of the baseline's answers the variant changes on every image "
+        "evaluated (test and train sample; no labels needed), with its exact interval: it bounds the accuracy lost on "
+        "those images. The L interval adds the spread of the latency rounds (paired by round) and the accuracy interval.",
         "",
         *markdown_table(TABLE_HEADER, table_rows(results)),
         "",
+        *_guard_lines(results),
         "## Why the winner won",
         "",
         *[f"- {r}" for r in choice.reasons],
@@ -58,6 +63,14 @@ def _choice_lines(results: Results) -> list[str]:
             f"dA {s.delta_metric:+.4f})" + (f" — {'; '.join(flags)}" if flags else "")
         )
     return lines
+
+
+def _guard_lines(results: Results) -> list[str]:
+    """Each variant's loss against the tolerance in plain words, and what would settle it."""
+    lines = [f"- **{v.name}**: {words}." for v in results.variants if (words := guard_words(v, results))]
+    if not lines:
+        return []
+    return ["## The accuracy guard, variant by variant", "", *lines, ""]
 
 
 def setting_lines(results: Results) -> list[str]:
@@ -225,9 +238,16 @@ def change_reason(run: Results, dev: Results) -> str:
     elif old.score is not None and not old.score.eligible:
         why.append(f"{run.choice.selected} is not eligible here: it {old.score.excluded_because}")
     elif old.latency and dv.latency and bv.latency:
+        margin = dev.choice.objective.get("margin", 0.0)
+        gap = ""
+        if old.score is not None and dv.score is not None:
+            apart = old.score.L - dv.score.L
+            gap = (f"; their L differ by {apart:.3f}, more than the margin of {margin:g}" if apart >= margin else
+                   f"; their L differ by {apart:.3f}, within the margin of {margin:g}: a tie, broken by "
+                   f"{dev.choice.tie_broken_by or 'the order of the tie rule'}")
         why.append(f"here {run.choice.selected} takes {old.latency.median_ms:.2f} ms against {dv.latency.median_ms:.2f} ms "
                    f"for {dv.name} (build machine: {run.variant(run.choice.selected).latency.median_ms:.2f} vs "  # type: ignore[union-attr]
-                   f"{bv.latency.median_ms:.2f} ms)")
+                   f"{bv.latency.median_ms:.2f} ms){gap}")
     return "The choice changed because " + "; ".join(why or ["the device's figures rank the variants differently"]) + "."
 
 

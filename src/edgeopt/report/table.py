@@ -11,8 +11,8 @@ from edgeopt.choose import ON_BUILD_MACHINE
 from edgeopt.objective import EXCLUDED_BY_GUARD
 from edgeopt.results import Results, Variant
 
-TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "train acc %", "ms/image", "p90 ms", "KB",
-                "zstd KB", "x smaller", "x faster", "L [interval]", "verdict")
+TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "changed % [95%]", "train acc %", "ms/image", "p90 ms",
+                "KB", "zstd KB", "x smaller", "x faster", "L [interval]", "verdict")
 
 
 def pct(value: float | None) -> str:
@@ -25,6 +25,31 @@ def paired_text(v: Variant) -> tuple[str, str]:
         return ("baseline", "") if v.score is not None and v.score.guard == "baseline" else ("-", "")
     p = v.paired
     return f"{100 * p.difference:+.2f} [{100 * p.low:+.2f},{100 * p.high:+.2f}]", str(p.discordant)
+
+
+def fidelity_text(v: Variant) -> str:
+    """"0.26 [0.03,0.92]": the share of the baseline's answers the variant changes (every image evaluated)."""
+    f = v.fidelity
+    return "-" if f is None else f"{100 * f.changed / f.images:.2f} [{100 * f.low:.2f},{100 * f.high:.2f}]"
+
+
+def guard_words(v: Variant, results: Results) -> str:
+    """The variant's loss against the guard's tolerance in words (edgeopt.guard.in_words), with the
+    test photos that would settle it; "" for the baseline, without a guard or without paired figures."""
+    from edgeopt.guard import in_words
+    from edgeopt.stats import photos_to_settle
+
+    choice = results.choice
+    limit = choice.objective.get("max_metric_loss") if choice else None
+    if limit is None or v.paired is None or v.score is None or choice is None:
+        return ""
+    p, s = v.paired, v.score
+    scale = choice.objective.get("metric", {}).get("display_scale", 100.0)
+    unit = choice.objective.get("metric", {}).get("loss_unit", "pp")
+    undecided = s.metric_loss_low <= limit < s.metric_loss_high
+    to_settle = photos_to_settle(p.baseline_only, p.variant_only, p.n, limit / scale, p.confidence) if undecided else None
+    at_tolerance = p.baseline_only - p.variant_only == round(limit / scale * p.n, 9)
+    return in_words(s.metric_loss_low, s.metric_loss_high, limit, unit, p.n, to_settle, settles=not at_tolerance)
 
 
 def verdict(v: Variant) -> str:
@@ -42,7 +67,8 @@ def verdict(v: Variant) -> str:
         if s.guard in EXCLUDED_BY_GUARD:
             return s.guard
         return "other runtime" if "runtime" in s.excluded_because else "excluded"
-    return "eligible, loss unproven" if s.guard == "loss unproven" else "eligible"
+    return {"loss unproven": "eligible, loss unproven", "within twice the tolerance": "eligible, not shown within"}.get(
+        s.guard, "eligible")
 
 
 def verdict_detail(v: Variant) -> str:
@@ -69,6 +95,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
             pct(v.test.accuracy) if v.test else "-",
             delta,
             discordant,
+            fidelity_text(v) if v.paired is not None else "",
             pct(v.train.accuracy) if v.train else "-",
             f"{lat.median_ms:.2f}" if lat else "-",
             f"{lat.p90_ms:.2f}" if lat else "-",
