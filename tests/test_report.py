@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
+from edgeopt.objective import Objective
 from edgeopt.report import HTML_FILE, PLOT_FILE, REPORT_FILE, write_report
 from edgeopt.report import gallery as gallery_module
 from edgeopt.report.gallery import KINDS, disagreements
@@ -30,7 +31,9 @@ def _wrong(label: int, by: int = 1) -> int:
 @pytest.fixture
 def run(tmp_path):
     """30 photos; f2_int8 (4x smaller, 3x faster) is chosen and answers differently from the
-    baseline on four: 1 and 4 only the baseline right, 5 only f2 right, 6 both wrong."""
+    baseline on four: 1 and 4 only the baseline right, 5 only f2 right, 6 both wrong. Without an
+    accuracy guard: 30 photos could not show its 3.3 pp loss within any tolerance, and the gallery
+    is what is tested here."""
     items = write_photos(tmp_path / "photos", PER_CLASS)
     labels = [label for _, label in items]
     base = [_wrong(t) if i in (5, 6) else t for i, t in enumerate(labels)]
@@ -40,7 +43,7 @@ def run(tmp_path):
         variant("f2_int8", 1_000_000, [3.0, 3.1, 2.9, 3.0, 3.05], f2, labels),
         variant("ort_int8_static", 1_100_000, [2.5, 2.6, 2.4, 2.5, 2.55], base, labels, backend="onnxruntime"),
     ]
-    return built_results(tmp_path / "photos", items, variants)
+    return built_results(tmp_path / "photos", items, variants, Objective(max_metric_loss=None))
 
 
 class _Tags(HTMLParser):
