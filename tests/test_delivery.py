@@ -674,7 +674,8 @@ def test_a_server_that_trickles_its_headers_cannot_hold_the_agent(setup, tmp_pat
     monkeypatch.setattr(agent_module, "METADATA_BUDGET_BYTES", 0)
     monkeypatch.setattr(agent_module, "REPORT_S", 2.0)
     (tmp_path / "token").write_text("t")
-    agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=2000, rate_window_s=1.0, deadline_base_s=2),
+    # a minimum rate the trickle keeps up with: the deadline, counted from the first byte, cuts it
+    agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=1, rate_window_s=1.0, deadline_base_s=2),
                         token_file=tmp_path / "token")
     try:
         started = time.monotonic()

@@ -30,7 +30,8 @@ def device_run(
     max_backoff: Annotated[float, typer.Option(min=0.0, help="Longest wait, seconds, after faults")] = 600.0,
     latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
     min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
-    min_rate: Annotated[float, typer.Option(help="Slowest transfer accepted, bytes/s over 30 s")] = 4096.0,
+    min_rate: Annotated[float, typer.Option(min=1.0, help="Slowest transfer accepted, bytes/s over --rate-window")] = 4096.0,
+    rate_window: Annotated[float, typer.Option(min=0.1, help="Seconds over which --min-rate is measured")] = 30.0,
     keep_releases: Annotated[int, typer.Option(min=0, help="Releases kept besides active and previous")] = 2,
     once: Annotated[bool, typer.Option(help="Check once and exit (exit code 3 when a release was refused)")] = False,
 ) -> None:
@@ -45,7 +46,7 @@ def device_run(
         server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
         token_file=token_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
         smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
-        limits=Limits(min_rate_bps=min_rate), keep_releases=keep_releases,
+        limits=Limits(min_rate_bps=min_rate, rate_window_s=rate_window), keep_releases=keep_releases,
     )
     agent = Agent(config)
     if once:

@@ -32,7 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeopt.device.fetch import BoundedFetcher, Incomplete, Limits, RangeRefused, SlowRetrieval, download_target, wall_clock
+from edgeopt.device.fetch import (
+    BoundedFetcher,
+    EncodedAnswer,
+    Incomplete,
+    Limits,
+    RangeRefused,
+    SlowRetrieval,
+    deadline,
+    device_client,
+    download_target,
+    paced,
+)
 from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
@@ -138,17 +149,12 @@ class Refused(Exception):
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
-        import httpx
-
         self.config = config
         self.state = DeviceState(config.state)
         if not Path(config.root).is_file():
             raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's metadata/1.root.json to the device")
         self.base = config.server.rstrip("/")
-        # One connection per request: a device polls rarely, and a pooled connection the server
-        # closed meanwhile would only turn into a spurious failure.
-        self.client = httpx.Client(timeout=config.limits.timeout_s, follow_redirects=False,
-                                   limits=httpx.Limits(max_keepalive_connections=0))
+        self.client = device_client(self.base, config.limits)
         self.last_error: str | None = None
         self.last_latency_ms: float | None = None
         self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=10)
@@ -177,7 +183,7 @@ class Agent:
 
         channel = self.config.channel
         try:
-            with wall_clock(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
+            with deadline(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
                 updater = self._updater()
                 updater.refresh()
                 model = updater.get_targetinfo(f"{channel}/model")
@@ -191,6 +197,8 @@ class Agent:
             raise Refused(f"metadata rollback refused ({exc})") from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Refused(f"metadata longer than allowed ({exc})") from None
+        except EncodedAnswer as exc:
+            raise Refused(f"metadata refused ({exc})") from None
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
         except exceptions.DownloadHTTPError as exc:
@@ -350,12 +358,12 @@ class Agent:
         url = f"{self.base}/targets/{folder}/{entry['sha256']}.{name}"
         try:
             limits = self.config.limits
-            with wall_clock(limits.deadline(entry["length"]) + limits.timeout_s, url):
+            with deadline(limits.deadline(entry["length"]) + limits.timeout_s, url):
                 download_target(self.client, url, part, entry["length"], limits,
                                 on_first_chunk=lambda: fault_point("download"))
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
-        except (RangeRefused, Incomplete) as exc:
+        except (RangeRefused, Incomplete, EncodedAnswer) as exc:
             raise Retry(str(exc)) from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Retry(f"{entry['file']}: {exc}") from None
@@ -436,7 +444,7 @@ class Agent:
 
     def _download_signed(self, updater: Any, info: Any, destination: Path) -> str:
         limits = self.config.limits
-        with wall_clock(limits.deadline(info.length) + limits.timeout_s, info.path):
+        with deadline(limits.deadline(info.length) + limits.timeout_s, info.path):
             return str(updater.download_target(info, str(destination)))
 
     def _run_job(self, work: Path, job: dict[str, Any], job_sha: str) -> None:
@@ -467,8 +475,9 @@ class Agent:
         shutil.rmtree(work, ignore_errors=True)
 
     def _post(self, path: str, body: str, token: str) -> int:
-        """POST to the release side within REPORT_S, answer included; its status (the body is not read)."""
-        with wall_clock(REPORT_S, f"POST {path}"), self.client.stream(
+        """POST to the release side within REPORT_S, answer included, at the minimum rate from the
+        answer's first byte; its status (the body is not read)."""
+        with deadline(REPORT_S, f"POST {path}"), paced(self.config.limits, None, f"POST {path}"), self.client.stream(
                 "POST", f"{self.base}{path}", params={"device": self.config.device_id}, content=body,
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as response:
             return int(response.status_code)
