@@ -1,10 +1,12 @@
-"""What a hostile mirror did to the device at 2f41b66 (issue 28, delivery): compressed answers and
-headers trickled a byte at a time. Each against a real server on 127.0.0.1; the agent's memory is
-measured in a child process."""
+"""What a hostile mirror, a full disk and a broken release did to the device at 2f41b66 (issue 28,
+delivery): compressed answers, headers trickled a byte at a time, a disk that fills, a signed but
+malformed labels.json or input contract. Each
+against a real server on 127.0.0.1; the agent's memory is measured in a child process."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 import threading
@@ -15,8 +17,9 @@ import pytest
 
 from edgeopt.device.agent import Agent
 from edgeopt.device.fetch import Limits
+from edgeopt.release.repository import release_custom
 from tests.delivery_helpers import HostileServer, ServerThread, TrickledHeaders
-from tests.test_delivery import Setup, runs  # noqa: F401  (runs: the fixture Setup needs)
+from tests.test_delivery import Setup, log_events, runs  # noqa: F401  (runs: the fixture Setup needs)
 
 # The agent's whole memory, peak resident set, under any hostile answer (issue 28).
 PEAK_RSS_LIMIT_MB = 150
@@ -129,6 +132,98 @@ def test_trickled_headers_are_held_to_the_minimum_rate_in_any_thread(setup, tmp_
     else:
         assert outcome.kind == "retry" and "slow retrieval" in str(outcome) and "under the minimum" in str(outcome), outcome
     assert seconds < 30  # a window of 1 s, not the minutes of a whole deadline
+
+
+# --- case 3: a disk that fills -------------------------------------------------------------------------
+
+def fill_the_disk_under_the_download(setup: Setup) -> Path:
+    """The next download of the channel's model writes to /dev/full: ENOSPC from the kernel."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    staging = setup.state / "staging" / setup.repo.current_release("stable")["sha256"]
+    staging.mkdir(parents=True)
+    (staging / "model.tflite.zst.part").symlink_to("/dev/full")
+    return staging
+
+
+def test_a_disk_that_fills_during_a_download_is_retried_and_the_loop_goes_on(setup):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        agent = setup.agent(server.url, interval_s=0.01, max_backoff_s=0.02)
+        assert str(agent.check_once()) == "activated release 1"
+        setup.publish(1)
+        staging = fill_the_disk_under_the_download(setup)
+        agent.run(max_checks=2)  # the first check hits the full disk; the loop goes on
+        assert not staging.exists()  # the partial download gave its space back
+    assert setup.active() == 2
+    retries = [e for e in log_events(setup) if e["event"] == "retry"]
+    assert len(retries) == 1 and "No space left on device" in retries[0]["reason"], retries
+
+
+def test_once_exits_with_the_retry_code_when_the_disk_is_full(setup):
+    setup.publish(0)
+    with ServerThread(setup.repo_path) as server:
+        fill_the_disk_under_the_download(setup)
+        full, _ = once(setup, server.url)
+        assert full.returncode == 1 and "internal error" not in full.stderr, full.stderr
+        assert full.stdout.startswith("will retry: the device could not write its files") and "No space left" in full.stdout
+        assert setup.active() is None and not list((setup.state / "staging").iterdir())
+        assert once(setup, server.url)[0].stdout.strip() == "activated release 1"
+
+
+def test_once_exits_with_the_retry_code_when_metadata_cannot_be_saved(setup):
+    """No byte can be written (RLIMIT_FSIZE 0: EFBIG on every write): TUF cannot save the trusted
+    root; agent.log lines go to stderr; nothing is activated, and the next check works."""
+    setup.publish(0)
+    no_bytes = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))")
+    with ServerThread(setup.repo_path) as server:
+        full, _ = once(setup, server.url, before=no_bytes)
+        assert full.returncode == 1 and "internal error" not in full.stderr, full.stderr
+        assert full.stdout.startswith("will retry: the device could not write its files") and "File too large" in full.stdout
+        assert '"event": "retry"' in full.stderr  # the log line the disk did not take
+        assert setup.active() is None
+        assert once(setup, server.url)[0].stdout.strip() == "activated release 1"
+
+
+# --- case 4: a signed release whose own files are malformed -----------------------------------------------
+
+CLASSES = ["carton", "glass_bottle", "paper", "plastic_bottle", "tin_can"]
+BAD_LABELS = {
+    "no classes": json.dumps({"names": CLASSES}).encode(),
+    "not JSON": b'{"classes": ["carton", ',
+    "not UTF-8": b'{"classes": ["carton", "glass_bottle", "paper", "plastic_bottle", "tin_\xff\xfe"]}',
+    "classes not a list": json.dumps({"classes": "carton"}).encode(),
+    "scale as words": json.dumps({"classes": CLASSES, "input": {"pixel_scale": ["one", "one", "one"]}}).encode(),
+    "offset of two": json.dumps({"classes": CLASSES, "input": {"pixel_offset": [0.0, 0.0]}}).encode(),
+}
+BAD_CONTRACTS = {
+    "signed scale as words": {"pixel_scale": ["one", "one", "one"]},
+    "signed offset of two": {"pixel_offset": ["0.0", "0.0"]},
+    "signed shape as text": {"tensor": {"shape": "1x48x48x3"}},
+}
+
+
+@pytest.mark.parametrize("fault", [*BAD_LABELS, *BAD_CONTRACTS])
+def test_a_signed_release_with_malformed_labels_or_contract_is_refused_for_good(setup, tmp_path, fault):
+    setup.publish(0)
+    model, labels, custom = release_custom(*setup.runs[1])
+    if fault in BAD_LABELS:
+        labels = tmp_path / "labels.json"
+        labels.write_bytes(BAD_LABELS[fault])
+    else:
+        custom["input"] = {**custom["input"], **BAD_CONTRACTS[fault]}
+    with ServerThread(setup.repo_path) as server:
+        agent = setup.agent(server.url, interval_s=0.01, max_backoff_s=0.02)
+        assert str(agent.check_once()) == "activated release 1"
+        setup.repo.publish_release(setup.keys, "stable", model, labels, custom)
+        first = agent.check_once()
+        assert first.kind == "refused" and ("its labels.json" in str(first) or "its signed metadata" in str(first)), first
+        again = agent.check_once()  # refused for good, from its own signed bytes: not fetched again
+        assert again.kind == "skipped", again
+        agent.run(max_checks=2)  # and the loop goes on
+    assert setup.active() == 1
+    assert len(json.loads((setup.state / "rejected.json").read_text())) == 1
 
 
 # --- memory: the whole agent, in a child process ------------------------------------------------------------

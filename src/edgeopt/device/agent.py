@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,7 @@ from edgeopt.device.fetch import (
     download_target,
     paced,
 )
-from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
+from edgeopt.device.smoke import MalformedRelease, SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
 
@@ -128,9 +129,14 @@ class Outcome:
         return self.message
 
 
+def _custom(target: Any) -> dict[str, Any]:
+    """A target's signed custom data; {} when it is not a JSON object (the checks then refuse the release)."""
+    return target.custom if isinstance(target.custom, dict) else {}
+
+
 def _model_sha256(target: Any) -> str:
     """The sha256 of the model itself: the target's, or the signed uncompressed one of a zstd target."""
-    custom = target.custom or {}
+    custom = _custom(target)
     plain = custom.get("uncompressed") if custom.get("compression") else None
     return str(plain.get("sha256", "")) if isinstance(plain, dict) else str(target.hashes.get("sha256", ""))
 
@@ -187,7 +193,7 @@ class Agent:
                 updater = self._updater()
                 updater.refresh()
                 model = updater.get_targetinfo(f"{channel}/model")
-                labels_path = str((model.custom or {}).get("labels", "")) if model is not None else ""
+                labels_path = str(_custom(model).get("labels", "")) if model is not None else ""
                 if model is not None and labels_path != f"{channel}/labels.json":
                     raise Refused(f"release names labels {labels_path!r}, not {channel}/labels.json", permanent=True)
                 labels = updater.get_targetinfo(labels_path) if model is not None else None
@@ -212,6 +218,13 @@ class Agent:
     # --- one check --------------------------------------------------------------------------
     def check_once(self) -> Outcome:
         """Look for the channel's current release and activate it if it passes every check."""
+        try:
+            return self._check()
+        except OSError as exc:  # the device's own storage (full, read-only, failing): metadata or a release
+            self.state.clean_staging(keep=None)  # a partial download gives its space back; the next check starts again
+            return self._fail("retry", f"will retry: the device could not write its files: {exc}")
+
+    def _check(self) -> Outcome:
         recovered = self.state.recover()
         if recovered:
             self.state.log("recovered", active=recovered)
@@ -228,7 +241,7 @@ class Agent:
         if model is None or labels is None:
             return Outcome("no-release", f"no release on channel {self.config.channel} yet")
         sha = model.hashes.get("sha256", "")  # what is downloaded: identifies the release
-        number = (model.custom or {}).get("release")
+        number = _custom(model).get("release")
         release = number if isinstance(number, int) and 1 <= number <= MAX_RELEASE else 0
         active = self.state.record_of("active")
         if (active is not None and active["model"]["sha256"] == _model_sha256(model)
@@ -273,7 +286,7 @@ class Agent:
 
     def _install(self, updater: Any, model: Any, labels: Any, release: int) -> Outcome:
         sha = model.hashes["sha256"]
-        custom = model.custom or {}
+        custom = _custom(model)
         fmt = str(custom.get("format", ""))
         if fmt not in MODEL_FORMATS:
             raise Refused(f"its model format {fmt!r} is not one of {', '.join(MODEL_FORMATS)}", permanent=True)
@@ -309,6 +322,8 @@ class Agent:
             (staging / RELEASE_RECORD).write_text(json.dumps(record, indent=1))
             try:
                 smoke_test(staging, record, self.state.root / "samples", self.config.smoke)
+            except MalformedRelease as exc:  # its own signed files say so: no second try needed
+                raise Refused(str(exc), permanent=True) from None
             except SmokeTestFailed as exc:
                 raise self._count(sha, "smoke", f"smoke test failed: {exc}") from None
             fault_point("staged")
@@ -515,7 +530,11 @@ class Agent:
         delay = self.config.interval_s
         checks = 0
         while max_checks is None or checks < max_checks:
-            outcome = self.check_once()
+            try:
+                outcome = self.check_once()
+            except Exception as exc:  # a bug must not end the device's updates: logged, then retried with back-off
+                self.state.log("internal-error", error=traceback.format_exc()[-3000:])
+                outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
             checks += 1
             if max_checks is not None and checks >= max_checks:
                 break

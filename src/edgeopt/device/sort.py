@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgeopt.device.smoke import transform_of
+from edgeopt.device.smoke import read_classes, transform_of
 from edgeopt.device.state import RELEASE_RECORD
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 
@@ -56,7 +56,7 @@ class ActiveModel:
             record = json.loads((folder / RELEASE_RECORD).read_text())
             model = folder / record["model"]["file"]
             self.session = runtime_for(model).open(model, self.threads, transform_of(record))
-            self.classes = json.loads((folder / record["labels"]["file"]).read_text())["classes"]
+            self.classes = read_classes(folder / record["labels"]["file"])
             self.release = int(record["release"])
             self.target = target
         return True
