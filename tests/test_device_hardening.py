@@ -1,12 +1,13 @@
 """What a hostile mirror, a full disk and a broken release did to the device at 2f41b66 (issue 28,
 delivery): compressed answers, headers trickled a byte at a time, a disk that fills, a signed but
-malformed labels.json or input contract. Each
+malformed labels.json or input contract, and a trust anchor older than a root rotation. Each
 against a real server on 127.0.0.1; the agent's memory is measured in a child process."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.device.agent import Agent
+from edgeopt.device.agent import Agent, AgentConfig
 from edgeopt.device.fetch import Limits
-from edgeopt.release.repository import release_custom
-from tests.delivery_helpers import HostileServer, ServerThread, TrickledHeaders
+from edgeopt.device.state import DeviceState
+from edgeopt.release.keys import generate_keys
+from edgeopt.release.repository import Repository, release_custom
+from tests.delivery_helpers import HostileServer, ServerThread, StaticServer, TrickledHeaders
 from tests.test_delivery import Setup, log_events, runs  # noqa: F401  (runs: the fixture Setup needs)
 
 # The agent's whole memory, peak resident set, under any hostile answer (issue 28).
@@ -224,6 +227,47 @@ def test_a_signed_release_with_malformed_labels_or_contract_is_refused_for_good(
         agent.run(max_checks=2)  # and the loop goes on
     assert setup.active() == 1
     assert len(json.loads((setup.state / "rejected.json").read_text())) == 1
+
+
+# --- case 7: the trust anchor after a root rotation ----------------------------------------------------------
+
+def test_a_device_provisioned_from_the_named_trust_anchor_refuses_the_retired_root_key(setup, tmp_path):
+    """Whoever holds the retired root key signs a chain 2.root.json, 3.root.json of their own and a
+    foreign repository. A device given what `repo trust-anchor` names (the newest root) refuses
+    it; a device given the old 1.root.json accepts it -- what the README says a rotation does not
+    revoke."""
+    setup.publish(0)
+    retired = setup.repo.rotate(setup.keys, "root")
+    named = tmp_path / "anchor.json"
+    cli = subprocess.run([sys.executable, "-m", "edgeopt", "repo", "trust-anchor", str(setup.repo_path), "--out", str(named)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert named.read_bytes() == (setup.repo_path / "metadata" / "2.root.json").read_bytes()
+    status = subprocess.run([sys.executable, "-m", "edgeopt", "repo", "status", str(setup.repo_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert f"trust anchor for new devices (--root): {setup.repo_path / 'metadata' / '2.root.json'}" in status.stdout
+
+    attacker = tmp_path / "attacker-keys"
+    generate_keys(attacker, ("stable",))
+    shutil.copy(retired, attacker / "root.key")
+    forged = Repository(tmp_path / "forged")
+    forged.init(attacker, ("stable",))
+    for _ in range(2):  # 2.root.json and 3.root.json, signed by the retired root key
+        forged.rotate(attacker, "timestamp")
+    model, labels, custom = release_custom(*setup.runs[1])
+    forged.publish_release(attacker, "stable", model, labels, custom)
+
+    def device(name: str, root: Path) -> Agent:
+        samples = tmp_path / name / "samples"
+        shutil.copytree(setup.state / "samples", samples)
+        return Agent(AgentConfig(server=mirror.url, state=tmp_path / name, root=root, device_id=name, limits=FAST))
+
+    with StaticServer(forged.path) as mirror:
+        refused = device("new", named).check_once()
+        assert refused.refused and "metadata does not verify" in str(refused), refused
+        assert DeviceState.complete(tmp_path / "new" / "active") is None
+        # the limit of a rotation: a device still holding the old root follows the forged chain
+        assert str(device("old", setup.repo_path / "metadata" / "1.root.json").check_once()) == "activated release 1"
 
 
 # --- memory: the whole agent, in a child process ------------------------------------------------------------

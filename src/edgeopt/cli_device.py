@@ -21,7 +21,8 @@ device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_he
 def device_run(
     server: Annotated[str, typer.Option(help="The repository's URL (any static web server), e.g. http://127.0.0.1:8080")],
     state: Annotated[Path, typer.Option(help="The device's state folder")],
-    root: Annotated[Path, typer.Option(help="Trusted root: the repository's metadata/1.root.json, copied to the device")],
+    root: Annotated[Path, typer.Option(
+        help="Trusted root: the repository's newest root ('edgeopt repo trust-anchor REPO --out FILE'), copied to the device")],
     channel: Annotated[str, typer.Option(help="Release channel to follow")] = "stable",
     device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
     token_file: Annotated[Path | None, typer.Option(help="Credential from 'edgeopt fleet enroll', for reports")] = None,

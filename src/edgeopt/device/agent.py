@@ -92,7 +92,7 @@ class AgentConfig:
     # The repository's base URL: it serves metadata/ and targets/ (any static web server).
     server: str
     state: Path
-    # The trust anchor: the repository's metadata/1.root.json (or a later root.json), copied to the device.
+    # The trust anchor: the repository's newest root, N.root.json ('edgeopt repo trust-anchor'), copied to the device.
     root: Path
     channel: str = "stable"
     device_id: str = field(default_factory=socket.gethostname)
@@ -158,7 +158,8 @@ class Agent:
         self.config = config
         self.state = DeviceState(config.state)
         if not Path(config.root).is_file():
-            raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's metadata/1.root.json to the device")
+            raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's newest root to the device "
+                              "(edgeopt repo trust-anchor REPO --out root.json)")
         self.base = config.server.rstrip("/")
         self.client = device_client(self.base, config.limits)
         self.last_error: str | None = None
