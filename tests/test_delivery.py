@@ -682,7 +682,8 @@ def test_a_server_that_trickles_its_headers_cannot_hold_the_agent(setup, tmp_pat
     monkeypatch.setattr(agent_module, "METADATA_BUDGET_BYTES", 0)
     monkeypatch.setattr(agent_module, "REPORT_S", 2.0)
     generate_device_key(tmp_path / "device.key")
-    agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=2000, rate_window_s=1.0, deadline_base_s=2),
+    # a minimum rate the trickle keeps up with: the deadline, counted from the first byte, cuts it
+    agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=1, rate_window_s=1.0, deadline_base_s=2),
                         key_file=tmp_path / "device.key")
     try:
         started = time.monotonic()

@@ -21,7 +21,8 @@ device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_he
 def device_run(
     server: Annotated[str, typer.Option(help="The repository's URL (any static web server), e.g. http://127.0.0.1:8080")],
     state: Annotated[Path, typer.Option(help="The device's state folder")],
-    root: Annotated[Path, typer.Option(help="Trusted root: the repository's metadata/1.root.json, copied to the device")],
+    root: Annotated[Path, typer.Option(
+        help="Trusted root: the repository's newest root ('edgeopt repo trust-anchor REPO --out FILE'), copied to the device")],
     channel: Annotated[str, typer.Option(help="Release channel to follow")] = "stable",
     device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
     key_file: Annotated[Path | None, typer.Option(
@@ -33,7 +34,8 @@ def device_run(
     report_every: Annotated[float, typer.Option(min=0.0, help="Seconds between reports while nothing changes")] = 300.0,
     latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
     min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
-    min_rate: Annotated[float, typer.Option(help="Slowest transfer accepted, bytes/s over 30 s")] = 4096.0,
+    min_rate: Annotated[float, typer.Option(min=1.0, help="Slowest transfer accepted, bytes/s over --rate-window")] = 4096.0,
+    rate_window: Annotated[float, typer.Option(min=0.1, help="Seconds over which --min-rate is measured")] = 30.0,
     keep_releases: Annotated[int, typer.Option(min=0, help="Releases kept besides active and previous")] = 2,
     once: Annotated[bool, typer.Option(help="Check once and exit (exit code 3 when a release was refused)")] = False,
 ) -> None:
@@ -53,7 +55,7 @@ def device_run(
         server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
         key_file=key_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
         smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
-        limits=Limits(min_rate_bps=min_rate), keep_releases=keep_releases,
+        limits=Limits(min_rate_bps=min_rate, rate_window_s=rate_window), keep_releases=keep_releases,
     )
     agent = Agent(config)
     if once:

@@ -46,8 +46,15 @@ def keys_rotate(
     """Replace a role's key (this revokes a lost or compromised key); devices follow on their next check."""
     from edgeopt.release.repository import Repository
 
-    retired = Repository(repo).rotate(keys, role)
+    repository = Repository(repo)
+    retired = repository.rotate(keys, role)
     out_console.print(f"rotated {role}: the old key is in {retired}; the new one in {keys}")
+    if role == "root":
+        out_console.print(
+            f"devices that refresh from now on no longer accept the old root key, but a device still holding an older "
+            f"root (not yet refreshed, or provisioned from an old file) accepts a chain signed from it: provision new "
+            f"devices with {repository.trust_anchor()} ('edgeopt repo trust-anchor'), re-provision the others, and keep "
+            f"{retired} offline or destroy it", highlight=False)
 
 
 @repo_app.command("init")
@@ -60,7 +67,8 @@ def repo_init(
     from edgeopt.release.repository import Repository
 
     root = Repository(repo).init(keys, _channels(channels))
-    out_console.print(f"created {repo}; copy {root} to every device as its trusted root (--root)")
+    out_console.print(f"created {repo}; copy {root} to every device as its trusted root (--root); after a root "
+                      f"rotation, 'edgeopt repo trust-anchor {repo}' names the newest one")
 
 
 @repo_app.command("add-channel")
@@ -76,6 +84,30 @@ def repo_add_channel(
     out_console.print(f"added channel {channel} to {repo}")
 
 
+@repo_app.command("trust-anchor")
+def repo_trust_anchor(
+    repo: Annotated[Path, typer.Argument(help="Release repository folder")],
+    out: Annotated[Path | None, typer.Option(help="Copy it to this file (e.g. to give it to devices) instead of printing its path")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """The root a new device must trust (device run --root): the newest N.root.json."""
+    from edgeopt.outputs import write_bytes_atomic
+    from edgeopt.release.repository import Repository
+
+    anchor = Repository(repo).trust_anchor()
+    if out is None:
+        out_console.print(str(anchor), highlight=False, markup=False)
+        return
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a file name, e.g. root.json")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
+    write_bytes_atomic(out, anchor.read_bytes())
+    out_console.print(f"wrote {out} (a copy of {anchor}); give it to devices as --root", highlight=False)
+
+
 @repo_app.command("status")
 def repo_status(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
     """Each role's version and expiry, and each channel's current release."""
@@ -88,6 +120,7 @@ def repo_status(repo: Annotated[Path, typer.Argument(help="Release repository fo
     for role, version, expires in repository.status():
         table.add_row(role, str(version), expires)
     out_console.print(table)
+    out_console.print(f"trust anchor for new devices (--root): {repository.trust_anchor()}", highlight=False)
     for channel in repository.channels():
         current = repository.current_release(channel)
         out_console.print(f"{channel}: " + (f"release {current['release']} ({current.get('method')}, {current['length']:,} bytes)"

@@ -28,13 +28,25 @@ import os
 import shutil
 import socket
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeopt.device.fetch import BoundedFetcher, Incomplete, Limits, RangeRefused, SlowRetrieval, download_target, wall_clock
+from edgeopt.device.fetch import (
+    BoundedFetcher,
+    EncodedAnswer,
+    Incomplete,
+    Limits,
+    RangeRefused,
+    SlowRetrieval,
+    deadline,
+    device_client,
+    download_target,
+    paced,
+)
 from edgeopt.device.health import record_install, report_fields
-from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
+from edgeopt.device.smoke import MalformedRelease, SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
 
@@ -81,7 +93,7 @@ class AgentConfig:
     # The repository's base URL: it serves metadata/ and targets/ (any static web server).
     server: str
     state: Path
-    # The trust anchor: the repository's metadata/1.root.json (or a later root.json), copied to the device.
+    # The trust anchor: the repository's newest root, N.root.json ('edgeopt repo trust-anchor'), copied to the device.
     root: Path
     channel: str = "stable"
     device_id: str = field(default_factory=socket.gethostname)
@@ -120,9 +132,14 @@ class Outcome:
         return self.message
 
 
+def _custom(target: Any) -> dict[str, Any]:
+    """A target's signed custom data; {} when it is not a JSON object (the checks then refuse the release)."""
+    return target.custom if isinstance(target.custom, dict) else {}
+
+
 def _model_sha256(target: Any) -> str:
     """The sha256 of the model itself: the target's, or the signed uncompressed one of a zstd target."""
-    custom = target.custom or {}
+    custom = _custom(target)
     plain = custom.get("uncompressed") if custom.get("compression") else None
     return str(plain.get("sha256", "")) if isinstance(plain, dict) else str(target.hashes.get("sha256", ""))
 
@@ -141,17 +158,13 @@ class Refused(Exception):
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
-        import httpx
-
         self.config = config
         self.state = DeviceState(config.state)
         if not Path(config.root).is_file():
-            raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's metadata/1.root.json to the device")
+            raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's newest root to the device "
+                              "(edgeopt repo trust-anchor REPO --out root.json)")
         self.base = config.server.rstrip("/")
-        # One connection per request: a device polls rarely, and a pooled connection the server
-        # closed meanwhile would only turn into a spurious failure.
-        self.client = httpx.Client(timeout=config.limits.timeout_s, follow_redirects=False,
-                                   limits=httpx.Limits(max_keepalive_connections=0))
+        self.client = device_client(self.base, config.limits)
         self.last_error: str | None = None
         self.last_latency_ms: float | None = None
         self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=10)
@@ -180,11 +193,11 @@ class Agent:
 
         channel = self.config.channel
         try:
-            with wall_clock(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
+            with deadline(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
                 updater = self._updater()
                 updater.refresh()
                 model = updater.get_targetinfo(f"{channel}/model")
-                labels_path = str((model.custom or {}).get("labels", "")) if model is not None else ""
+                labels_path = str(_custom(model).get("labels", "")) if model is not None else ""
                 if model is not None and labels_path != f"{channel}/labels.json":
                     raise Refused(f"release names labels {labels_path!r}, not {channel}/labels.json", permanent=True)
                 labels = updater.get_targetinfo(labels_path) if model is not None else None
@@ -194,6 +207,8 @@ class Agent:
             raise Refused(f"metadata rollback refused ({exc})") from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Refused(f"metadata longer than allowed ({exc})") from None
+        except EncodedAnswer as exc:
+            raise Refused(f"metadata refused ({exc})") from None
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
         except exceptions.DownloadHTTPError as exc:
@@ -207,6 +222,13 @@ class Agent:
     # --- one check --------------------------------------------------------------------------
     def check_once(self) -> Outcome:
         """Look for the channel's current release and activate it if it passes every check."""
+        try:
+            return self._check()
+        except OSError as exc:  # the device's own storage (full, read-only, failing): metadata or a release
+            self.state.clean_staging(keep=None)  # a partial download gives its space back; the next check starts again
+            return self._fail("retry", f"will retry: the device could not write its files: {exc}")
+
+    def _check(self) -> Outcome:
         recovered = self.state.recover()
         if recovered:
             self.state.log("recovered", active=recovered)
@@ -223,7 +245,7 @@ class Agent:
         if model is None or labels is None:
             return Outcome("no-release", f"no release on channel {self.config.channel} yet")
         sha = model.hashes.get("sha256", "")  # what is downloaded: identifies the release
-        number = (model.custom or {}).get("release")
+        number = _custom(model).get("release")
         release = number if isinstance(number, int) and 1 <= number <= MAX_RELEASE else 0
         active = self.state.record_of("active")
         if (active is not None and active["model"]["sha256"] == _model_sha256(model)
@@ -275,7 +297,7 @@ class Agent:
 
     def _install(self, updater: Any, model: Any, labels: Any, release: int) -> Outcome:
         sha = model.hashes["sha256"]
-        custom = model.custom or {}
+        custom = _custom(model)
         fmt = str(custom.get("format", ""))
         if fmt not in MODEL_FORMATS:
             raise Refused(f"its model format {fmt!r} is not one of {', '.join(MODEL_FORMATS)}", permanent=True)
@@ -311,6 +333,8 @@ class Agent:
             (staging / RELEASE_RECORD).write_text(json.dumps(record, indent=1))
             try:
                 smoke_test(staging, record, self.state.root / "samples", self.config.smoke)
+            except MalformedRelease as exc:  # its own signed files say so: no second try needed
+                raise Refused(str(exc), permanent=True) from None
             except SmokeTestFailed as exc:
                 record_install(self.state.root, release, "smoke-test-failed", detail=str(exc))
                 raise self._count(sha, "smoke", f"smoke test failed: {exc}") from None
@@ -363,12 +387,12 @@ class Agent:
         url = f"{self.base}/targets/{folder}/{entry['sha256']}.{name}"
         try:
             limits = self.config.limits
-            with wall_clock(limits.deadline(entry["length"]) + limits.timeout_s, url):
+            with deadline(limits.deadline(entry["length"]) + limits.timeout_s, url):
                 download_target(self.client, url, part, entry["length"], limits,
                                 on_first_chunk=lambda: fault_point("download"))
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
-        except (RangeRefused, Incomplete) as exc:
+        except (RangeRefused, Incomplete, EncodedAnswer) as exc:
             raise Retry(str(exc)) from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Retry(f"{entry['file']}: {exc}") from None
@@ -449,7 +473,7 @@ class Agent:
 
     def _download_signed(self, updater: Any, info: Any, destination: Path) -> str:
         limits = self.config.limits
-        with wall_clock(limits.deadline(info.length) + limits.timeout_s, info.path):
+        with deadline(limits.deadline(info.length) + limits.timeout_s, info.path):
             return str(updater.download_target(info, str(destination)))
 
     def _run_job(self, work: Path, job: dict[str, Any], job_sha: str) -> None:
@@ -479,15 +503,15 @@ class Agent:
         shutil.rmtree(work, ignore_errors=True)
 
     def _post(self, path: str, body: str) -> int:
-        """POST to the release side, signed with the device's key, within REPORT_S, answer included;
-        its status (the body is not read)."""
+        """POST to the release side, signed with the device's key, within REPORT_S, answer included,
+        at the minimum rate from the answer's first byte; its status (the body is not read)."""
         from edgeopt.fleet.auth import load_device_key, sign_request
 
         if self.config.key_file is None:
             raise ConfigError("no --key-file: the device cannot sign what it sends")
         data = body.encode()
         signed = sign_request(load_device_key(self.config.key_file), self.config.device_id, "POST", path, data, time.time())
-        with wall_clock(REPORT_S, f"POST {path}"), self.client.stream(
+        with deadline(REPORT_S, f"POST {path}"), paced(self.config.limits, None, f"POST {path}"), self.client.stream(
                 "POST", f"{self.base}{path}", content=data,
                 headers={**signed, "Content-Type": "application/json"}) as response:
             return int(response.status_code)
@@ -527,7 +551,11 @@ class Agent:
         delay = self.config.interval_s
         checks = 0
         while max_checks is None or checks < max_checks:
-            outcome = self.check_once()
+            try:
+                outcome = self.check_once()
+            except Exception as exc:  # a bug must not end the device's updates: logged, then retried with back-off
+                self.state.log("internal-error", error=traceback.format_exc()[-3000:])
+                outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
             checks += 1
             if max_checks is not None and checks >= max_checks:
                 break

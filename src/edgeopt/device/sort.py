@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from edgeopt.device.health import HealthRecorder, count_start
-from edgeopt.device.smoke import transform_of
+from edgeopt.device.smoke import read_classes, transform_of
 from edgeopt.device.state import RELEASE_RECORD
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 
@@ -63,7 +63,7 @@ class ActiveModel:
             # one inference before the first frame: a runtime's first call sets itself up, and that
             # time would otherwise count as the model's latency in service
             self.session.predict(np.zeros((1, *self.session.input.image_size, 3), np.uint8))
-            self.classes = json.loads((folder / record["labels"]["file"]).read_text())["classes"]
+            self.classes = read_classes(folder / record["labels"]["file"])
             self.release = int(record["release"])
             self.sha256 = str(record["model"]["sha256"])
             self.target = target

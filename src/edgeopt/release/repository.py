@@ -1,7 +1,8 @@
 """The release repository: The Update Framework's metadata (python-tuf's Metadata API) over plain
 static files, so any web server (or a CDN, or S3) can serve it.
 
-    REPO/metadata/1.root.json, root.json      root (every version kept: devices walk the chain)
+    REPO/metadata/N.root.json, root.json      root (every version kept: devices walk the chain; the
+                                              newest is the trust anchor for new devices)
     REPO/metadata/N.targets.json              delegates each channel to the channel's own key
     REPO/metadata/N.<channel>.json            the channel's current release: <channel>/model and
                                               <channel>/labels.json, with the model's input
@@ -416,6 +417,13 @@ class Repository:
         """(role, version, expires) of every role."""
         roles = ["root", "targets", *self.channels(), "snapshot", "timestamp"]
         return [(r, (md := self.load(r)).signed.version, md.signed.expires.isoformat()) for r in roles]
+
+    def trust_anchor(self) -> Path:
+        """The newest root, N.root.json: what a new device must trust. An older root would still
+        accept a chain signed from a root key that a rotation retired."""
+        if not self.exists():
+            raise ConfigError(f"{self.path} is not a release repository; create it with 'edgeopt repo init {self.path} --keys KEYS'")
+        return self.metadata / f"{self._latest_version('root')}.root.json"
 
     def current_release(self, channel: str) -> dict[str, Any] | None:
         target = self.load(channel).signed.targets.get(f"{channel}/model")
