@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, out_console
+from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, err_console, out_console
 from edgeopt.errors import ConfigError
 
 device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True, rich_markup_mode=None)
@@ -77,11 +77,18 @@ def device_sort(
 def device_profile(
     out: Annotated[Path | None, typer.Option(help="Write the profile (JSON) here instead of printing it")] = None,
 ) -> None:
-    """What this device is: runtimes and versions, CPU model and flags (int8 dot product), cores, memory."""
+    """What this device is: runtimes, their versions and health, CPU model and flags (int8 dot
+    product), cores, memory."""
     from edgeopt.machine import describe_machine, device_class
+    from edgeopt.runtimes.health import check_installed_runtimes
 
     profile = describe_machine()
     profile["device_class"] = device_class(profile)
+    health = check_installed_runtimes()  # each runs a tiny model in a child process
+    profile["runtime_health"] = {name: h.to_jsonable() for name, h in health.items()}
+    for h in health.values():
+        if not h.healthy:
+            err_console.print(f"warning: {h.problem}", highlight=False, markup=False, soft_wrap=True)
     text = json.dumps(profile, indent=1)
     if out is None:
         out_console.print(text, highlight=False, markup=False)
