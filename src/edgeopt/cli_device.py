@@ -109,8 +109,11 @@ def device_bench(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 11,
     invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 25,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+    isolate: Annotated[bool, typer.Option(
+        help="Measure each variant in a process of its own, so that a runtime crash costs one row "
+             "(--no-isolate: all in this process, less memory)")] = True,
 ) -> None:
-    """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
+    """Run every variant of an optimize run here: latency, accuracy, and what does not run and why."""
     from edgeopt.config import MeasureConfig
     from edgeopt.device.bench import bench_run
     from edgeopt.outputs import write_bytes_atomic
@@ -123,7 +126,7 @@ def device_bench(
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
-                        images, RichProgress())
+                        images, RichProgress(), isolate=isolate)
     write_bytes_atomic(out, results.to_json().encode())
     table = Table(title=f"{run_dir} on this device", title_justify="left")
     for col in ("variant", "loads", "test acc %", "ms/image", "runtime"):
