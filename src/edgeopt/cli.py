@@ -297,9 +297,16 @@ def classify(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     given = transform if input_range or input_mean or input_std else None
-    for pred in run_classify(model, images, labels, top_k, threads, given):
-        ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
-        out_console.print(f"{pred.image}: {ranked}", highlight=False)
+    failed = 0
+    for pred in run_classify(model, images, labels, top_k, threads, given):  # each file as it comes
+        if pred.error:  # an unreadable file stops nothing
+            failed += 1
+            err_console.print(f"error: {pred.error}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
+            out_console.print(f"{pred.image}: {ranked}", highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command()

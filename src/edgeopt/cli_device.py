@@ -106,11 +106,18 @@ def device_sort(
 def device_profile(
     out: Annotated[Path | None, typer.Option(help="Write the profile (JSON) here instead of printing it")] = None,
 ) -> None:
-    """What this device is: runtimes and versions, CPU model and flags (int8 dot product), cores, memory."""
+    """What this device is: runtimes, their versions and health, CPU model and flags (int8 dot
+    product), cores, memory."""
     from edgeopt.machine import describe_machine, device_class
+    from edgeopt.runtimes.health import check_installed_runtimes
 
     profile = describe_machine()
     profile["device_class"] = device_class(profile)
+    health = check_installed_runtimes()  # each runs a tiny model in a child process
+    profile["runtime_health"] = {name: h.to_jsonable() for name, h in health.items()}
+    for h in health.values():
+        if not h.healthy:
+            err_console.print(f"warning: {h.problem}", highlight=False, markup=False, soft_wrap=True)
     text = json.dumps(profile, indent=1)
     if out is None:
         out_console.print(text, highlight=False, markup=False)
@@ -131,8 +138,11 @@ def device_bench(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 11,
     invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 25,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+    isolate: Annotated[bool, typer.Option(
+        help="Measure each variant in a process of its own, so that a runtime crash costs one row "
+             "(--no-isolate: all in this process, less memory)")] = True,
 ) -> None:
-    """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
+    """Run every variant of an optimize run here: latency, accuracy, and what does not run and why."""
     from edgeopt.config import MeasureConfig
     from edgeopt.device.bench import bench_run
     from edgeopt.outputs import write_bytes_atomic
@@ -145,7 +155,7 @@ def device_bench(
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
-                        images, RichProgress())
+                        images, RichProgress(), isolate=isolate)
     write_bytes_atomic(out, results.to_json().encode())
     table = Table(title=f"{run_dir} on this device", title_justify="left")
     for col in ("variant", "loads", "test acc %", "ms/image", "runtime"):

@@ -37,6 +37,9 @@ def render_summary(summary: GraphSummary) -> list[str]:
         lines.append(_io_line("output", spec.name, spec.shape, spec.dtype, spec.scale, spec.zero_point))
     if summary.inputs and len(summary.inputs[0].shape) == 4:
         lines.append(f"device feeds: {feed_instructions(summary.inputs[0])}")
+    if not summary.op_counts and not summary.weight_dtypes:  # not known here (the notes say why)
+        lines.extend(summary.notes)
+        return lines
     total = sum(summary.op_counts.values())
     lines.append(
         f"ops: {total} in all; quantize {summary.quantize_ops}, dequantize {summary.dequantize_ops}"

@@ -124,7 +124,7 @@ def load_onnx_source(path: Path, data_dir: Path | None, seed: int = 0) -> Source
 def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method], list[str]]:
     """The methods to build (baseline first) and notes on what was left out and why."""
     notes = []
-    installed = list_runtimes(installed_only=True)
+    installed = list_runtimes(installed_only=True, for_building=True)
     if config.backends is None:
         backends = installed
         for name in list_runtimes():

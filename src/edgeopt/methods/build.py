@@ -27,7 +27,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -41,6 +40,8 @@ from edgeopt.machine import usable_cores
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.repair import NoGuardedVariant
 from edgeopt.progress import Progress
+from edgeopt.worker_process import die_with as _die_with
+from edgeopt.worker_process import how_it_ended as _how_it_ended
 
 log = logging.getLogger(__name__)
 
@@ -242,16 +243,6 @@ class _Worker:
         self._conn.close()
 
 
-def _how_it_ended(code: int) -> str:
-    """A process's exit status in words: a negative status is the signal that killed it."""
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"ended (exit code {code})"
-
-
 def run_build_worker() -> None:
     """The worker's main: read the job from stdin, send each method's outcome down the pipe
     whose descriptor is argv[1]; die with the parent (argv[2])."""
@@ -289,21 +280,3 @@ def _portable(exc: BaseException) -> BaseException:
             pass
     text = "".join(traceback.format_exception(exc))
     return RuntimeError(f"a build worker failed:\n{text}")
-
-
-def _die_with(parent: int) -> None:
-    """Linux kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere, and in case
-    the parent died before that was set, a thread watches for it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)

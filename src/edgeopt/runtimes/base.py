@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edgeopt.errors import ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec
 
 
@@ -38,6 +39,10 @@ class GraphSummary:
     @property
     def dequantize_ops(self) -> int:
         return sum(n for op, n in self.op_counts.items() if op in ("DEQUANTIZE", "DequantizeLinear"))
+
+
+class UnsupportedOpError(ModelError):
+    """The file is a valid model, but this runtime lacks one of its ops (or an op version)."""
 
 
 class Session(Protocol):
