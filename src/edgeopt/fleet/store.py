@@ -328,6 +328,17 @@ class FleetStore:
         with self._read() as conn:
             return [self._stored(row) for row in conn.execute(query)]
 
+    def marker(self) -> tuple[Any, ...]:
+        """A value that changes whenever a device reports, is enrolled, re-keyed or revoked: a reader
+        re-reads the fleet only when it changed. The sum of the latest rows' history ids grows with
+        every report even when reports commit out of id order (PostgreSQL), which a maximum would miss."""
+        d, latest = t.devices.c, t.latest.c
+        with self._read() as conn:
+            reports = conn.execute(sa.select(sa.func.count(), sa.func.sum(latest.report_id))).one()
+            devices = conn.execute(sa.select(sa.func.count(), sa.func.max(d.enrolled_at), sa.func.count(d.revoked_at),
+                                             sa.func.max(d.revoked_at))).one()
+        return (*reports, *devices)
+
     def count_reports(self, device_id: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(t.reports)
         if device_id is not None:
