@@ -186,6 +186,19 @@ def fleet_add_operator(
                       "as 'Authorization: Bearer <token>' to /fleet.json; over loopback or TLS only", highlight=False)
 
 
+@fleet_app.command("revoke-operator")
+def fleet_revoke_operator(
+    name: Annotated[str, typer.Argument(help="The operator whose token stops working")],
+    repo: Annotated[Path | None, typer.Option(help="Release repository folder")] = None,
+    db: DbOption = None,
+) -> None:
+    """Refuse an operator's token from now on; their fleet page sessions end at once."""
+    with _store(repo, db) as store:
+        store.revoke_operator(name, _now())
+    out_console.print(f"revoked operator {name}; issue a new token with 'edgeopt fleet add-operator' under another name",
+                      highlight=False)
+
+
 @fleet_app.command("prune")
 def fleet_prune(
     older_than_days: Annotated[float, typer.Option(min=0.0, help="Delete history older than this")],
