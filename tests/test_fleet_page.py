@@ -114,6 +114,12 @@ def fleet(tmp_path):
         yield SimpleNamespace(fleet=fleet, server=server, client=client, store=server.app.state.store)
 
 
+def device(client: httpx.Client, device_id: str) -> dict:
+    """One device's row, as the page gets it."""
+    return next(d for d in client.get("/fleet.json", params={"limit": "10", "q": device_id}).json()["devices"]
+                if d["device_id"] == device_id)
+
+
 def with_cookie(url: str, session: str) -> httpx.Client:
     return httpx.Client(base_url=url, cookies={COOKIE: session})
 
@@ -167,19 +173,22 @@ def test_signing_in_opens_a_strict_http_only_session_for_the_page_and_its_data(f
 def test_a_new_report_shows_in_the_answers_and_ages_move_with_the_servers_clock(fleet):
     client, fleet_ = fleet.client, fleet.fleet
     sign_in(client, fleet_.token)
-    before = client.get("/fleet.json", params={"limit": "10", "q": "sorter-5"}).json()["devices"][0]
+    before = device(client, "sorter-5")
     assert before["health"]["level"] == "silent"
     fleet_.clock[0] += 30
     fleet_.report(fleet.server, "sorter-5", active_release=1, last_error="camera unplugged")
     # the server re-reads a changed fleet at most every REREAD_PAUSE times its last read's duration
     # (a CPU budget, on the real clock): a few milliseconds for six devices; wait for it, generously
     deadline = time.monotonic() + 30
-    while (after := client.get("/fleet.json", params={"limit": "10", "q": "sorter-5"}).json()["devices"][0])["reported"] \
-            is None and time.monotonic() < deadline:
+    while (after := device(client, "sorter-5"))["reported"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert after["health"]["level"] == "ok" and after["last_error"] == "camera unplugged" and after["report_age_s"] == 0
+    fleet.store.revoke("sorter-1", dt.datetime.fromtimestamp(fleet_.clock[0], dt.UTC))  # no report: still re-read
+    while (revoked := device(client, "sorter-1"))["revoked"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert revoked["health"]["level"] == "revoked" and revoked["release"] == 2  # its report stays
     fleet_.clock[0] += 2 * STALE_S  # and ages move with the server's clock, reports or not
-    later = client.get("/fleet.json", params={"limit": "10", "q": "sorter-5"}).json()["devices"][0]
+    later = device(client, "sorter-5")
     assert later["health"]["level"] == "stale" and later["report_age_s"] == 2 * STALE_S
 
 

@@ -28,6 +28,7 @@ import string
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -108,33 +109,58 @@ class Sessions:
                 self._open.pop(_digest(session), None)
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A device as last read: what its row was built from, and what was built."""
+
+    report_id: int | None
+    enrolled: dt.datetime
+    revoked: dt.datetime | None
+    entry: Entry
+    evidence: Evidence | None
+
+
 class FleetData:
-    """The store's devices as the page needs them, re-read only when the fleet changed (store.marker
-    or a rollout's criteria), and then not sooner than REREAD_PAUSE times the last read's duration."""
+    """The store's devices as the page needs them. Re-read only when the fleet changed (store.marker
+    or a running rollout's criteria), and then not sooner than REREAD_PAUSE times the last read's
+    duration; a re-read fetches only the reports that changed since (store.latest_ids)."""
 
     def __init__(self, store: FleetStore, repo: Any) -> None:
         self.store, self.rollouts = store, Rollouts(repo)
         self._lock = threading.Lock()
         self._key: Any = None
+        self._criteria: dict[str, Criteria] = {}
+        self._known: dict[str, _Known] = {}
         self._entries: list[Entry] = []
         self._evidence: dict[str, list[Evidence]] = {}
         self._next_read = 0.0
 
     def _read(self, criteria: dict[str, Criteria], now: float) -> None:
+        if criteria != self._criteria:  # every device is judged again
+            self._known, self._criteria = {}, criteria
+        devices, report_ids = self.store.devices(), self.store.latest_ids()
+        changed = [d for d in devices if (k := self._known.get(d.device_id)) is None
+                   or (k.report_id, k.enrolled, k.revoked) != (report_ids.get(d.device_id), d.enrolled, d.revoked)]
+        fresh = {s.device_id: s for s in self.store.latest(devices=[d.device_id for d in changed if d.device_id in report_ids])}
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
-        latest = {s.device_id: s for s in self.store.latest()}
-        entries: list[Entry] = []
-        evidence: dict[str, list[Evidence]] = {}
-        for device in self.store.devices():
-            stored = latest.get(device.device_id)
+        for device in changed:
+            stored = fresh.get(device.device_id)
             row = device_row(device.device_id, device.enrolled, device.revoked, stored, moment)
             received = stored.received.timestamp() if stored else None
-            entries.append(Entry(row, judge(row, criteria.get(row["channel"], Criteria())), received))
+            evidence = None
             if received is not None and row["channel"] in criteria:  # the report's fields evidence_from reads
                 report = {"device_id": row["device_id"], "active_release": row["release"], "install": row["install"],
                           "service": row["service"], "previous_service": row["previous_service"]}
-                evidence.setdefault(row["channel"], []).append(evidence_from(report, received))
-        self._entries, self._evidence = entries, evidence
+                evidence = evidence_from(report, received)
+            entry = Entry(row, judge(row, criteria.get(row["channel"], Criteria())), received)
+            self._known[device.device_id] = _Known(stored.id if stored else None, device.enrolled, device.revoked, entry,
+                                                   evidence)
+        known = [self._known[d.device_id] for d in devices]
+        self._entries = [k.entry for k in known]
+        self._evidence = {}
+        for k in known:
+            if k.evidence is not None:
+                self._evidence.setdefault(k.entry.row["channel"], []).append(k.evidence)
 
     def answer(self, query: Query, now: float) -> dict[str, Any]:
         warnings = []

@@ -69,6 +69,7 @@
 
   async function refresh() {
     clearTimeout(timer);
+    if (document.hidden) return;  // a tab in the background asks nothing; it asks again when shown
     const mine = ++asked;
     try {
       const answer = await fetch(url(), { credentials: "same-origin", cache: "no-store",
@@ -270,5 +271,6 @@
       setQuery({ sort: key, order: query.sort === key && query.order === "asc" ? "desc" : "asc" });
     });
   }
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && !stopped) refresh(); });
   refresh();
 })();
