@@ -92,6 +92,12 @@ def test_operators_get_an_owner_only_token_and_names_are_not_reused(tmp_path, db
         assert store.operator(auth.token_digest(token)) == "alice"
     code, _, err = run(capsys, "fleet", "add-operator", "alice", "--db", db_url, "--out", str(tmp_path / "other.token"))
     assert code == 2 and "operator named alice" in err
+    code, out, _ = run(capsys, "fleet", "revoke-operator", "alice", "--db", db_url)
+    assert code == 0 and "revoked operator alice" in out
+    with FleetStore(db_url) as store:
+        assert store.operator(auth.token_digest(token)) is None
+    code, _, err = run(capsys, "fleet", "revoke-operator", "bob", "--db", db_url)
+    assert code == 2 and "no operator named bob" in err
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -118,6 +118,34 @@ def test_operator_tokens_are_kept_as_digests_and_can_be_revoked(store):
     assert store.operator("d" * 64) is None
 
 
+def test_the_marker_changes_with_every_report_enrollment_and_revocation(store):
+    """What the fleet page re-reads on: anything that changes a device's row changes the marker."""
+    seen = [store.marker()]
+    assert store.marker() == seen[-1]  # nothing happened: the same
+    for change in (lambda: store.record_report(report("sorter-1", 1), T0),
+                   lambda: store.record_report(report("sorter-2", 1), T0),
+                   lambda: store.record_report(report("sorter-1", 2), T0),  # a device's second report
+                   lambda: store.enroll("sorter-3", os.urandom(32), T0),
+                   lambda: store.enroll("sorter-3", os.urandom(32), T0 + dt.timedelta(minutes=1), replace=True),
+                   lambda: store.revoke("sorter-2", T0 + dt.timedelta(minutes=2))):
+        change()
+        assert store.marker() not in seen
+        seen.append(store.marker())
+
+
+def test_a_reader_fetches_only_the_latest_reports_that_changed(store):
+    assert store.latest_ids() == {} and store.latest(devices=[]) == []
+    first = store.record_report(report("sorter-1", 1), T0)
+    store.record_report(report("sorter-2", 1), T0)
+    ids = store.latest_ids()
+    assert ids["sorter-1"] == first and set(ids) == {"sorter-1", "sorter-2"}
+    newer = store.record_report(report("sorter-1", 2), T0 + dt.timedelta(minutes=5))
+    changed = [d for d, i in store.latest_ids().items() if ids.get(d) != i]
+    assert changed == ["sorter-1"]
+    assert [(s.device_id, s.id, s.report.active_release) for s in store.latest(devices=changed)] == [("sorter-1", newer, 2)]
+    assert [s.device_id for s in store.latest(devices=["sorter-2", "nobody"])] == ["sorter-2"]
+
+
 def test_concurrent_reports_are_all_kept(store):
     """The server records from many threads at once: no report lost, no 'database is locked'."""
     barrier = threading.Barrier(6)

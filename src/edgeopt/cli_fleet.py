@@ -169,7 +169,7 @@ def fleet_add_operator(
     repo: Annotated[Path | None, typer.Option(help="Release repository folder")] = None,
     db: DbOption = None,
 ) -> None:
-    """Issue an operator's token for GET /fleet.json on 'edgeopt serve' (the server keeps only its hash)."""
+    """Issue an operator's token for the fleet page and GET /fleet.json of 'edgeopt serve' (the server keeps only its hash)."""
     import os
 
     from edgeopt.fleet import auth
@@ -182,8 +182,21 @@ def fleet_add_operator(
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
-    out_console.print(f"added operator {name}; send the token in {out} as 'Authorization: Bearer <token>' to /fleet.json, "
-                      "over loopback or TLS only", highlight=False)
+    out_console.print(f"added operator {name}; sign in at /fleet of 'edgeopt serve' with the token in {out}, or send it "
+                      "as 'Authorization: Bearer <token>' to /fleet.json; over loopback or TLS only", highlight=False)
+
+
+@fleet_app.command("revoke-operator")
+def fleet_revoke_operator(
+    name: Annotated[str, typer.Argument(help="The operator whose token stops working")],
+    repo: Annotated[Path | None, typer.Option(help="Release repository folder")] = None,
+    db: DbOption = None,
+) -> None:
+    """Refuse an operator's token from now on; their fleet page sessions end at once."""
+    with _store(repo, db) as store:
+        store.revoke_operator(name, _now())
+    out_console.print(f"revoked operator {name}; issue a new token with 'edgeopt fleet add-operator' under another name",
+                      highlight=False)
 
 
 @fleet_app.command("prune")

@@ -184,7 +184,8 @@ def serve(
     db: Annotated[str | None, typer.Option(help="Fleet database URL (postgresql+psycopg://user@host/db) or SQLite "
                                                 "file [default: REPO/fleet/fleet.db]")] = None,
 ) -> None:
-    """Serve the repository's metadata and target files (Range, ETag) and take signed device reports."""
+    """Serve the repository's metadata and target files (Range, ETag), take signed device reports, and show
+    operators the fleet page (http://HOST:PORT/fleet)."""
     from edgeopt.release.repository import Repository
     from edgeopt.release.server import serve as run_serve
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,8 @@ DEFAULT_DB = Path("fleet") / "fleet.db"
 _PG_MIGRATION_LOCK = 0x6564676F70740001
 # Nonces are pruned at most this often (seconds of the clock the caller passes).
 _NONCE_PRUNE_EVERY_S = 60.0
+# Device ids per IN (...) list (SQLite allows 32,766 bound parameters; keep statements small).
+_IN_CHUNK = 500
 _OPERATOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -303,13 +305,28 @@ class FleetStore:
     def _stored(row: Any) -> StoredReport:
         return StoredReport(int(row.id), row.device_id, _utc(row.received_at), DeviceReport.model_validate(row.report))
 
-    def latest(self, channel: str | None = None) -> list[StoredReport]:
-        """Each device's latest report (profile included), by device id; `id` is its history id."""
+    def latest(self, channel: str | None = None, devices: Collection[str] | None = None) -> list[StoredReport]:
+        """Each device's latest report (profile included), by device id; `id` is its history id.
+        With `devices`, only theirs."""
         query = sa.select(t.latest.c.report_id.label("id"), t.latest.c.device_id, t.latest.c.received_at, t.latest.c.report)
         if channel is not None:
             query = query.where(t.latest.c.channel == channel)
+        if devices is None:
+            with self._read() as conn:
+                return [self._stored(r) for r in conn.execute(query.order_by(t.latest.c.device_id))]
+        wanted = sorted(devices)
+        found: list[StoredReport] = []
         with self._read() as conn:
-            return [self._stored(r) for r in conn.execute(query.order_by(t.latest.c.device_id))]
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = query.where(t.latest.c.device_id.in_(wanted[start:start + _IN_CHUNK]))
+                found += [self._stored(r) for r in conn.execute(chunk.order_by(t.latest.c.device_id))]
+        return found
+
+    def latest_ids(self) -> dict[str, int]:
+        """Each device's latest report's history id, without reading any report: what a reader that
+        keeps reports compares to fetch only the ones that changed."""
+        with self._read() as conn:
+            return {r.device_id: int(r.report_id) for r in conn.execute(sa.select(t.latest.c.device_id, t.latest.c.report_id))}
 
     def history(self, device_id: str | None = None, channel: str | None = None, since: dt.datetime | None = None,
                 until: dt.datetime | None = None, limit: int | None = None, newest_first: bool = False) -> list[StoredReport]:
@@ -327,6 +344,17 @@ class FleetStore:
         query = query.order_by(r.c.id.desc() if newest_first else r.c.id).limit(limit)
         with self._read() as conn:
             return [self._stored(row) for row in conn.execute(query)]
+
+    def marker(self) -> tuple[Any, ...]:
+        """A value that changes whenever a device reports, is enrolled, re-keyed or revoked: a reader
+        re-reads the fleet only when it changed. The sum of the latest rows' history ids grows with
+        every report even when reports commit out of id order (PostgreSQL), which a maximum would miss."""
+        d, latest = t.devices.c, t.latest.c
+        with self._read() as conn:
+            reports = conn.execute(sa.select(sa.func.count(), sa.func.sum(latest.report_id))).one()
+            devices = conn.execute(sa.select(sa.func.count(), sa.func.max(d.enrolled_at), sa.func.count(d.revoked_at),
+                                             sa.func.max(d.revoked_at))).one()
+        return (*reports, *devices)
 
     def count_reports(self, device_id: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(t.reports)

@@ -10,7 +10,9 @@ POST /status   a device's report (fleet.DeviceReport, at most 16 KB), signed wit
                (fleet/auth.py); kept in the fleet database (history, and each device's latest)
 POST /bench    a device's benchmark of a fleet job (a results file, at most 4 MB), signed likewise;
                kept in fleet/bench/<device>/<run sha256>.json
-GET  /fleet.json   every device's latest state, for an operator's token (Authorization: Bearer)
+GET  /fleet.json   every device's latest state (or one page of them) and each channel's rollout, for an
+                   operator's token (Authorization: Bearer) or a signed-in operator's session
+GET  /fleet        the fleet page, for operators who signed in at /fleet/login (fleet/page.py)
 
 A signed request is checked from its headers -- enrollment, freshness, signature, nonce -- before
 a byte of its body is read; then at most the endpoint's cap is read and checked against its
@@ -36,7 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edgeopt.fleet import auth
-from edgeopt.fleet.overview import fleet_rows
+from edgeopt.fleet.page import fleet_routes
 from edgeopt.fleet.report import MAX_BENCH_BYTES, MAX_REPORT_BYTES, DeviceReport
 from edgeopt.fleet.store import FleetStore, open_store
 from edgeopt.release.repository import FLEET, METADATA, TARGETS
@@ -94,9 +96,10 @@ async def _signed_body(request: Request, store: FleetStore, endpoint: str, limit
 
 
 def create_app(repo: Path, rate_kbps: float | None = None, db: str | None = None,
-               clock: Callable[[], float] = time.time) -> Starlette:
+               clock: Callable[[], float] = time.time, page_refresh_s: float = 10.0) -> Starlette:
     """The server of one repository; device reports go to the fleet database `db` (a URL; default
-    REPO/fleet/fleet.db), opened (and migrated) here. `clock` is the time source of the freshness check."""
+    REPO/fleet/fleet.db), opened (and migrated) here. `clock` is the time source of the freshness check,
+    the operators' sessions and the fleet page; the page polls /fleet.json every `page_refresh_s`."""
     repo = Path(repo).resolve()
     lock = threading.Lock()
     store = open_store(repo, db)
@@ -197,21 +200,10 @@ def create_app(repo: Path, rate_kbps: float | None = None, db: str | None = None
             (folder / f"{results.source_results_sha256}.json").write_bytes(body)
         return JSONResponse({"ok": True})
 
-    async def get_fleet(request: Request) -> Response:
-        token = auth.bearer_token(request.headers)
-        operator = await run_in_threadpool(store.operator, auth.token_digest(token)) if token else None
-        if operator is None:
-            return JSONResponse({"error": "an operator token is needed (Authorization: Bearer ...); issue one with "
-                                 "'edgeopt fleet add-operator'"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        now = dt.datetime.fromtimestamp(clock(), dt.UTC)
-        rows = await run_in_threadpool(fleet_rows, store, now, request.query_params.get("channel"))
-        return JSONResponse({"generated": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "devices": rows},
-                            headers={"Cache-Control": "no-store"})
-
     app = Starlette(routes=[
         Route("/status", post_status, methods=["POST"]),
         Route("/bench", post_bench, methods=["POST"]),
-        Route("/fleet.json", get_fleet, methods=["GET"]),
+        *fleet_routes(store, repo, clock, page_refresh_s),
         Route(f"/{METADATA}/{{path:path}}", serve(METADATA), methods=["GET"]),
         Route(f"/{TARGETS}/{{path:path}}", serve(TARGETS), methods=["GET"]),
     ])
