@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.contract import PixelContract, contract_from_dict
 from edgeopt.errors import ConfigError, ModelError
 from edgeopt.images import load_pixels
 from edgeopt.pixels import PIXELS, PixelTransform
@@ -25,9 +26,9 @@ def load_labels(path: Path) -> list[str]:
     return load_labels_and_input(path)[0]
 
 
-def load_labels_and_input(path: Path) -> tuple[list[str], PixelTransform | None]:
-    """The labels, and the pixel normalisation labels.json says the model's float input expects
-    (None when the file does not say: a plain label list)."""
+def load_labels_and_input(path: Path) -> tuple[list[str], PixelContract | None]:
+    """The labels, and the input contract labels.json records for the model (edgeopt.contract:
+    pixel normalisation, channel order, resize; None when the file does not say: a plain label list)."""
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist; pass --labels FILE (labels.json or one label a line)")
     text = path.read_text()
@@ -36,11 +37,9 @@ def load_labels_and_input(path: Path) -> tuple[list[str], PixelTransform | None]
             data = json.loads(text)
             if not isinstance(data, dict):
                 return [str(c) for c in data], None
-            contract = data.get("input")
-            transform = None
-            if isinstance(contract, dict) and "pixel_scale" in contract:
-                transform = PixelTransform(tuple(contract["pixel_scale"]), tuple(contract["pixel_offset"]))
-            return [str(c) for c in data["classes"]], transform
+            recorded = data.get("input")
+            contract = contract_from_dict(recorded) if isinstance(recorded, dict) and "pixel_scale" in recorded else None
+            return [str(c) for c in data["classes"]], contract
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a labels file ({exc}); expected {{\"classes\": [...]}}") from None
     return [line.strip() for line in text.splitlines() if line.strip()], None
@@ -60,11 +59,12 @@ def classify(
     top_k: int = 3,
     threads: int = 1,
     transform: PixelTransform | None = None,
+    resize: str | None = None,
 ) -> list[Prediction]:
     """Top-k labels per image, with the scores the model outputs (dequantized, not renormalised).
 
-    Without `transform`, the normalisation labels.json records for the model is applied (pixels
-    0..255 as they are for every model edgeopt makes)."""
+    Without `transform` and `resize`, the input contract labels.json records for the model is
+    applied (pixels 0..255 as they are, RGB, squashed, for every model edgeopt makes)."""
     if not images:
         raise ConfigError("no images given; pass one or more image files after the model")
     if top_k < 1:
@@ -72,11 +72,12 @@ def classify(
     runtime = runtime_for(model)
     labels_file = labels_path or _default_labels(model)
     labels, recorded = load_labels_and_input(labels_file) if labels_file else (None, None)
-    session = runtime.open(model, threads, transform or recorded or PIXELS)
+    session = runtime.open(model, threads, transform or (recorded.transform if recorded else PIXELS))
+    fit = resize or (recorded.resize if recorded else "squash")
     size = session.input.image_size
     predictions = []
     for image in images:
-        pixels = load_pixels(image, size)
+        pixels = load_pixels(image, size, fit)
         probs = session.predict(pixels[None])[0]
         if labels is not None and len(labels) != len(probs):
             raise ModelError(

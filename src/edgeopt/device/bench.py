@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgeopt import __version__
 from edgeopt.config import MeasureConfig
+from edgeopt.contract import PixelContract, contract_from_dict
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.errors import DataError, ModelError
 from edgeopt.machine import accuracy_threads, describe_machine
@@ -85,11 +86,11 @@ def bench_run(
     run = load_results(run_dir)
     started = time.perf_counter()
     root, items, note = _images(run, images)
-    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size))
+    contract = contract_of_run(run)
+    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size), resize=contract.resize)
     if len(decoded.labels) == 0:
         raise DataError(f"none of the {len(items)} images in {root} could be read")
-    scale, offset = _contract(run)
-    transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]))
+    transform = contract.transform
     eval_threads = accuracy_threads(measure.threads)
     opened: dict[str, Session] = {}
     errors: dict[str, str] = {}
@@ -152,6 +153,7 @@ def _runtime_name(backend: str) -> str:
     return runtime.version() if runtime is not None and runtime.available() else f"{backend} (not installed)"
 
 
-def _contract(run: Results) -> tuple[list[float], list[float]]:
-    contract = next((v.input for v in run.variants if v.input is not None), None)
-    return (contract.pixel_scale, contract.pixel_offset) if contract else ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+def contract_of_run(run: Results) -> PixelContract:
+    """The input contract the run measured its variants with (edgeopt.contract)."""
+    record = next((v.input for v in run.variants if v.input is not None), None)
+    return contract_from_dict(record.model_dump() if record is not None else None)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.contract import PixelContract, contract_from_dict
 from edgeopt.errors import EdgeoptError
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 from edgeopt.pixels import PixelTransform
@@ -37,14 +38,15 @@ class SmokeLimits:
     threads: int = 1
 
 
+def contract_of(record: dict[str, Any]) -> PixelContract:
+    """The input contract the release's signed metadata records (edgeopt.contract): the pixel
+    normalisation of its float input, its channel order and how images are fitted."""
+    return contract_from_dict((record.get("custom") or {}).get("input"))
+
+
 def transform_of(record: dict[str, Any]) -> PixelTransform:
-    """The pixel normalisation the release's signed metadata records for its float input."""
-    contract = (record.get("custom") or {}).get("input") or {}
-    scale, offset = contract.get("pixel_scale"), contract.get("pixel_offset")
-    if scale and offset:
-        return PixelTransform((float(scale[0]), float(scale[1]), float(scale[2])),
-                              (float(offset[0]), float(offset[1]), float(offset[2])))
-    return PixelTransform()
+    """The pixel normalisation (and channel order) the release's signed metadata records."""
+    return contract_of(record).transform
 
 
 def smoke_test(folder: Path, record: dict[str, Any], samples: Path, limits: SmokeLimits) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def smoke_test(folder: Path, record: dict[str, Any], samples: Path, limits: Smok
     frames, used = [], []
     for path in files:
         try:
-            frames.append(load_pixels(path, size))
+            frames.append(load_pixels(path, size, contract_of(record).resize))
             used.append(path)
         except ImageError:
             continue  # a broken sample is not the release's fault

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgeopt.device.smoke import transform_of
+from edgeopt.device.smoke import contract_of
 from edgeopt.device.state import RELEASE_RECORD
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 
@@ -40,6 +40,7 @@ class ActiveModel:
         self.threads = threads
         self.target: str | None = None
         self.session: Any = None
+        self.resize = "squash"
         self.classes: list[str] = []
         self.release: int | None = None
 
@@ -55,7 +56,9 @@ class ActiveModel:
             folder = self.link.parent / target
             record = json.loads((folder / RELEASE_RECORD).read_text())
             model = folder / record["model"]["file"]
-            self.session = runtime_for(model).open(model, self.threads, transform_of(record))
+            contract = contract_of(record)
+            self.session = runtime_for(model).open(model, self.threads, contract.transform)
+            self.resize = contract.resize
             self.classes = json.loads((folder / record["labels"]["file"]).read_text())["classes"]
             self.release = int(record["release"])
             self.target = target
@@ -112,7 +115,7 @@ def sort_frames(
         for frame in frames:
             model.refresh()  # between frames: pick up a newly activated release
             try:
-                pixels = load_pixels(frame, model.session.input.image_size)
+                pixels = load_pixels(frame, model.session.input.image_size, model.resize)
             except ImageError as exc:
                 try:
                     if time.time() - frame.stat().st_mtime < SETTLE_S:
