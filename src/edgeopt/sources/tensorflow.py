@@ -183,10 +183,17 @@ def inference_function(kind: str, path: Path, custom_objects: tuple[str, ...] = 
 def _check_keras_io(path: Path, model: Any) -> None:
     inputs, outputs = list(model.inputs or []), list(model.outputs or [])
     if len(inputs) != 1 or len(outputs) != 1:
-        names = ", ".join(getattr(t, "name", "?") for t in inputs)
-        out_names = ", ".join(getattr(t, "name", "?") for t in outputs)
+        names = ", ".join(_layer_name(t) for t in inputs)
+        out_names = ", ".join(_layer_name(t) for t in outputs)
         raise ModelError(f"{path} has {len(inputs)} input(s) ({names}) and {len(outputs)} output(s) ({out_names}); "
                          "edgeopt optimizes image classifiers with one image input and one output of class scores")
+
+
+def _layer_name(tensor: Any) -> str:
+    """The name of the layer that makes a Keras tensor (its own name is a counter)."""
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None) or getattr(history, "layer", None)
+    return str(getattr(operation, "name", None) or getattr(tensor, "name", "?"))
 
 
 def read_facts(kind: str, path: Path, custom_objects: tuple[str, ...] = ()) -> ModelFacts:
