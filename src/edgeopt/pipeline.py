@@ -38,7 +38,7 @@ from edgeopt.measure import (
 )
 from edgeopt.methods._tfmot import require_tfmot
 from edgeopt.methods.base import Artifact, BuildContext, Method
-from edgeopt.methods.build import Built, build_variants
+from edgeopt.methods.build import build_variants
 from edgeopt.methods.registry import get_method, list_methods, why_not_from
 from edgeopt.outputs import check_output, staged_output
 from edgeopt.pixels import PixelTransform
@@ -215,13 +215,10 @@ def optimize(
             is_built=lambda name: name in ctx.built,
         )
         try:
-            # The baseline first, checked against chance before anything else is built.
-            built = build_variants(methods[:1], ctx, variants_dir, progress, 1)
-            _check_baseline(methods[0], built, runtimes, transform, test, source, config, ahead)
-            rest = build_variants(methods[1:], ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step)
-            built.artifacts.update(rest.artifacts)
-            built.seconds.update(rest.seconds)
-            built.not_built.update(rest.not_built)
+            # The baseline is built first here and checked against chance before this process builds more.
+            built = build_variants(methods, ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step,
+                                   check_baseline=lambda artifact: _check_baseline(
+                                       methods[0], artifact, runtimes, transform, test, source, config, ahead))
         finally:
             ahead.close()
         artifacts, build_seconds = built.artifacts, built.seconds
@@ -296,10 +293,9 @@ def optimize(
     return results
 
 
-def _check_baseline(method: Method, built: Built, runtimes: dict[str, Runtime], transform: PixelTransform,
+def _check_baseline(method: Method, artifact: Artifact, runtimes: dict[str, Runtime], transform: PixelTransform,
                     test: DecodedImages, source: Source, config: OptimizeConfig, ahead: AnswersAhead) -> None:
     """The baseline's test answers (kept for the evaluation), refused when under twice chance."""
-    artifact = built.artifacts[method.name]
     session = runtimes[method.backend].open(artifact.path, accuracy_threads(config.measure.threads), transform)
     predicted, confidence = predict_top1(session, test.pixels, source.classes)
     ahead.give(method.name, "test", predicted, confidence)

@@ -15,6 +15,7 @@ AEQ calibrates only through a SignatureDef ("model has 0 Signatures" otherwise),
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,13 @@ def _signed_source(ctx: BuildContext) -> Path:
     def make() -> Path:
         work = ctx.work_dir or Path(".")
         work.mkdir(parents=True, exist_ok=True)
-        copy = work / "source-signed.tflite"
-        shutil.copyfile(ctx.source, copy)
-        add_signature(copy)
+        # Written under a name of this process's own, then renamed: a build worker makes the same file
+        # while this process may have it mapped in memory (AI Edge Quantizer mmaps its input), and a
+        # file rewritten in place under a mapping ends the process with SIGBUS.
+        copy, tmp = work / "source-signed.tflite", work / f".source-signed.{os.getpid()}.tflite"
+        shutil.copyfile(ctx.source, tmp)
+        add_signature(tmp)
+        os.replace(tmp, copy)
         return copy
 
     return ctx.cached("aeq_source", make)
@@ -126,7 +131,14 @@ def _uint8_io(path: Path) -> None:
     from edgeopt._tf import import_tensorflow
 
     import_tensorflow()  # first: it quiets TensorFlow's logging before anything imports it
+    from ai_edge_litert.tools import flatbuffer_utils
     from tensorflow.lite.python import _pywrap_modify_model_interface as interface
+
+    # AI Edge Quantizer stores a large model's weights after the flatbuffer (buffer offsets), which
+    # modify_model_interface does not carry over ("Constant buffer 1 specified an out of range
+    # offset"): the weights go inline first.
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
     tmp = path.with_name(path.name + ".uint8io")
     try:
         if interface.modify_model_interface(str(path), str(tmp), _UINT8, _UINT8) != 0 or not tmp.is_file():

@@ -87,7 +87,8 @@ def convert_onnx(converter: Converter, model: Path, out: Path, log_path: Path | 
     `nhwc_input`: the name of an input that is already NHWC (e.g. a Keras export), kept as it is."""
     model, out = Path(model).resolve(), Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [str(converter.python), "-m", "onnx2tf", "-i", str(model), "-o", str(out), "-v", "error"]
+    simplified = _basic_optimized(model, out.parent / f"{model.stem}-basic.onnx")
+    command = [str(converter.python), "-m", "onnx2tf", "-i", str(simplified), "-o", str(out), "-v", "error"]
     if nhwc_input:
         command += ["-kt", nhwc_input]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -116,6 +117,25 @@ def convert_onnx(converter: Converter, model: Path, out: Path, log_path: Path | 
     lines = [line.strip() for line in plain.splitlines() if line.strip()]
     last = next((line for line in reversed(lines) if line.startswith("ERROR:")), lines[-1] if lines else "no output")
     return None, f"onnx2tf failed ({last.strip()[:300]})"
+
+
+def _basic_optimized(model: Path, out: Path) -> Path:
+    """The model after ONNX Runtime's basic graph optimizations (constant folding, Conv + BatchNorm /
+    Mul / Add fusion: exact, and the same on every CPU). onnx2tf fails on the unfused batch-norm
+    arithmetic a Keras model exported with tf2onnx has (a MobileNetV2's depthwise "batchnorm/mul_1"),
+    and converts the fused graph, which is what a PyTorch export looks like. The original file when
+    ONNX Runtime cannot do it."""
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(out)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own types; onnx2tf then says what it makes of the original
+        return model
+    return out if out.is_file() else model
 
 
 def _op_type(model: Path, node_name: str) -> str:
