@@ -86,7 +86,9 @@ def _pointwise_kernels(path: Path) -> list[np.ndarray]:
 def test_retraining_methods_are_opt_in_and_listed_with_their_cost(tiny_model, capsys):
     from edgeopt.cli import main
     from edgeopt.config import OptimizeConfig
-    from edgeopt.pipeline import load_model_folder, resolve_methods
+    from edgeopt.pipeline import resolve_methods
+    from edgeopt.sources.base import SourceOptions
+    from edgeopt.sources.train_folder import load_train_folder
 
     retraining = [m for m in list_methods() if get_method(m).retrains]
     assert retraining == ["qat_int8", "pruned_int8", "clustered_int8"]
@@ -94,7 +96,7 @@ def test_retraining_methods_are_opt_in_and_listed_with_their_cost(tiny_model, ca
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert all(f"[opt-in, {get_method(m).cost}]" in listed[m] for m in retraining)
     assert "opt-in" not in listed["f2_int8"]
-    default, _ = resolve_methods(OptimizeConfig(), load_model_folder(tiny_model, None))
+    default, _ = resolve_methods(OptimizeConfig(), load_train_folder(tiny_model, SourceOptions()))
     assert "f2_int8" in [m.name for m in default] and not any(m.retrains for m in default)
 
 

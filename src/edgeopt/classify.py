@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.contract import PixelContract, contract_from_dict
+from edgeopt.errors import ConfigError, DataError, EdgeoptError, ModelError
 from edgeopt.images import load_pixels
 from edgeopt.pixels import PIXELS, PixelTransform
 from edgeopt.runtimes.registry import runtime_for
@@ -31,9 +32,9 @@ def load_labels(path: Path) -> list[str]:
 _KINDS = "pass labels.json (written by edgeopt) or a UTF-8 text file with one label a line"
 
 
-def load_labels_and_input(path: Path) -> tuple[list[str], PixelTransform | None]:
-    """The labels, and the pixel normalisation labels.json says the model's float input expects
-    (None when the file does not say: a plain label list)."""
+def load_labels_and_input(path: Path) -> tuple[list[str], PixelContract | None]:
+    """The labels, and the input contract labels.json records for the model (edgeopt.contract:
+    pixel normalisation, channel order, resize; None when the file does not say: a plain label list)."""
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist; pass --labels FILE (labels.json or one label a line)")
     try:
@@ -59,12 +60,15 @@ def load_labels_and_input(path: Path) -> tuple[list[str], PixelTransform | None]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str | int) for c in classes):
         raise ConfigError(f"{path} is not a labels file: it needs \"classes\", a list of label names, "
                           "e.g. {\"classes\": [\"can\", \"carton\"]}")
-    contract = parsed.get("input") if isinstance(parsed, dict) else None
-    transform = None
-    if isinstance(contract, dict) and ("pixel_scale" in contract or "pixel_offset" in contract):
-        transform = PixelTransform(_channels(path, contract, "pixel_scale", 1.0),
-                                   _channels(path, contract, "pixel_offset", 0.0))
-    return [str(c) for c in classes], transform
+    recorded = parsed.get("input") if isinstance(parsed, dict) else None
+    contract = None
+    if isinstance(recorded, dict) and ("pixel_scale" in recorded or "pixel_offset" in recorded):
+        scale, offset = _channels(path, recorded, "pixel_scale", 1.0), _channels(path, recorded, "pixel_offset", 0.0)
+        try:
+            contract = contract_from_dict({**recorded, "pixel_scale": list(scale), "pixel_offset": list(offset)})
+        except EdgeoptError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return [str(c) for c in classes], contract
 
 
 def _channels(path: Path, contract: dict[str, object], key: str, default: float) -> tuple[float, float, float]:
@@ -88,9 +92,9 @@ class Classifier:
     """A model opened with its labels, checked against each other before any image is read."""
 
     def __init__(self, model: Path, labels_path: Path | None = None, top_k: int = 3, threads: int = 1,
-                 transform: PixelTransform | None = None) -> None:
-        """Without `transform`, the normalisation labels.json records for the model is applied
-        (pixels 0..255 as they are for every model edgeopt makes)."""
+                 transform: PixelTransform | None = None, resize: str | None = None) -> None:
+        """Without `transform` and `resize`, the input contract labels.json records for the model
+        is applied (pixels 0..255 as they are, RGB, squashed, for every model edgeopt makes)."""
         if top_k < 1:
             raise ConfigError(f"--top-k {top_k} must be >= 1")
         runtime = runtime_for(model)
@@ -100,7 +104,8 @@ class Classifier:
         if labels_file is not None:
             self.labels, recorded = load_labels_and_input(labels_file)
         self.model, self.top_k = model, top_k
-        self.session = runtime.open(model, threads, transform or recorded or PIXELS)
+        self.session = runtime.open(model, threads, transform or (recorded.transform if recorded else PIXELS))
+        self.resize = resize or (recorded.resize if recorded else "squash")
         outputs = self.session.output.shape[-1] if self.session.output.shape else -1
         if self.labels is not None and outputs > 0:
             self._check_count(outputs)
@@ -114,7 +119,7 @@ class Classifier:
         """Top-k labels of one image, with the scores the model outputs (dequantized, not
         renormalised); an unreadable image is a Prediction with its error."""
         try:
-            pixels = load_pixels(image, self.session.input.image_size)
+            pixels = load_pixels(image, self.session.input.image_size, self.resize)
         except DataError as exc:
             return Prediction(image, (), str(exc))
         probs = self.session.predict(pixels[None])[0]
@@ -131,10 +136,11 @@ def classify(
     top_k: int = 3,
     threads: int = 1,
     transform: PixelTransform | None = None,
+    resize: str | None = None,
 ) -> Iterator[Prediction]:
     """Top-k labels per image (see Classifier), one image at a time as the iterator is consumed;
     an image that cannot be read gets its error. The model, labels and options are checked at once."""
     if not images:
         raise ConfigError("no images given; pass one or more image files after the model")
-    classifier = Classifier(model, labels_path, top_k, threads, transform)
+    classifier = Classifier(model, labels_path, top_k, threads, transform, resize)
     return (classifier.classify(image) for image in images)

@@ -124,6 +124,7 @@ def _optimize_config(
     confidence: float | None = None, no_guard: bool = False, race: bool | None = None, size: str | None = None,
     fine_tune_epochs: int | None = None, sparsity: float | None = None, clusters: int | None = None,
     guard: str | None = None, margin: float | None = None,
+    channel_order: str | None = None, resize: str | None = None, custom_objects: str | None = None,
 ) -> OptimizeConfig:
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
@@ -157,6 +158,9 @@ def _optimize_config(
         "input_range": ("--input-range", _numbers(input_range, 2, "--input-range")),
         "input_mean": ("--input-mean", _numbers(input_mean, 3, "--input-mean")),
         "input_std": ("--input-std", _numbers(input_std, 3, "--input-std")),
+        "channel_order": ("--channel-order", channel_order),
+        "resize": ("--resize", resize),
+        "custom_objects": ("--custom-objects", names(custom_objects)),
         "measure.threads": ("--threads", threads),
         "measure.rounds": ("--rounds", rounds),
         "measure.invocations": ("--invocations", invocations),
@@ -190,14 +194,29 @@ def _check_retrain_flags(cfg: OptimizeConfig, **flags: float | None) -> None:
 
 @app.command()
 def optimize(
-    model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train', or an .onnx model (needs --data)")],
+    model_dir: Annotated[Path, typer.Argument(
+        help="The model: a folder written by 'edgeopt train', a .keras / .h5 file, a SavedModel folder, a .tflite or "
+        "an .onnx file (detected from its content; the last five need --data or --test-data)")],
     out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, report.html, selected model")],
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods, baseline first (see 'edgeopt methods')")] = None,
     backends: Annotated[str | None, typer.Option(help="litert,onnxruntime [default: every installed one]")] = None,
     calibration: Annotated[str | None, typer.Option(help="ONNX Runtime static calibration: MinMax | Entropy | Percentile")] = None,
-    input_range: Annotated[str | None, typer.Option(help="For an .onnx model with float input: its pixel range, e.g. -1,1")] = None,
-    input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
-    input_std: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
+    input_range: Annotated[str | None, typer.Option(
+        help="The pixel range a float-input model was trained on, e.g. -1,1 or 0,1 [default: 0..255, right for a "
+        "model that rescales pixels itself]")] = None,
+    input_mean: Annotated[str | None, typer.Option(
+        help="Per-channel mean of pixel/255 it was trained with, e.g. 0.485,0.456,0.406")] = None,
+    input_std: Annotated[str | None, typer.Option(help="Per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
+    channel_order: Annotated[str | None, typer.Option(help="rgb | bgr: the channel order it was trained on [default: rgb]")] = None,
+    resize: Annotated[str | None, typer.Option(
+        help="squash | center-crop: how an image of another aspect ratio is fitted to the input [default: squash]")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="Output index -> class: one name a line, or a JSON list [default: the sorted class folder names]")] = None,
+    test_data: Annotated[Path | None, typer.Option(
+        help="Held-out photos (DIR/<class>/*.jpg), used whole for test, never for calibration")] = None,
+    calibration_data: Annotated[Path | None, typer.Option(help="Photos to calibrate on [default: the train part of --data]")] = None,
+    custom_objects: Annotated[str | None, typer.Option(
+        help="Keras custom layers: module:attr[,module:attr] (a class, or a dict of them) on PYTHONPATH")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Interpreter threads [default: 1]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 11]")] = None,
     invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 25]")] = None,
@@ -228,7 +247,9 @@ def optimize(
         help="pruned_int8: share of each pointwise and dense kernel set to zero [default: 0.5]")] = None,
     clusters: Annotated[int | None, typer.Option(
         help="clustered_int8: distinct values per pointwise and dense kernel [default: 16]")] = None,
-    data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="The photos (DIR/<class>/*.jpg): for a model made elsewhere, edgeopt draws its test split from them; "
+        "for a train folder, the data folder if it moved")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
@@ -240,9 +261,10 @@ def optimize(
                            objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
                            backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard, race,
                            size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters, guard=guard,
-                           margin=margin)
+                           margin=margin, channel_order=channel_order, resize=resize, custom_objects=custom_objects)
     _check_retrain_flags(cfg, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
-    results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
+    results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress(), test_data=test_data,
+                           calibration_data=calibration_data, labels=labels)
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.html, report.md, results.json, selected model)")
 
@@ -283,22 +305,28 @@ def classify(
     input_range: Annotated[str | None, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = None,
     input_mean: Annotated[str | None, typer.Option(help="For a foreign model: per-channel mean of pixel/255")] = None,
     input_std: Annotated[str | None, typer.Option(help="For a foreign model: per-channel std of pixel/255")] = None,
+    channel_order: Annotated[str | None, typer.Option(help="rgb | bgr [default: what labels.json records, else rgb]")] = None,
+    resize: Annotated[str | None, typer.Option(
+        help="squash | center-crop [default: what labels.json records, else squash]")] = None,
 ) -> None:
     """Print the top-k labels for each image, with the scores the model outputs (dequantized, not
     renormalised: what a device sees)."""
     from edgeopt.classify import classify as run_classify
+    from edgeopt.images import RESIZES
     from edgeopt.pixels import PixelTransform
 
     try:
         transform = PixelTransform.from_options(
             _numbers(input_range, 2, "--input-range"), _numbers(input_mean, 3, "--input-mean"),
-            _numbers(input_std, 3, "--input-std"),
+            _numbers(input_std, 3, "--input-std"), channel_order,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    given = transform if input_range or input_mean or input_std else None
+    if resize is not None and resize not in RESIZES:
+        raise ConfigError(f"--resize {resize!r} must be one of {', '.join(RESIZES)}")
+    given = transform if input_range or input_mean or input_std or channel_order else None
     failed = 0
-    for pred in run_classify(model, images, labels, top_k, threads, given):  # each file as it comes
+    for pred in run_classify(model, images, labels, top_k, threads, given, resize):  # each file as it comes
         if pred.error:  # an unreadable file stops nothing
             failed += 1
             err_console.print(f"error: {pred.error}", highlight=False, markup=False, soft_wrap=True)
@@ -378,6 +406,22 @@ def choose(
                 (staging / f"target-{i}").mkdir()
                 write_results(dev, staging / f"target-{i}")
         out_console.print(f"wrote {out}/{REPORT_FILE} and {out}/{HTML_FILE}")
+
+
+@app.command()
+def setup(
+    tool: Annotated[str, typer.Argument(help="onnx2tf: ONNX -> TensorFlow, so an .onnx model gets the LiteRT variants")],
+    force: Annotated[bool, typer.Option(help="Create the environment again")] = False,
+) -> None:
+    """Install a converter that cannot share edgeopt's environment into one of its own (downloads it)."""
+    from edgeopt.sources import onnx2tf
+
+    if tool != "onnx2tf":
+        raise ConfigError(f"edgeopt setup knows onnx2tf, not {tool!r}")
+    out_console.print(f"creating {onnx2tf.env_dir()} with {onnx2tf.ONNX2TF} (about 2.6 GB; minutes)...", highlight=False)
+    converter = onnx2tf.setup(force=force)
+    out_console.print(f"ready: {converter.version} in {converter.python.parent.parent}; optimize now converts "
+                      ".onnx models for the LiteRT variants", highlight=False)
 
 
 @app.command(name="methods")

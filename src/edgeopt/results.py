@@ -44,6 +44,20 @@ class InputContract(Record):
     pixel_offset: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     # One sentence for a person: what to feed.
     feed: str = ""
+    # The channel order the model takes ("rgb" or "bgr") and how an image is fitted to its input
+    # ("squash" or "center-crop"): edgeopt.contract. Written only when not the default, so that a
+    # device on an older edgeopt still reads the results of a model fed as edgeopt's own are.
+    channel_order: str = "rgb"
+    resize: str = "squash"
+
+    @model_serializer(mode="wrap")
+    def _leave_out_defaults(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in (("channel_order", "rgb"), ("resize", "squash")):
+                if data.get(key) == default:
+                    del data[key]
+        return data
 
 
 class WeightBytes(Record):
@@ -250,7 +264,8 @@ class Variant(Record):
 
 class ModelInfo(Record):
     source: str
-    kind: Literal["keras", "onnx", "release"]
+    # "keras" is a folder written by `edgeopt train` or a .keras file (edgeopt.sources)
+    kind: Literal["keras", "h5", "savedmodel", "tflite", "onnx", "release"]
     classes: list[str]
     image_size: int
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeopt import __version__
 from edgeopt.config import MeasureConfig
+from edgeopt.contract import PixelContract, contract_from_dict
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.device.variant_worker import InProcess, LatencyTimer, VariantRefused, Worker
 from edgeopt.errors import DataError, ModelError
@@ -85,10 +86,11 @@ def bench_run(
     started = time.perf_counter()
     machine = _profile(device_class, require_healthy({v.backend for v in run.variants}))  # a broken runtime: exit 2
     root, items, note = _images(run, images)
-    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size))
+    contract = contract_of_run(run)
+    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size), resize=contract.resize)
     if len(decoded.labels) == 0:
         raise DataError(f"none of the {len(items)} images in {root} could be read")
-    scale, offset = _contract(run)
+    transform = contract.transform
     eval_threads = accuracy_threads(measure.threads)
     errors: dict[str, str] = {}
     accuracy = {}
@@ -103,7 +105,8 @@ def bench_run(
                 if not errors[v.name]:
                     workers[v.name] = (Worker if isolate else InProcess)(RUNTIMES[v.backend].version(), v.name)
                     try:
-                        workers[v.name].call("load", v.backend, str(run_dir / v.file), eval_threads, scale, offset)
+                        workers[v.name].call("load", v.backend, str(run_dir / v.file), eval_threads, transform.scale, transform.offset,
+                                            transform.channel_order)
                         predicted, confidence = workers[v.name].call("accuracy", str(pixels), run.model.classes)
                         accuracy[v.name] = accuracy_of(predicted, confidence, decoded.labels, run.model.classes)
                         workers[v.name].call("release")
@@ -174,6 +177,7 @@ def _runtime_name(backend: str) -> str:
     return runtime.version() if runtime is not None and runtime.available() else f"{backend} (not installed)"
 
 
-def _contract(run: Results) -> tuple[list[float], list[float]]:
-    contract = next((v.input for v in run.variants if v.input is not None), None)
-    return (contract.pixel_scale, contract.pixel_offset) if contract else ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+def contract_of_run(run: Results) -> PixelContract:
+    """The input contract the run measured its variants with (edgeopt.contract)."""
+    record = next((v.input for v in run.variants if v.input is not None), None)
+    return contract_from_dict(record.model_dump() if record is not None else None)

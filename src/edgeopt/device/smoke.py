@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.contract import PixelContract, contract_from_dict
 from edgeopt.errors import EdgeoptError
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 from edgeopt.pixels import PixelTransform
@@ -63,7 +64,7 @@ def read_classes(path: Path) -> list[str]:
     if len(set(classes)) < len(classes):
         raise MalformedRelease("its labels.json names a class twice")
     if data.get("input") is not None:
-        _transform(data["input"], "its labels.json")
+        _checked(data["input"], "its labels.json")
     return classes
 
 
@@ -80,22 +81,33 @@ def _triple(value: Any, name: str, where: str) -> tuple[float, float, float]:
     return a, b, c
 
 
-def _transform(contract: Any, where: str) -> PixelTransform:
+def _checked(contract: Any, where: str) -> PixelContract:
+    """The input contract (edgeopt.contract), after checking what a device would trip over."""
     if not isinstance(contract, dict):
         raise MalformedRelease(f"{where}: its input contract is not an object")
-    scale, offset = contract.get("pixel_scale"), contract.get("pixel_offset")
-    return PixelTransform(PixelTransform().scale if scale is None else _triple(scale, "pixel_scale", where),
-                          PixelTransform().offset if offset is None else _triple(offset, "pixel_offset", where))
+    for name in ("pixel_scale", "pixel_offset"):
+        if contract.get(name) is not None:
+            _triple(contract[name], name, where)
+    try:
+        return contract_from_dict(contract)
+    except EdgeoptError as exc:  # a channel order or resize this edgeopt does not know
+        raise MalformedRelease(f"{where}: {exc}") from None
 
 
 def _contract(record: dict[str, Any]) -> Any:
     return (record.get("custom") or {}).get("input")
 
 
-def transform_of(record: dict[str, Any]) -> PixelTransform:
-    """The pixel normalisation the release's signed metadata records for its float input."""
+def contract_of(record: dict[str, Any]) -> PixelContract:
+    """The input contract the release's signed metadata records (edgeopt.contract), checked: the
+    pixel normalisation of its float input, its channel order and how images are fitted."""
     contract = _contract(record)
-    return PixelTransform() if contract is None else _transform(contract, "its signed metadata")
+    return contract_from_dict(None) if contract is None else _checked(contract, "its signed metadata")
+
+
+def transform_of(record: dict[str, Any]) -> PixelTransform:
+    """The pixel normalisation (and channel order) the release's signed metadata records."""
+    return contract_of(record).transform
 
 
 def signed_input_shape(record: dict[str, Any]) -> tuple[int, ...] | None:
@@ -128,7 +140,7 @@ def smoke_test(folder: Path, record: dict[str, Any], samples: Path, limits: Smok
     frames, used = [], []
     for path in files:
         try:
-            frames.append(load_pixels(path, size))
+            frames.append(load_pixels(path, size, contract_of(record).resize))
             used.append(path)
         except ImageError:
             continue  # a broken sample is not the release's fault

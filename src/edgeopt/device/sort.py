@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from edgeopt.device.health import HealthRecorder, count_start
-from edgeopt.device.smoke import read_classes, transform_of
+from edgeopt.device.smoke import contract_of, read_classes
 from edgeopt.device.state import RELEASE_RECORD
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 
@@ -43,6 +43,7 @@ class ActiveModel:
         self.threads = threads
         self.target: str | None = None
         self.session: Any = None
+        self.resize = "squash"
         self.classes: list[str] = []
         self.release: int | None = None
         self.sha256 = ""
@@ -59,7 +60,9 @@ class ActiveModel:
             folder = self.link.parent / target
             record = json.loads((folder / RELEASE_RECORD).read_text())
             model = folder / record["model"]["file"]
-            self.session = runtime_for(model).open(model, self.threads, transform_of(record))
+            contract = contract_of(record)
+            self.session = runtime_for(model).open(model, self.threads, contract.transform)
+            self.resize = contract.resize
             # one inference before the first frame: a runtime's first call sets itself up, and that
             # time would otherwise count as the model's latency in service
             self.session.predict(np.zeros((1, *self.session.input.image_size, 3), np.uint8))
@@ -123,7 +126,7 @@ def sort_frames(
         for frame in frames:
             model.refresh()  # between frames: pick up a newly activated release
             try:
-                pixels = load_pixels(frame, model.session.input.image_size)
+                pixels = load_pixels(frame, model.session.input.image_size, model.resize)
             except ImageError as exc:
                 try:
                     if time.time() - frame.stat().st_mtime < SETTLE_S:

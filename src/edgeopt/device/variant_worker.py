@@ -76,10 +76,11 @@ class Variant:
         self.timer: SessionTimer | None = None
         self._opened: tuple[str, Path, PixelTransform] | None = None
 
-    def load(self, backend: str, path: str, threads: int, scale: tuple[float, ...], offset: tuple[float, ...]) -> None:
+    def load(self, backend: str, path: str, threads: int, scale: tuple[float, ...], offset: tuple[float, ...],
+             channel_order: str = "rgb") -> None:
         from edgeopt.runtimes.registry import RUNTIMES
 
-        transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]))
+        transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]), channel_order)
         self._opened = backend, Path(path), transform
         self.session = RUNTIMES[backend].open(Path(path), threads, transform)
 

@@ -73,11 +73,13 @@ class Built:
 
 
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
-                   processes: int = 1, meanwhile: Callable[[], bool] | None = None) -> Built:
+                   processes: int = 1, meanwhile: Callable[[], bool] | None = None,
+                   check_baseline: Callable[[Artifact], None] | None = None) -> Built:
     """Build every method into out_dir, the first method's chain (chains_of) in this process and,
     with `processes` > 1, each other chain (up to processes - 1 of them) in a worker of its own.
     While this process waits for a worker, it calls `meanwhile` (a short piece of other work a
-    call, False when none is left) between looks at the worker."""
+    call, False when none is left) between looks at the worker. `check_baseline` is called with the
+    first method's artifact as soon as it is built (here, first); what it raises stops the build."""
     if getattr(sys, "frozen", False) or not sys.executable:  # no interpreter to start a worker with
         processes = 1
     cores = usable_cores()
@@ -93,8 +95,11 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
         progress.advance(1, f"{outcome.name}: {outcome.label}" if outcome.not_built else outcome.name)
 
     def build_here(method: Method) -> None:
-        done(_build_one(method, ctx, out_dir))
+        outcome = _build_one(method, ctx, out_dir)
+        done(outcome)
         interrupts.raise_if_received()  # a Ctrl-C that a converter swallowed stops the build here
+        if check_baseline is not None and method is methods[0] and outcome.artifact is not None:
+            check_baseline(outcome.artifact)
 
     workers: list[_Worker] = []
     try:

@@ -31,6 +31,8 @@ class GraphSummary:
     notes: tuple[str, ...] = field(default=())
     # Versions of each op in the file (TFLite opcode versions; ONNX: "opset:<domain>").
     op_versions: dict[str, list[int]] = field(default_factory=dict)
+    # A .tflite file's SignatureDefs: {key: {"inputs": [names], "outputs": [names]}}.
+    signatures: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def quantize_ops(self) -> int:

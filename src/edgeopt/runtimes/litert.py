@@ -181,7 +181,17 @@ class LiteRTRuntime:
             op_counts=dict(Counter(op["op_name"] for op in ops).most_common()),
             weight_dtypes={k: (weights[k], weight_bytes[k]) for k in sorted(weights)},
             hybrid_ops=hybrid,
+            signatures=_signatures(interp),
         )
+
+
+def _signatures(interp: Any) -> dict[str, dict[str, list[str]]]:
+    """The SignatureDefs the interpreter reports (an old runtime may not know them: none)."""
+    try:
+        found = interp.get_signature_list()
+    except (AttributeError, ValueError, RuntimeError):
+        return {}
+    return {str(k): {"inputs": list(v.get("inputs", [])), "outputs": list(v.get("outputs", []))} for k, v in found.items()}
 
 
 def tflite_op_versions(path: Path) -> dict[str, list[int]]:
