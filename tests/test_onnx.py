@@ -18,6 +18,7 @@ from edgeopt.errors import BackendUnavailableError, ConfigError  # noqa: E402
 from edgeopt.graph import describe_model  # noqa: E402
 from edgeopt.methods.base import BuildContext, build_artifact  # noqa: E402
 from edgeopt.methods.registry import get_method, list_methods  # noqa: E402
+from edgeopt.objective import EXCLUDED_BY_GUARD  # noqa: E402
 from edgeopt.pipeline import optimize  # noqa: E402
 from edgeopt.runtimes import registry as runtime_registry  # noqa: E402
 from edgeopt.runtimes.registry import get_runtime  # noqa: E402
@@ -50,9 +51,13 @@ def test_optimize_ranks_both_runtimes_in_one_table(tiny_optimized):
     assert sorted(results.choice.ranking) == sorted(names)
     # measured in the same table, not chosen: the default target is the baseline's runtime
     assert results.choice.target == ["litert"] and results.selected.backend == "litert"
-    for name in built:
+    for name in built:  # excluded for their runtime, unless the accuracy guard excluded them first
         v = results.variant(name)
-        assert v.score.excluded_because.endswith("the target runtime is litert") if v.score else v.stopped_early
+        if v.score is None:
+            assert v.stopped_early
+        else:
+            assert not v.score.eligible
+            assert v.score.excluded_because.endswith("the target runtime is litert") or v.score.guard in EXCLUDED_BY_GUARD
 
 
 def test_exported_onnx_matches_the_tflite_float_model(tiny_optimized, test_pixels):
