@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -103,8 +104,8 @@ def _numbers(text: str | None, count: int, option: str) -> tuple[float, ...] | N
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count:
-        raise ConfigError(f"{option} {text!r} needs {count} comma-separated numbers")
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {text!r} needs {count} comma-separated finite numbers")
     return values
 
 
