@@ -81,9 +81,17 @@ def test_existing_output_is_refused_and_force_replaces_only_what_edgeopt_wrote(t
         optimize(tiny_model, out, TWO_METHODS, force=True)
     assert (out / "keep.txt").read_text() == "mine"
     optimize(tiny_model, tmp_path / "opt2", TWO_METHODS)
-    (tmp_path / "opt2" / "stale.txt").write_text("from an older run")
+    (tmp_path / "opt2" / "notes.txt").write_text("added by the user after the run")
+    (tmp_path / "opt2" / "data" / "cans").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match=r"holds 2 file\(s\) edgeopt did not write there \(data/, notes.txt\)"):
+        optimize(tiny_model, tmp_path / "opt2", TWO_METHODS, force=True)
+    assert (tmp_path / "opt2" / "notes.txt").is_file() and (tmp_path / "opt2" / "data" / "cans").is_dir()
+    (tmp_path / "opt2" / "notes.txt").unlink()
+    (tmp_path / "opt2" / "data" / "cans").rmdir()
+    (tmp_path / "opt2" / "data").rmdir()
+    (tmp_path / "opt2" / "report.md").write_text("edited")  # edgeopt's own file: replaced
     optimize(tiny_model, tmp_path / "opt2", TWO_METHODS, force=True)
-    assert not (tmp_path / "opt2" / "stale.txt").exists() and (tmp_path / "opt2" / "results.json").is_file()
+    assert "edited" not in (tmp_path / "opt2" / "report.md").read_text() and (tmp_path / "opt2" / "results.json").is_file()
 
 
 def test_force_never_replaces_the_model_being_read_or_a_folder_holding_it(tiny_model, tmp_path):
