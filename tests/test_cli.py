@@ -238,7 +238,9 @@ def test_device_run_once_exits_1_when_the_repository_cannot_be_reached(capsys, t
     (["--methods", "f0_float32,pruned_int8", "--sparsity", "nan"], "--sparsity nan: Input should be a finite number"),
     (["--input-range", "-inf,1"], "--input-range '-inf,1' needs 2 comma-separated finite numbers"),
     (["--input-mean", "0.5,nan,0.5", "--input-std", "1,1,1"], "--input-mean '0.5,nan,0.5' needs 3 comma-separated finite"),
-    (["--input-range", "1,-1"], "--input-range (1.0, -1.0): the low end must be below the high end"),
+    (["--input-range", "1,-1"], "--input-range 1.0,-1.0: the low end must be below the high end"),
+    (["--target", "foo"], "--target foo: unknown runtime 'foo'; use one of: litert, onnxruntime"),
+    (["--backends", "litert,tflite"], "--backends litert,tflite: unknown runtime 'tflite'; use one of: litert, onnxruntime"),
 ])
 def test_every_number_must_be_finite_and_in_range_and_the_error_names_the_flag(capsys, tmp_path, tiny_model, args, fragment):
     out = tmp_path / "o"

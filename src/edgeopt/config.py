@@ -160,6 +160,16 @@ class OptimizeConfig(Settings):
     target: Names | None = None
     strict: bool = False
 
+    @field_validator("backends", "target")
+    @classmethod
+    def _known_runtimes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from edgeopt.runtimes.registry import list_runtimes
+
+        unknown = [name for name in value or () if name not in list_runtimes()]
+        if unknown:
+            raise ValueError(f"unknown runtime {unknown[0]!r}; use one of: {', '.join(list_runtimes())}")
+        return value
+
     @field_validator("input_range")
     @classmethod
     def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt import __version__ as edgeopt_version
+from edgeopt import preflight
 from edgeopt.answers_ahead import AnswersAhead
 from edgeopt.choose import decide
 from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
@@ -187,6 +188,11 @@ def optimize(
     methods, method_notes = resolve_methods(config, source)
     runtimes = {m.backend: get_runtime(m.backend) for m in methods}
     split, root, size = source.split, source.data_root, source.image_size
+    # Every setting against this model and its data, before any work.
+    preflight.check_target(config.target, methods)
+    preflight.check_classes(source.path, source.kind, source.classes, root)
+    calibration_items = _sample(split.train, config.representative_samples, split.seed + 1)
+    preflight.check_holdout(methods, len(_holdout_items(split, calibration_items)), config.representative_samples)
 
     check_data_matches(split, root, split.test)
     timings: dict[str, float] = {}
@@ -197,7 +203,6 @@ def optimize(
     train_items = _sample(split.train_all, config.measure.train_images, split.seed)
     train = decode_images_cached(root, train_items, size, strict=config.strict) if train_items else None
     # Calibration draws from the train part only (never validation or test), whatever is evaluated.
-    calibration_items = _sample(split.train, config.representative_samples, split.seed + 1)
     calibration = decode_images_cached(root, calibration_items, size, strict=config.strict)
     holdout = decode_images_cached(root, _holdout_items(split, calibration_items), size, strict=config.strict) if any(
         m.guarded for m in methods) else None

@@ -112,7 +112,8 @@ def build_settings(
         if not isinstance(node, dict):  # the file has a non-table there: validation names it
             continue
         node[leaf] = value
-        from_flags[tuple(dotted.split("."))] = f"{flag} {value}"
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value  # as typed: a,b
+        from_flags[tuple(dotted.split("."))] = f"{flag} {shown}"
 
     def where(loc: tuple[Any, ...]) -> str:
         for length in range(len(loc), 0, -1):
