@@ -171,7 +171,7 @@ def _refuse_grey_fill(img: Image.Image, path: Path, declared: tuple[int, int]) -
     if bottom.size and int(bottom.min()) == int(bottom.max()) and int(bottom.min()) in (127, 128):
         raise ImageError(
             f"{path} is not a readable image: truncated, its JPEG data stops before the {declared[0]}x{declared[1]} "
-            "pixels its header declares (the decoder would fill the rest with flat grey); replace it with a complete copy"
+            "pixels its header declares (the decoder would fill the rest with flat grey)"
         )
 
 
@@ -250,6 +250,6 @@ def load_pixels(path: Path | str, size: tuple[int, int]) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:
         # Pillow raises OSError for truncated data, SyntaxError for some broken headers
         if "truncated" in str(exc):
-            raise ImageError(f"{path} is not a readable image: truncated ({exc}); replace it with a complete copy") from None
+            raise ImageError(f"{path} is not a readable image: truncated ({exc})") from None
         raise ImageError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
