@@ -14,7 +14,7 @@ from edgeopt.config import MeasureConfig, OptimizeConfig  # noqa: E402
 from edgeopt.data.imagefolder import decode_images  # noqa: E402
 from edgeopt.data.split import load_split  # noqa: E402
 from edgeopt.diagnose import diagnose  # noqa: E402
-from edgeopt.errors import BackendUnavailableError, ConfigError  # noqa: E402
+from edgeopt.errors import BackendUnavailableError, ConfigError, ModelError  # noqa: E402
 from edgeopt.graph import describe_model  # noqa: E402
 from edgeopt.methods.base import BuildContext, build_artifact  # noqa: E402
 from edgeopt.methods.registry import get_method, list_methods  # noqa: E402
@@ -195,6 +195,38 @@ def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_
     assert (out / "selected.onnx").is_file() and (out / "split.json").is_file()
     labels = json.loads((out / "labels.json").read_text())["classes"]
     assert labels == sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if optimize decodes an image or builds a variant."""
+    from edgeopt import pipeline
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the settings were checked")
+
+    for name in ("decode_images_cached", "build_variants"):
+        monkeypatch.setattr(pipeline, name, work)
+
+
+def test_an_onnx_model_with_another_class_count_than_the_data_is_refused_before_any_work(
+        tiny_optimized, synthetic_dir, tmp_path, no_work):
+    import shutil
+
+    data = tmp_path / "three"
+    for name in sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())[:3]:
+        shutil.copytree(synthetic_dir / name, data / name)
+    model = _file(tiny_optimized, "ort_fp32")
+    with pytest.raises(ModelError, match=rf"{model} outputs 5 class scores but there are 3 classes \(the sorted class folder names"):
+        optimize(model, tmp_path / "o", TINY_OPTIMIZE, data_dir=data)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_guarded_method_without_held_out_images_is_refused_before_any_work(tiny_optimized, synthetic_dir, tmp_path,
+                                                                            no_work):
+    config = TINY_OPTIMIZE.replaced(representative_samples=100_000)  # every train image goes to calibration
+    with pytest.raises(ConfigError, match="ort_int8_guarded cannot be built: .* lower --representative-samples"):
+        optimize(_file(tiny_optimized, "ort_fp32"), tmp_path / "o", config, data_dir=synthetic_dir)
 
 
 def test_an_onnx_model_needs_its_images(tiny_optimized, tmp_path):
