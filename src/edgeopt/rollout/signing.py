@@ -111,12 +111,15 @@ def may_go_back_to(target: Any) -> bool:
 
 
 def renew_timestamp(repository: Repository, keys: Path) -> bool:
-    """Re-sign the timestamp when less than half of its lifetime (Repository.timestamp_expiry) is
-    left, or more than all of it (it was signed before a rollout shortened it). True when it did."""
+    """Re-sign the timestamp when what is left of it falls below its lifetime (Repository.timestamp_expiry)
+    less 45 minutes (or half of it, if shorter) -- 75 min of 2 h: a device's copy keeps more than the
+    agent's hour of expiry margin, so its idle checks stay small -- or exceeds the lifetime (it was
+    signed before a rollout shortened it). True when it did."""
     lifetime = repository.timestamp_expiry()
+    renew_below = lifetime - min(lifetime / 2, dt.timedelta(minutes=45))
     with repository._locked():
         left = repository.load("timestamp").signed.expires - _now()
-        if lifetime / 2 <= left <= lifetime + dt.timedelta(minutes=1):
+        if renew_below <= left <= lifetime + dt.timedelta(minutes=1):
             return False
         repository._new_timestamp(keys, repository.load("snapshot").signed.version)
     return True
