@@ -53,6 +53,9 @@ def _iso(now: float) -> str:
 
 def describe(state: RolloutState) -> str:
     """One line for people: where the rollout stands and why."""
+    if state.status == "starting":
+        return (f"{state.channel}: a rollout is starting (model {state.model_sha256[:12]}), or its start was interrupted: "
+                "the next 'edgeopt rollout watch', start or abort completes or forgets it")
     stage = f"stage {state.stage + 1} of {len(state.stages_ppm)} ({percent(state.share_ppm)})"
     head = f"{state.channel}: release {state.release} {state.status}"
     if state.status in ("running", "paused"):
@@ -255,7 +258,8 @@ class Rollouts:
             what = f"release {state.previous_release} published again as release {again}"
         else:
             signing.withdraw(self.repository, keys, state.channel, state.model_sha256, state.stages_ppm)
-            what = "no release before it: withdrawn (share 0), devices that installed it keep it"
+            what = ("nothing to go back to (no release before it, or a withdrawn one): withdrawn (share 0), devices "
+                    "that installed it keep it")
             if problem:
                 what = (f"{problem}; withdrawn instead (share 0): devices that installed it keep it until you publish a "
                         f"working model (edgeopt publish RUN --repo {self.repository.path} --keys KEYS --channel {state.channel})")
