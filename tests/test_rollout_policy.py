@@ -192,11 +192,19 @@ def test_state_round_trips_through_json():
 def test_a_stage_without_evidence_never_promotes_and_says_why():
     """No device reported (endpoint down, clocks off, a mistyped --db, or none of the known devices in the
     stage): the stage waits however long it soaked, instead of walking to 100 % on "0 of 0 healthy"."""
-    s = state()
-    for evidence in ([], [Evidence(d, 0.0, 1, active_sha256=OLD, previous_release=1) for d in devices_in(10_000, 30, outside=True)]):
+    s = state(stage_started=100.0)
+    outside = devices_in(10_000, 30, outside=True)
+    before_the_stage = [Evidence(d, 50.0, 1, active_sha256=OLD, previous_release=1) for d in outside]
+    four_since = [Evidence(d, 150.0, 1, active_sha256=OLD, previous_release=1) for d in outside[:4]]
+    for evidence in ([], before_the_stage, four_since):  # nobody; nobody since the stage began; fewer than min_reports
         decision = decide(s, evidence, now=10_000.0)
         assert decision.action == "wait" and "no device of this stage has reported" in decision.reason, decision.reason
-    assert decide(state(stage=3), [], now=10_000.0).action == "wait"  # nor is an empty last stage "complete"
+    # reports do arrive (5 devices since the stage began), and the stage -- 1 % of a small fleet -- holds none of them
+    since = [Evidence(d, 150.0, 1, active_sha256=OLD, previous_release=1) for d in outside[:5]]
+    decision = decide(s, since, now=10_000.0)
+    assert decision.action == "promote" and "holding none of the 5 devices" in decision.reason, decision.reason
+    last = state(stage=3, stage_started=100.0)  # the last stage holds every device: an empty one is no evidence
+    assert decide(last, [], now=10_000.0).action == "wait" and decide(last, since, now=10_000.0).action != "complete"
     # a fleet whose devices do not report says so explicitly
     allowed = state(criteria=Criteria(allow_empty_stage=True))
     assert decide(allowed, [], now=30.0).action == "wait"  # still soaks

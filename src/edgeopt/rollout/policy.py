@@ -20,7 +20,10 @@ within bounds of the model the same device ran before. The rollout halts when in
 tests fail above `max_failure_rate`, or the medians of the devices' paired in-service changes are
 worse than allowed. Every verdict -- promote or halt -- rests on at least `min_reports` devices; a
 stage that holds fewer gets one only from all of its devices, each reporting since the stage
-began. A stage none of whose devices reported waits (unless `allow_empty_stage`).
+began. A stage none of whose devices reported waits -- unless `allow_empty_stage`, or at least
+`min_reports` devices outside it reported since it began (the reports arrive; the stage, a small
+share of a small fleet, holds none of the devices): then it is promoted on its soak time. The last
+stage holds every device, so a rollout never completes on no evidence but by `allow_empty_stage`.
 """
 
 from __future__ import annotations
@@ -187,8 +190,9 @@ class StageStats:
     failed_devices: tuple[str, ...] = ()
     # Devices of the stage whose latest report came after the stage began.
     reported_since_start: int = 0
-    # Devices whose evidence was given, in the stage or not.
+    # Devices whose evidence was given, in the stage or not, and those of them reporting since the stage began.
     known: int = 0
+    known_since_start: int = 0
 
     @property
     def failure_rate(self) -> float:
@@ -253,11 +257,12 @@ def _healthy(evidence: Evidence, state: RolloutState) -> bool:
 
 
 def measure_stage(state: RolloutState, evidence: Iterable[Evidence]) -> StageStats:
-    population = attempted = failed = running = healthy = since = known = 0
+    population = attempted = failed = running = healthy = since = known = known_since = 0
     pairs: list[tuple[Window, Window]] = []
     failed_devices = []
     for e in evidence:
         known += 1
+        known_since += e.reported_at >= state.stage_started
         if not member(e, state):
             continue
         outcome = e.outcome(state.release)
@@ -276,7 +281,7 @@ def measure_stage(state: RolloutState, evidence: Iterable[Evidence]) -> StageSta
             if (pair := _paired(e, state)) is not None:
                 pairs.append(pair)
     stats = StageStats(population, attempted, failed, running, healthy, len(pairs), failed_devices=tuple(sorted(failed_devices)),
-                       reported_since_start=since, known=known)
+                       reported_since_start=since, known=known, known_since_start=known_since)
     if pairs:  # medians: a device or two with figures far off cannot move them, nor hide the rest
         ratios = [n.latency_ms_p90 / b.latency_ms_p90 for n, b in pairs if b.latency_ms_p90 > 0]
         stats = replace(
@@ -341,18 +346,23 @@ def decide(state: RolloutState, evidence: Iterable[Evidence], now: float) -> Dec
     stage = f"stage {state.stage + 1} of {len(state.stages_ppm)} ({percent(state.share_ppm)})"
     if state.status == "paused":
         return Decision("wait", f"paused at {stage}", stats)
-    if stats.population == 0 and not state.criteria.allow_empty_stage:
-        return Decision("wait", f"{stage}: no device of this stage has reported ({stats.known} devices reported on the "
-                                "channel, none in its share); it waits for one. A fleet this small needs larger "
-                                "stages (e.g. --stages 10,50,100); a fleet that does not report, --allow-empty-stage", stats)
+    last = state.stage + 1 == len(state.stages_ppm)
+    if stats.population == 0 and not state.criteria.allow_empty_stage \
+            and (last or stats.known_since_start < state.criteria.min_reports):
+        return Decision("wait", f"{stage}: no device of this stage has reported ({stats.known_since_start} devices "
+                                "reported on the channel since it began, none in its share); it waits for one. A fleet "
+                                "that does not report: --allow-empty-stage", stats)
     left = state.soak_s[state.stage] - (now - state.stage_started)
     if left > 0:
         return Decision("wait", f"{stage} soaks {math.ceil(left)} s more; {stats.healthy} of {stats.population} devices healthy", stats)
     short = _short_of_promotion(state, stats)
     if short is not None:
         return Decision("wait", f"{stage}: {short}", stats)
-    if state.stage + 1 == len(state.stages_ppm):
+    if last:
         return Decision("complete", f"{stats.healthy} of {stats.population} devices run release {state.release} healthy", stats)
+    if stats.population == 0:
+        return Decision("promote", f"{stage} soaked, holding none of the {stats.known_since_start} devices that reported "
+                                   "on the channel since it began (none of them installed it)", stats)
     return Decision("promote", f"{stage} soaked: {stats.healthy} of {stats.population} devices healthy", stats)
 
 
