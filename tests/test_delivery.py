@@ -23,7 +23,10 @@ import numpy as np
 import pytest
 
 from edgeopt.device import agent as agent_module
-from edgeopt.device.agent import FAULT_POINTS, FAULT_REPORT_ENV, FAULT_STOP_ENV, Agent, AgentConfig
+from edgeopt.device import report as report_module
+from edgeopt.device import update as update_module
+from edgeopt.device.agent import Agent, AgentConfig
+from edgeopt.device.faults import FAULT_POINTS, FAULT_REPORT_ENV, FAULT_STOP_ENV
 from edgeopt.device.fetch import Limits
 from edgeopt.device.smoke import SmokeLimits
 from edgeopt.device.sort import sort_frames
@@ -679,8 +682,8 @@ def test_a_server_that_trickles_its_headers_cannot_hold_the_agent(setup, tmp_pat
 
     threading.Thread(target=serve, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    monkeypatch.setattr(agent_module, "METADATA_BUDGET_BYTES", 0)
-    monkeypatch.setattr(agent_module, "REPORT_S", 2.0)
+    monkeypatch.setattr(update_module, "METADATA_BUDGET_BYTES", 0)
+    monkeypatch.setattr(report_module, "REPORT_S", 2.0)
     generate_device_key(tmp_path / "device.key")
     # a minimum rate the trickle keeps up with: the deadline, counted from the first byte, cuts it
     agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=1, rate_window_s=1.0, deadline_base_s=2),
