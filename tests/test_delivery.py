@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeopt.device import agent as agent_module
 from edgeopt.device import report as report_module
 from edgeopt.device import update as update_module
 from edgeopt.device.agent import Agent, AgentConfig
@@ -38,7 +37,7 @@ from edgeopt.release import repository as repository_module
 from edgeopt.release.keys import generate_keys
 from edgeopt.release.repository import Repository, release_custom
 from edgeopt.results import load_results
-from tests.delivery_helpers import CuttingProxy, HostileServer, ServerThread, StaticServer
+from tests.delivery_helpers import Clock, CuttingProxy, HostileServer, ServerThread, StaticServer, run_loop
 from tests.fleet_helpers import enroll_device
 from tests.test_images import png_bytes
 
@@ -472,19 +471,25 @@ def test_the_accuracy_floor_and_the_input_contract_are_enforced(setup):
     assert setup.active() is None
 
 
-def test_server_down_backs_off_and_the_device_keeps_sorting(setup, tmp_path):
+def test_server_down_backs_off_and_the_device_keeps_its_release(setup):
+    """The loop `device run` runs, against a repository that does not answer: every check is
+    'unreachable', each wait is a back-off (doubling, capped), never the end of the loop."""
     setup.publish(0)
     with ServerThread(setup.repo_path) as server:
         assert str(setup.agent(server.url).check_once()) == "activated release 1"
-    agent = setup.agent("http://127.0.0.1:9", interval_s=0.01, max_backoff_s=0.04)
-    sleeps = []
-    real_sleep = time.sleep
-    agent_module.time.sleep = lambda s: sleeps.append(s)
-    try:
-        agent.run(max_checks=4)
-    finally:
-        agent_module.time.sleep = real_sleep
-    assert sleeps == [0.02, 0.04, 0.04]  # doubling, capped
+    agent = setup.agent("http://127.0.0.1:9")
+    clock, checks = Clock(), []
+    check = agent.check_once
+
+    def noted():
+        checks.append((clock(), check()))
+        return checks[-1][1]
+
+    agent.check_once = noted
+    run_loop(agent, 5, clock, interval_s=3600.0, backoff_base_s=4.0, max_backoff_s=16.0, min_fault_s=1.0)
+    assert [outcome.kind for _, outcome in checks] == ["unreachable"] * 5
+    gaps = [b - a for (a, _), (b, _) in zip(checks, checks[1:], strict=False)]
+    assert all(1.0 <= gap <= ceiling for gap, ceiling in zip(gaps, [4.0, 8.0, 16.0, 16.0], strict=True)), gaps
     assert setup.active() == 1
 
 

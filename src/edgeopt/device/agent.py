@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import shutil
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -176,20 +175,3 @@ class Agent:
     def report(self) -> None:
         """Tell the release side (best effort: a static server has no /status; the next check reports again)."""
         self.reporter.report(self.last_error, self.last_latency_ms, self.refusals)
-
-    def run(self, max_checks: int | None = None) -> None:
-        """Check forever (or max_checks times), backing off while the repository is unreachable or faulty."""
-        delay = self.config.interval_s
-        checks = 0
-        while max_checks is None or checks < max_checks:
-            try:
-                outcome = self.check_once()
-            except Exception as exc:  # a bug must not end the device's updates: logged, then retried with back-off
-                self.state.log("internal-error", error=traceback.format_exc()[-3000:])
-                outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
-            checks += 1
-            if max_checks is not None and checks >= max_checks:
-                break
-            faulty = outcome.kind in ("unreachable", "retry")
-            delay = min(delay * 2, self.config.max_backoff_s) if faulty else self.config.interval_s
-            time.sleep(delay)

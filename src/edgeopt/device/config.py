@@ -1,5 +1,5 @@
 """The agent's configuration: one frozen object that every part of the agent reads
-(`edgeopt device run` builds it from its options)."""
+(`edgeopt device run` builds it from its options). When to check is the loop's: poll.LoopConfig."""
 
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ class AgentConfig:
     key_file: Path | None = None
     # A name for devices that should measure alike (fleet benchmarks); None: derived from the profile.
     device_class: str | None = None
-    # Seconds between checks, and the longest back-off after faults.
-    interval_s: float = 30.0
-    max_backoff_s: float = 600.0
     smoke: SmokeLimits = SmokeLimits()
     limits: Limits = Limits()
     # Releases kept besides active and previous.

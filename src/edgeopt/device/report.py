@@ -2,12 +2,14 @@
 benchmark results, each a POST signed with the device's key (fleet.auth).
 
 Best effort: a static server has no /status; a report that is not taken is sent again after the
-next check. Without a key file nothing is sent.
+next check; a report that cannot be built is logged ("report-failed"), never the end of a check.
+Without a key file nothing is sent.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,14 +60,19 @@ class Reporter:
             return
         from edgeopt.fleet.report import DeviceReport
 
-        active = self.state.record_of("active")
-        report = DeviceReport(
-            device_id=config.device_id, channel=config.channel,
-            active_release=active["release"] if active else None, active_sha256=active["model"]["sha256"] if active else None,
-            latency_ms=latency_ms, last_error=(last_error or None) and last_error[:500],
-            refusals=list(refusals), device_class=self.profile()["device_class"], profile=self.profile(),
-            **report_fields(self.state.root, active, self.state.record_of("previous")),
-        )
+        try:
+            active = self.state.record_of("active")
+            report = DeviceReport(
+                device_id=config.device_id, channel=config.channel,
+                active_release=active["release"] if active else None,
+                active_sha256=active["model"]["sha256"] if active else None,
+                latency_ms=latency_ms, last_error=(last_error or None) and last_error[:500],
+                refusals=list(refusals), device_class=self.profile()["device_class"], profile=self.profile(),
+                **report_fields(self.state.root, active, self.state.record_of("previous")),
+            )
+        except Exception:  # a field the device cannot fill (a bug, a state file nobody expected): logged, never fatal
+            self.state.log("report-failed", error=traceback.format_exc()[-3000:])
+            return
         try:
             status = self.post("/status", report.model_dump_json())
         except Exception:  # reporting is best effort; the next check reports again
