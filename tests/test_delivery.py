@@ -348,7 +348,8 @@ def test_7_the_device_keeps_few_releases_checks_space_and_drops_oversize_parts(s
                 setup.publish(i)
             assert str(agent.check_once()) == f"activated release {i + 1}"
         assert len(list((setup.state / "releases").iterdir())) == 3  # active, previous and one more
-        setup.publish(0)
+        model, labels, custom = release_custom(setup.runs[0][0], "f4_float16")  # a model it does not hold: a download
+        setup.repo.publish_release(setup.keys, "stable", model, labels, custom)
         sha = setup.repo.current_release("stable")["sha256"]
         (setup.state / "staging" / sha).mkdir(parents=True)
         oversize = setup.state / "staging" / sha / "model.tflite.zst.part"
@@ -562,6 +563,11 @@ def test_10_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_mod
         for trial in range(30):
             before = setup.active()
             active = DeviceState.complete(setup.state / "active")
+            # the device keeps only its active release here: a model it holds would be reused from
+            # releases/ (nothing downloaded, no download to kill), and every update below downloads
+            for folder in (setup.state / "releases").glob("*"):  # none before the first check
+                if os.path.realpath(folder) != os.path.realpath(setup.state / "active"):
+                    shutil.rmtree(folder)
             # always a model other than the active one: every point of an update is on its way
             other = 1 if active and active["model"]["sha256"] == setup.model_sha(0) else 0
             published = setup.publish(other)["release"]

@@ -3,7 +3,8 @@ without one.
 
 One check: verify the channel's metadata (update.py) -> decide (up to date, rejected before, held
 back by a staged rollout, or new) -> check free space and fetch the release into staging
-(update.py: resumable, with a deadline and a minimum rate; length and sha256 checked) ->
+(update.py: a file the device holds already is reused when its bytes match the signed hash; the
+rest is downloaded, resumable, with a deadline and a minimum rate; length and sha256 checked) ->
 smoke-test it, move it into releases/, switch `active`, smoke-test it there, roll back on failure
 (activate.py) -> report (report.py). When nothing is new, the repository's fleet benchmark job
 runs (jobs.py). When to check is the loop's business (poll.py, schedule.py).

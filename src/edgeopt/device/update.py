@@ -7,17 +7,21 @@ are fetched only as the channel's key signed them (length and sha256), through t
 of fetch.py.
 
 A release's files go to staging/<sha256>/ (resumable: a cut download goes on from its `.part`
-file): a zstd model is checked against its signed sha256 as sent, then unpacked, never past its
-signed uncompressed length, and checked again. What the network can do -- a short answer, extra
-bytes, a wrong range, bytes that do not match the signed hash, a slow server -- is a Retry however
-often it comes; only the release's own signed bytes (metadata the device cannot use, a model that
-matches its signed hash but unpacks to something else, twice) refuse it.
+file). A file the device already holds in one of its releases (the model of a release it goes back
+to, labels that did not change) is taken from there -- linked, or copied -- when its bytes match the
+signed length and sha256, not downloaded again. A zstd model is checked against its signed sha256
+as sent, then unpacked, never past its signed uncompressed length, and checked again. What the
+network can do -- a short answer, extra bytes, a wrong range, bytes that do not match the signed
+hash, a slow server -- is a Retry however often it comes; only the release's own signed bytes
+(metadata the device cannot use, a model that matches its signed hash but unpacks to something
+else, twice) refuse it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -152,18 +156,59 @@ class Channel:
         staging = self.state.root / "staging" / sha
         self.state.clean_staging(keep=sha)
         staging.mkdir(parents=True, exist_ok=True)
-        need = model.length + (model_entry["length"] if compression else 0) + labels.length + FREE_SPACE_MARGIN
-        if self.state.free_bytes() < need:
-            raise Retry(f"not enough free space: it needs {need:,} bytes, the device has {self.state.free_bytes():,}")
-        if compression:
+        model_here, labels_here = self._reuse(staging, model_entry), self._reuse(staging, labels_entry)
+        reused = [entry["file"] for entry, how in ((model_entry, model_here), (labels_entry, labels_here)) if how == "reused"]
+        if reused:
+            self.state.log("reused", release=record["release"], files=reused)
+        need = ((0 if model_here else model.length + (model_entry["length"] if compression else 0))
+                + (0 if labels_here else labels.length))
+        if need and self.state.free_bytes() < need + FREE_SPACE_MARGIN:
+            raise Retry(f"not enough free space: it needs {need + FREE_SPACE_MARGIN:,} bytes, "
+                        f"the device has {self.state.free_bytes():,}")
+        if not model_here and compression:
             sent = {"file": model_entry["file"] + ".zst", "length": model.length, "sha256": sha}
             self._fetch(staging, sent, model, sha)
             self._decompress(staging / sent["file"], staging / model_entry["file"], model_entry, sha)
-        else:
+        elif not model_here:
             self._fetch(staging, model_entry, model, sha)
-        self._fetch(staging, labels_entry, labels, sha)
+        if not labels_here:
+            self._fetch(staging, labels_entry, labels, sha)
+        for path in staging.iterdir():  # what an earlier attempt left (a part of a file taken from here after all)
+            if path.name in (model_entry["file"], labels_entry["file"]):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         (staging / RELEASE_RECORD).write_text(json.dumps(record, indent=1))
         return staging
+
+    def _reuse(self, staging: Path, entry: dict[str, Any]) -> str | None:
+        """'staged' when the file is in staging already; 'reused' when a release the device has
+        holds it (a model it goes back to, labels that did not change): linked, or copied where the
+        file system cannot link, and kept only when the staged bytes match the signed length and
+        sha256 -- a release's folder name or release.json only says where to look. Else None."""
+        final = staging / entry["file"]
+        if file_matches(final, entry["length"], entry["sha256"]):
+            return "staged"
+        local = staging / (entry["file"] + ".local")
+        for source in self.state.local_copies(entry["length"], entry["sha256"]):
+            local.unlink(missing_ok=True)
+            try:
+                os.link(source, local)
+            except OSError:  # no hard links here (FAT), or the file went meanwhile: a copy, when there is room
+                if self.state.free_bytes() < entry["length"] + FREE_SPACE_MARGIN:
+                    return None
+                try:
+                    shutil.copyfile(source, local)
+                except OSError:
+                    local.unlink(missing_ok=True)
+                    continue
+            if file_matches(local, entry["length"], entry["sha256"]):
+                os.replace(local, final)
+                return "reused"
+            local.unlink(missing_ok=True)
+        return None
 
     def _fetch(self, staging: Path, entry: dict[str, Any], info: Any, sha: str) -> None:
         """One target file into staging, checked against its signed length and sha256."""
