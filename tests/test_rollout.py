@@ -226,6 +226,35 @@ def test_a_device_going_back_to_the_model_before_reuses_it_only_when_its_bytes_m
         assert [p.rsplit(".", 1)[-1] for p in downloads] == ["model"] and reused[-1]["files"] == ["labels.json"]
 
 
+def test_the_new_releases_window_starts_once_its_install_is_done(fleet, monkeypatch):
+    """The sorting loop goes on while the agent installs: frames it classifies during the smoke
+    tests (the model before, under the install's load) and after the switch but before the
+    post-switch check has passed (the new model) count in neither model's window."""
+    from edgeopt.device import activate
+
+    real_smoke_test = activate.smoke_test
+
+    def sorting_meanwhile(*args, **kwargs):
+        sort_some(agent, 90, count=3)  # with whatever model is active at this moment
+        return real_smoke_test(*args, **kwargs)
+
+    with StaticServer(fleet.repo_path) as server:
+        agent = fleet.agent(server.url, "sorter-1")
+        assert str(agent.check_once()) == "activated release 1"
+        sort_some(agent, 90, count=6)
+        fleet.start("good", 1, stages=(PPM,))
+        monkeypatch.setattr(activate, "smoke_test", sorting_meanwhile)
+        assert str(agent.check_once()) == "activated release 2"
+        monkeypatch.undo()
+        health = json.loads((agent.state.root / "health.json").read_text())["models"]
+        assert [len(health[sha]["frames"]) for sha in (fleet.good_sha, active_sha(agent))] == [9, 3]  # all recorded
+        fields = report_fields(agent.state.root, agent.state.record_of("active"), agent.state.record_of("previous"))
+        assert fields["service"] is None and fields["previous_service"]["frames"] == 6
+        sort_some(agent, 90, count=4)
+        fields = report_fields(agent.state.root, agent.state.record_of("active"), agent.state.record_of("previous"))
+    assert fields["service"]["frames"] == 4 and fields["previous_service"]["frames"] == 6
+
+
 def edgeopt(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgeopt", *map(str, args)], capture_output=True, text=True, timeout=300)
 

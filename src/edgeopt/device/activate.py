@@ -13,13 +13,14 @@ fails on the release's own signed files (MalformedRelease) refuses it at once.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeopt.device.config import AgentConfig
 from edgeopt.device.faults import Refused, count_fault, fault_point
-from edgeopt.device.health import record_install
+from edgeopt.device.health import record_busy, record_install
 from edgeopt.device.smoke import MalformedRelease, SmokeTestFailed, smoke_test
 from edgeopt.device.state import DeviceState
 
@@ -41,6 +42,21 @@ class Activator:
     def samples(self) -> Path:
         return self.state.root / "samples"
 
+    def activate(self, staging: Path | None, folder: Path, record: dict[str, Any]) -> Switched:
+        """Smoke-test the staged release (None: `folder` is complete already), keep it in releases/,
+        switch to it and check it there. The sorting loop's frames meanwhile count in no in-service
+        window (health.record_busy): a new release is judged once its install is done. Raises
+        Refused or Retry when the staged release fails."""
+        started = time.time()
+        try:
+            if staging is not None:
+                self.check_staged(staging, record)
+                fault_point("staged")
+                os.replace(staging, folder)
+            return self.switch(folder, record)
+        finally:
+            record_busy(self.state.root, started, time.time())
+
     def check_staged(self, staging: Path, record: dict[str, Any]) -> None:
         """The smoke test before the switch; raises Refused or Retry (a first failure)."""
         sha, release = record["download"]["sha256"], record["release"]
@@ -51,11 +67,6 @@ class Activator:
         except SmokeTestFailed as exc:
             record_install(self.state.root, release, "smoke-test-failed", detail=str(exc))
             raise count_fault(self.state, sha, "smoke", f"smoke test failed: {exc}", self.config.failures_to_reject) from None
-
-    def keep(self, staging: Path, folder: Path) -> None:
-        """The staged release becomes a complete one in releases/."""
-        fault_point("staged")
-        os.replace(staging, folder)
 
     def switch(self, folder: Path, record: dict[str, Any]) -> Switched:
         """Make `folder` active (the old release becomes previous) and check it there; roll back on failure."""

@@ -133,12 +133,11 @@ class Agent:
         """Fetch, check and activate the release (or roll it back); raises Refused or Retry."""
         record = release_record(model, labels, release, self.config.channel)
         folder = self.state.release_dir(record)
+        staging = None
         if self.state.complete(folder) is None:
             shutil.rmtree(folder, ignore_errors=True)
             staging = self.channel.stage(record, model, labels)
-            self.activator.check_staged(staging, record)
-            self.activator.keep(staging, folder)
-        switched = self.activator.switch(folder, record)
+        switched = self.activator.activate(staging, folder, record)
         if switched.rolled_back is not None:
             self.last_error = f"rolled back release {release}: {switched.rolled_back}"
             self._remember_refusal(self.last_error)
