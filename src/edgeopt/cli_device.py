@@ -73,7 +73,7 @@ def device_run(
         load_device_key(key_file)  # a wrong file is said now, not at the first report
     config = AgentConfig(
         server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
-        key_file=key_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
+        key_file=key_file, device_class=device_class,
         smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
         limits=Limits(min_rate_bps=min_rate, rate_window_s=rate_window), keep_releases=keep_releases,
     )

@@ -10,6 +10,11 @@ trusted metadata comes within EXPIRY_MARGIN_S of expiring (so a frozen mirror is
 TUF's expiry), and at least every `full_every_s`.
 
 A 429 or 503 answer's Retry-After is honoured by the schedule (see schedule.py).
+
+The loop never ends on one bad answer, file or disk event: the agent turns what it foresees into
+an outcome (unreachable, retry, refused, ...), and anything else a check raises -- a bug, a state
+file in a shape nobody expected -- is logged with its traceback ("internal-error" in agent.log) and
+taken as a fault: the schedule backs off and the next check tries again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import math
 import random
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,4 +177,8 @@ def check(agent: Any, idle: IdleCheck, may_idle: bool, now: float) -> str:
         except Exception as exc:  # any fault of the small request: logged, backed off, never fatal
             agent.state.log("unreachable", error=f"timestamp.json: {type(exc).__name__}: {exc}"[:200])
             return "idle-fault"
-    return str(agent.check_once().kind)
+    try:
+        return str(agent.check_once().kind)
+    except Exception:  # a bug must not end the device's updates: logged, then retried with back-off
+        agent.state.log("internal-error", error=traceback.format_exc()[-3000:])
+        return "retry"
