@@ -143,3 +143,67 @@ def test_an_error_nobody_foresaw_never_ends_the_loop(fleet, tmp_path, monkeypatc
 
         with open_store(fleet.repo_path) as store:
             assert store.count_reports("sorter-1") == 1 and store.latest()[0].report.active_sha256 == fleet.good_sha
+
+
+@pytest.mark.parametrize("retry_after", ["9" * 5000, "\u00b2", "99999999999", "-1", "Tue, 31 Dec 99999 23:59:59 GMT"])
+def test_a_hostile_retry_after_never_ends_the_loop(fleet, retry_after):
+    """A Retry-After that is no number a device should trust (thousands of digits, a superscript
+    digit, a year past any calendar) is ignored or capped: the loop backs off and goes on."""
+    clock = Clock()
+    attempts: list[float] = []
+
+    def overloaded(path: str, data: bytes | None, headers: dict):
+        attempts.append(clock())
+        return 503, {"Retry-After": retry_after}, b"busy"
+
+    policy = PollPolicy(interval_s=10.0, jitter=0.5, backoff_base_s=1.0, max_backoff_s=60.0, max_retry_after_s=3600.0)
+    with HostileServer(fleet.repo_path, overloaded) as server:
+        agent = fleet.agent(server.url, "sorter-1")
+        run_agent(agent, LoopConfig(policy=policy, report_every_s=1e9), clock=clock, sleep=clock.sleep,
+                  rng=random.Random(5), max_checks=3)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False) if b > a]
+    assert len(gaps) == 2 and all(0 < g <= 2 * 3600 for g in gaps), gaps
+
+
+def test_an_idle_check_whose_headers_trickle_is_cut_by_the_minimum_rate(fleet):
+    """The idle check's one small request is held to the same minimum rate as every other fetch,
+    from the first byte of its headers: a mirror trickling timestamp.json cannot hold the agent."""
+    import threading
+
+    from tests.delivery_helpers import TrickledHeaders
+
+    clock = Clock()
+    trickling = threading.Event()
+
+    def hook(path: str, data: bytes | None, headers: dict):
+        if trickling.is_set() and path == "/metadata/timestamp.json":
+            return 200, {}, TrickledHeaders(0.2)
+        return None
+
+    config = LoopConfig(policy=PollPolicy(interval_s=60.0, backoff_base_s=1.0, min_fault_s=1.0), report_every_s=1e9)
+    with HostileServer(fleet.repo_path, hook) as server:
+        agent = fleet.agent(server.url, "sorter-1")  # at least 2000 B/s over each 5 s window
+        kinds: list[str] = []
+        real = agent.check_once
+
+        def noted():
+            outcome = real()
+            kinds.append(outcome.kind)
+            if outcome.kind == "up-to-date":  # settled: the next check is the idle one
+                trickling.set()
+            return outcome
+
+        agent.check_once = noted
+        done = threading.Event()
+        started = time.monotonic()
+        worker = threading.Thread(target=lambda: (run_agent(agent, config, clock=clock, sleep=clock.sleep,
+                                                            rng=random.Random(6), max_checks=3), done.set()), daemon=True)
+        worker.start()
+        assert done.wait(120), "the idle check waited on a trickle of headers"
+        seconds = time.monotonic() - started
+        trickling.clear()
+    events = [json.loads(line) for line in (agent.state.root / "agent.log").read_text().splitlines()]
+    assert kinds == ["activated", "up-to-date"]
+    cut = [e for e in events if e["event"] == "unreachable" and "timestamp.json" in e.get("error", "")]
+    assert cut and "SlowRetrieval" in cut[-1]["error"], events[-3:]
+    assert seconds < 100

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeopt.device.fetch import Limits, paced
 from edgeopt.device.health import count_start
 from edgeopt.device.schedule import PollPolicy, RandomSource, Schedule, parse_retry_after
 
@@ -66,8 +67,9 @@ class ServerSignals:
 class IdleCheck:
     """One conditional GET of timestamp.json against the copy the device trusts."""
 
-    def __init__(self, client: Any, base: str, tuf_dir: Path, channel: str) -> None:
+    def __init__(self, client: Any, base: str, tuf_dir: Path, channel: str, limits: Limits | None = None) -> None:
         self.client, self.url, self.tuf_dir, self.channel = client, f"{base}/metadata/timestamp.json", tuf_dir, channel
+        self.limits = limits or Limits()  # the request is held to the deadline and minimum rate of any other fetch
         self.validators: dict[str, str] = {}  # describe the trusted timestamp.json, byte for byte
 
     def _trusted(self) -> bytes | None:
@@ -99,7 +101,8 @@ class IdleCheck:
             headers["If-None-Match"] = self.validators["etag"]
         if "last-modified" in self.validators:
             headers["If-Modified-Since"] = self.validators["last-modified"]
-        with self.client.stream("GET", self.url, headers=headers) as response:
+        with paced(self.limits, TIMESTAMP_MAX_BYTES, "timestamp.json"), \
+                self.client.stream("GET", self.url, headers=headers) as response:
             if response.status_code == 304:
                 return bool(self.validators)
             if response.status_code != 200:
@@ -141,7 +144,7 @@ def run_agent(agent: Any, config: LoopConfig = LoopConfig(), *, clock: Callable[
     schedule = Schedule(config.policy.check())
     signals = ServerSignals()
     agent.client.event_hooks = {**agent.client.event_hooks, "response": [*agent.client.event_hooks.get("response", []), signals]}
-    idle = IdleCheck(agent.client, agent.base, agent.state.root / "tuf", agent.config.channel)
+    idle = IdleCheck(agent.client, agent.base, agent.state.root / "tuf", agent.config.channel, agent.config.limits)
     count_start(agent.state.root, "agent")
     next_at = schedule.first(clock(), rng)
     last_full = last_report = -math.inf
