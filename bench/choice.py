@@ -133,9 +133,9 @@ def main() -> int:
         "seconds": time.perf_counter() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "choice.json").write_text(json.dumps(record, indent=1))
+    provenance.write_json(args.out / "choice.json", record)
     text = render(record)
-    (args.out / "choice.md").write_text(text)
+    provenance.write_text(args.out / "choice.md", text)
     print(text)
     return 0
 

@@ -31,7 +31,6 @@ import argparse
 import functools
 import http.client
 import http.server
-import json
 import random
 import socket
 import sys
@@ -270,11 +269,12 @@ def run_part_a(args: argparse.Namespace) -> dict[str, Any]:
     front.shutdown()
     reports.should_exit = True
     seconds = [per_second[s] for s in range(min(per_second), max(per_second) + 1)]
+    print(f"(a) the devices' state folders and the repository are kept in {tmp}", file=sys.stderr)
     return {"agents": args.agents, "bright_devices": len(bright), "interval_s": args.interval, "soak_s": args.soak,
             "frame_rate_per_device": args.frame_rate, "criteria": criteria.__dict__, "stages_pct": [s / 10_000 for s in STAGES],
             "release_1_bytes": published["length"], "phases": phases, "requests_by_kind": dict(counts),
             "requests_per_s_mean": sum(seconds) / len(seconds), "requests_per_s_peak": max(seconds),
-            "egress_bytes": dict(egress), "model_kb": args.model_kb, "state_folder": str(tmp)}
+            "egress_bytes": dict(egress), "model_kb": args.model_kb}
 
 
 def _inside(name: str, sha: str, share: int) -> bool:
@@ -373,9 +373,9 @@ def main() -> int:
     if args.part in ("a", "both"):
         report["a"] = run_part_a(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fleet.json").write_text(json.dumps(report, indent=1))
+    provenance.write_json(args.out / "fleet.json", report)
     text = render(report)
-    (args.out / "fleet.md").write_text(text)
+    provenance.write_text(args.out / "fleet.md", text)
     print(text)
     return 1 if "a" in report and not all(p["expected"] for p in report["a"]["phases"]) else 0
 

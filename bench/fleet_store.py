@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import threading
@@ -242,7 +241,7 @@ def main() -> int:
                    "endpoint_seconds_for_10000": sqlite_endpoint["seconds"] * scale if sqlite_endpoint else None},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fleet_store.json").write_text(json.dumps(result, indent=1))
+    provenance.write_json(args.out / "fleet_store.json", result)
     print(f"{args.devices:,} devices reporting once each, {args.threads} sender threads:")
     print(f"{'database':<11} {'path':<9} {'seconds':>8} {'reports/s':>10} {'stored':>8}")
     for r in rows:

@@ -20,7 +20,6 @@ A small setting for a quick check: --image-size 96 --epochs 1 --fine-tune-epochs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -237,8 +236,8 @@ def main() -> int:
               "train_photos": sum(1 for _ in train.rglob("*.*")), "test_photos": sum(1 for _ in test.rglob("*.*")),
               "training_s": round(training_s, 1), "kinds": kinds, "onnx_vs_keras": onnx_vs_keras, "targets": targets}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "your_model.json").write_text(json.dumps(record, indent=1))
-    (args.out / "your_model.md").write_text(render(record))
+    provenance.write_json(args.out / "your_model.json", record)
+    provenance.write_text(args.out / "your_model.md", render(record))
     print(render(record))
     return 0
 

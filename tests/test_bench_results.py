@@ -252,3 +252,13 @@ def test_committed_results_name_no_absolute_path_of_the_machine_that_made_them()
         if paths:
             found[path.name] = sorted(set(paths))[:3]
     assert found == {}
+
+
+def test_every_benchmark_writes_its_results_with_paths_relative_to_the_repository():
+    """Through provenance.write_json / write_text, which rewrite this machine's paths (the test above)."""
+    direct = {}
+    for script in sorted((RESULTS.parent).glob("*.py")):
+        found = re.findall(r"\(args\.out / [^)]*\)\.write_(?:text|bytes)\(|open\(args\.out", script.read_text())
+        if found:
+            direct[script.name] = found
+    assert direct == {}
