@@ -61,3 +61,18 @@ def save_every_kind(model, out: Path) -> dict[str, Path]:
                                       output_path=str(paths["onnx"]))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return paths
+
+
+def save_without_rescaling(model, path: Path) -> Path:
+    """The same classifier with its Rescaling layer left out, as a .keras file: a model trained on
+    pixels -1..1 that does not rescale them itself (it must be fed --input-range -1,1)."""
+    from edgeopt._tf import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = inputs
+    for layer in model.layers[2:]:  # after the InputLayer and the Rescaling
+        x = layer(x)
+    keras.Model(inputs, x, name="team_cnn_unscaled").save(path)
+    return path
+

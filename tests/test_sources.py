@@ -13,7 +13,6 @@ from edgeopt.cli import main
 from edgeopt.config import MeasureConfig, OptimizeConfig
 from edgeopt.errors import ConfigError
 from edgeopt.sources.registry import detect_kind
-from tests.own_models import save_every_kind, train_keras_classifier
 
 STUDY = ["f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io", "f4_float16"]
 KINDS = ["keras", "h5", "savedmodel", "tflite", "onnx"]
@@ -21,14 +20,6 @@ QUICK = OptimizeConfig(representative_samples=20, measure=MeasureConfig(threads=
                                                                         train_images=0))
 QUICK_FLAGS = ["--representative-samples", "20", "--rounds", "2", "--invocations", "5", "--train-images", "0",
                "--backends", "litert"]
-
-
-@pytest.fixture(scope="session")
-def team_model(synthetic_dir, tmp_path_factory):
-    """A Keras classifier trained outside edgeopt, saved in every kind, and its own answers."""
-    model, decoded = train_keras_classifier(synthetic_dir)
-    paths = save_every_kind(model, tmp_path_factory.mktemp("team"))
-    return model, paths
 
 
 def _keras_top1(model, synthetic_dir, results):

@@ -1,0 +1,32 @@
+"""A team's model fed what it was trained on: the input contract reaches calibration as well as
+measurement, and the baseline check refuses a model fed wrongly without refusing a good one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeopt.config import MeasureConfig, OptimizeConfig
+from tests.own_models import save_without_rescaling
+
+# Every variant on every image (no race), so that their answers can be compared image by image.
+EVERY_IMAGE = OptimizeConfig(representative_samples=40, measure=MeasureConfig(
+    threads=1, rounds=2, invocations=5, warmup=2, train_images=0, race=False))
+
+
+@pytest.mark.slow
+def test_int8_is_calibrated_on_the_pixels_the_model_is_fed(team_model, synthetic_dir, tmp_path):
+    """A model that does not rescale pixels itself, fed -1..1 (--input-range): f2's activation
+    ranges must be those of -1..1, not of raw 0..255 pixels, or int8 answers at random."""
+    from edgeopt.pipeline import optimize
+
+    model, _ = team_model
+    unscaled = save_without_rescaling(model, tmp_path / "unscaled.keras")
+    config = EVERY_IMAGE.model_copy(update={"methods": ("f0_float32", "f2_int8", "f3_int8_uint8io"),
+                                            "input_range": (-1.0, 1.0)})
+    results = optimize(unscaled, tmp_path / "out", config, data_dir=synthetic_dir)
+    base = np.asarray(results.baseline.predictions.test)
+    for name in ("f2_int8", "f3_int8_uint8io"):
+        answers = np.asarray(results.variant(name).predictions.test)
+        assert len(answers) == len(base) and np.mean(answers == base) >= 0.95, name
+
