@@ -76,3 +76,24 @@ def save_without_rescaling(model, path: Path) -> Path:
     keras.Model(inputs, x, name="team_cnn_unscaled").save(path)
     return path
 
+
+def save_uint8_savedmodel(model, path: Path) -> Path:
+    """The classifier as a SavedModel whose serving signature takes uint8 bytes and casts them itself."""
+    from edgeopt._tf import import_tensorflow
+    from edgeopt.quiet import captured_output
+
+    tf = import_tensorflow()
+
+    class Bytes(tf.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="image_bytes")])
+        def serve(self, image_bytes):
+            return {"probs": self.inner(tf.cast(image_bytes, tf.float32), training=False)}
+
+    module = Bytes(model)
+    with captured_output():
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

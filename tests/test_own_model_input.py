@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeopt.config import MeasureConfig, OptimizeConfig
-from tests.own_models import save_without_rescaling
+from tests.own_models import save_uint8_savedmodel, save_without_rescaling
 
 # Every variant on every image (no race), so that their answers can be compared image by image.
 EVERY_IMAGE = OptimizeConfig(representative_samples=40, measure=MeasureConfig(
@@ -30,3 +30,22 @@ def test_int8_is_calibrated_on_the_pixels_the_model_is_fed(team_model, synthetic
         answers = np.asarray(results.variant(name).predictions.test)
         assert len(answers) == len(base) and np.mean(answers == base) >= 0.95, name
 
+
+@pytest.mark.slow
+def test_a_savedmodel_that_takes_bytes_gets_int8_variants_calibrated_on_bytes(team_model, synthetic_dir, tmp_path,
+                                                                               capsys):
+    from edgeopt.cli import main
+    from edgeopt.pipeline import optimize
+
+    model, _ = team_model
+    saved = save_uint8_savedmodel(model, tmp_path / "bytes_savedmodel")
+    config = EVERY_IMAGE.model_copy(update={"methods": ("f0_float32", "f2_int8", "f3_int8_uint8io")})
+    results = optimize(saved, tmp_path / "out", config, data_dir=synthetic_dir)
+    base = np.asarray(results.baseline.predictions.test)
+    assert [v.name for v in results.variants] == ["f0_float32", "f2_int8", "f3_int8_uint8io"]
+    assert np.mean(np.asarray(results.variant("f2_int8").predictions.test) == base) >= 0.95
+    assert "camera bytes as they are" in results.baseline.input.feed
+    code = main(["optimize", str(saved), "--data", str(synthetic_dir), "--out", str(tmp_path / "ranged"),
+                 "--input-range", "-1,1", "--methods", "f0_float32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "takes uint8 input" in err and "drop --input-range" in err

@@ -123,6 +123,11 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
                               "drop --input-range/--input-mean/--input-std")
         notes.append(f"The model takes {spec.dtype} input: its input quantization (scale {spec.scale:.6g}, zero point "
                      f"{spec.zero_point}) is its own pixel normalisation, so camera bytes are fed as they are.")
+    elif spec.dtype in ("uint8", "int8"):
+        if given:
+            raise ConfigError(f"this model takes {spec.dtype} input, which it converts to its own values itself; drop "
+                              "--input-range/--input-mean/--input-std")
+        notes.append(f"The model takes {spec.dtype} input and converts it itself: camera bytes are fed as they are.")
     elif facts.rescales and given:
         notes.append(f"The model rescales pixels itself ({facts.rescales}), and the pixel values were given too: "
                      "it is fed them mapped as given, then rescales them again.")
