@@ -97,3 +97,33 @@ def save_uint8_savedmodel(model, path: Path) -> Path:
     with captured_output():
         tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
+
+
+def onnx2tf_ready() -> None:
+    """onnx2tf's environment (`edgeopt setup onnx2tf`), created when missing; skips where it cannot be."""
+    import pytest
+
+    from edgeopt.errors import ConfigError
+    from edgeopt.sources import onnx2tf
+
+    if onnx2tf.find_converter() is None:
+        try:
+            onnx2tf.setup()  # cached in the user's cache folder: a download on the first run only
+        except ConfigError as exc:
+            pytest.skip(f"onnx2tf's environment cannot be created here: {exc}")
+
+
+def save_with_external_weights(source: Path, out: Path, batch: int | None = None) -> Path:
+    """The .onnx model with its weights in out.data beside it (what torch.onnx.export writes by
+    default since torch 2.9); with a fixed `batch` size when given (torch's export without dynamic_axes)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    if batch is not None:
+        for value in list(model.graph.input) + list(model.graph.output):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.ClearField("dim_param")
+            dim.dim_value = batch
+    onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out.name + ".data", size_threshold=1024)
+    return out
