@@ -99,3 +99,99 @@ def test_an_onnx_model_fed_wrongly_is_refused_before_the_conversion(team_model, 
     err = capsys.readouterr().err
     assert code == 2 and "team.onnx (run by ONNX Runtime) gets" in err and "drop --input-range" in err
     assert not (tmp_path / "out").exists()
+
+
+def _converted(model, mode: str, pixels: np.ndarray) -> bytes:
+    """The team's Keras model through TensorFlow's converter, quantized inside with float input and output."""
+    from edgeopt._tf import import_tensorflow
+    from edgeopt.quiet import captured_output
+
+    tf = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        converter.representative_dataset = lambda: ([p[None].astype(np.float32)] for p in pixels)
+    with captured_output():
+        return bytes(converter.convert())
+
+
+@pytest.fixture(scope="module")
+def quantized_inside(team_model, synthetic_dir, tmp_path_factory):
+    from edgeopt.data.imagefolder import decode_images, scan_image_folder
+
+    model, _ = team_model
+    folder = scan_image_folder(synthetic_dir)
+    pixels = decode_images(folder.root, folder.items[::10], (48, 48)).pixels
+    out = tmp_path_factory.mktemp("quantized_inside")
+    paths = {}
+    for mode in ("dynamic_range", "float16", "int8"):
+        paths[mode] = out / f"{mode}.tflite"
+        paths[mode].write_bytes(_converted(model, mode, pixels))
+    return paths
+
+
+@pytest.mark.parametrize(("mode", "how"), [("dynamic_range", "int8 weights (dynamic range or weight-only)"),
+                                           ("float16", "float16 weights"),
+                                           ("int8", "int8 weights and activations inside a float input and output")])
+def test_a_tflite_with_float_input_but_quantized_inside_is_seen_as_quantized(quantized_inside, mode, how):
+    from edgeopt.sources.tflite import read_facts
+
+    facts = read_facts(quantized_inside[mode])
+    assert facts.inputs[0].dtype == "float32" and facts.quantized and facts.quantized_how == how
+
+
+def test_a_quantized_tflite_is_measured_as_given_with_test_photos_only(quantized_inside, synthetic_dir, tmp_path):
+    """No calibration photos needed for a file nothing is built from (was: refused for lack of them)."""
+    from edgeopt.pipeline import optimize
+
+    results = optimize(quantized_inside["int8"], tmp_path / "out", QUICK, test_data=synthetic_dir)
+    assert [v.name for v in results.variants] == ["as_given"]
+    assert any("already quantized: int8 weights and activations" in n and "measured as given" in n
+               for n in results.notes)
+    assert results.representative_samples == 0
+
+
+def test_a_tflite_with_several_signatures_is_refused_naming_them(team_model, synthetic_dir, tmp_path, capsys):
+    from edgeopt._tf import import_tensorflow
+    from edgeopt.quiet import captured_output
+
+    tf = import_tensorflow()
+    model, _ = team_model
+
+    class Two(tf.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 48, 48, 3], tf.float32)])
+        def classify(self, x):
+            return {"probs": self.inner(x)}
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 48, 48, 3], tf.float32)])
+        def brightness(self, x):
+            return {"mean": tf.reduce_mean(x, axis=[1, 2])}
+
+    module = Two(model)
+    with captured_output():
+        tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"a_brightness": module.brightness,
+                                                                      "serving_default": module.classify})
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"),
+                                                             signature_keys=["a_brightness", "serving_default"])
+        (tmp_path / "two.tflite").write_bytes(converter.convert())
+    code = main(["optimize", str(tmp_path / "two.tflite"), "--data", str(synthetic_dir), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 signatures (a_brightness, serving_default)" in err and "signature_keys" in err
+
+
+def test_a_model_of_free_image_size_is_refused_saying_how_to_fix_it(synthetic_dir, tmp_path, capsys):
+    from edgeopt._tf import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Dense(5, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "any_size.keras")
+    code = main(["optimize", str(tmp_path / "any_size.keras"), "--data", str(synthetic_dir), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "takes images of any size" in err and "keras.Input((H, W, 3))" in err

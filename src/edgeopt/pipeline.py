@@ -286,8 +286,9 @@ def optimize(
             notes=list(source.notes) + method_notes + (
                 [f"Built with AI Edge Quantizer from the float .tflite: {', '.join(m.name for m in methods)}."]
                 if source.kind == "tflite" and not source.quantized else []) + (
-                ["The .tflite is already quantized (integer input), so nothing else was built: it is measured as "
-                 "given. Bring its float model to get the study's variants."] if source.quantized else []),
+                [f"The .tflite is already quantized: {source.quantized_how}. Nothing else was built from it (quantizing "
+                 "it again would stack a second rounding on the first): it is measured as given; bring its float "
+                 "model to get the study's variants."] if source.quantized else []),
         )
         results = decide(results, config.objective, config.target)
         results = results.model_copy(update={"diagnostics": diagnose(results)})
@@ -312,7 +313,8 @@ def _check_baseline(method: Method, artifact: Artifact, runtimes: dict[str, Runt
     fed what it was trained on (baseline.check_answers)."""
     session = open_variant(runtimes[method.backend], method.name, artifact.path, accuracy_threads(config.measure.threads),
                            transform, source.path)
-    predicted, confidence = check_answers(session, method.name, test, source, integer_input=source.quantized)
+    predicted, confidence = check_answers(session, method.name, test, source, integer_input=bool(
+        source.model_input is not None and source.model_input.dtype in ("uint8", "int8")))
     ahead.give(method.name, "test", predicted, confidence)
 
 

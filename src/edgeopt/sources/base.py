@@ -51,8 +51,10 @@ class ModelFacts:
     rescales: str = ""
     # True when its last op is a softmax, False when it outputs something else (logits), None: unknown.
     probabilities: bool | None = None
-    # An integer input (an already-quantized .tflite): measured as given.
+    # An already-quantized .tflite (an integer input, or int8 / float16 inside): measured as given.
     quantized: bool = False
+    # How it is quantized, in words (for the report), e.g. "int8 weights and activations inside ...".
+    quantized_how: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ class Source:
     test_root: Path | None = None
     # --calibration-data: the folder and its images (None: the train part of the split).
     calibration: tuple[Path, tuple[tuple[str, int], ...]] | None = None
-    # An already-quantized .tflite: only the given file is measured.
+    # An already-quantized .tflite: only the given file is measured; how it is quantized.
     quantized: bool = False
+    quantized_how: str = ""
     custom_objects: tuple[str, ...] = ()
     # The model's input as its file declares it (None for a train folder).
     model_input: TensorSpec | None = None
@@ -117,7 +120,7 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
         options.transform.scale != PixelTransform().scale or options.transform.offset != PixelTransform().offset)
     contract = PixelContract(options.transform or PixelTransform(), options.resize or "squash", facts.rescales, given)
     spec = facts.inputs[0]
-    if facts.quantized:
+    if spec.quantized:
         if given:
             raise ConfigError("this model has an integer input, whose quantization is its own pixel normalisation; "
                               "drop --input-range/--input-mean/--input-std")
@@ -143,7 +146,16 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
     return contract, notes
 
 
-def check_one_input_output(path: Path, facts: ModelFacts) -> None:
+# How each kind of model is saved with a fixed image size (H, W), for the refusal of a free one.
+FIXED_SIZE_HOW = {
+    "keras": "save it from a model built on keras.Input((H, W, 3))",
+    "savedmodel": "export it with a signature of fixed size, e.g. tf.TensorSpec([None, H, W, 3])",
+    "tflite": "convert it from a model of fixed size (or resize its input and convert again)",
+    "onnx": "export it without dynamic axes for height and width (dynamic_axes only for the batch)",
+}
+
+
+def check_one_input_output(path: Path, facts: ModelFacts, kind: str = "keras") -> None:
     if len(facts.inputs) != 1 or len(facts.outputs) != 1:
         raise ModelError(
             f"{path} has {len(facts.inputs)} input(s) ({', '.join(s.name for s in facts.inputs)}) and "
@@ -152,6 +164,9 @@ def check_one_input_output(path: Path, facts: ModelFacts) -> None:
         )
     spec = facts.inputs[0]
     channels = spec.shape[1] if spec.layout == "NCHW" else spec.shape[-1] if spec.shape else 0
+    if len(spec.shape) == 4 and channels == 3 and min(spec.image_size) < 1:
+        raise ModelError(f"{path} takes images of any size (input {spec.name} of shape {list(spec.shape)}); edgeopt "
+                         f"measures and ships one fixed size: {FIXED_SIZE_HOW.get(kind, FIXED_SIZE_HOW['keras'])}")
     if len(spec.shape) != 4 or channels != 3 or min(spec.image_size) < 1:
         raise ModelError(f"{path} takes input {spec.name} of shape {list(spec.shape)}; edgeopt runs image classifiers "
                          "with one RGB image input of a fixed size (N, H, W, 3) or (N, 3, H, W)")
@@ -167,7 +182,7 @@ def output_classes(spec: TensorSpec) -> int:
 def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOptions) -> Source:
     """A model made outside edgeopt: labels from --labels or the class folders, a split drawn by
     edgeopt (or --test-data whole), the contract from the flags and the file."""
-    check_one_input_output(path, facts)
+    check_one_input_output(path, facts, "keras" if kind == "h5" else kind)
     if options.data_dir is None and options.test_dir is None:
         raise ConfigError(f"{path} is a model made outside edgeopt: pass --data DIR with its photos (DIR/<class>/*.jpg)")
     data = scan_image_folder(options.data_dir) if options.data_dir is not None else None
@@ -212,14 +227,15 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
         cal = _relabelled(scan_image_folder(options.calibration_dir), classes, check=False)
         calibration = (cal.root, cal.items)
         notes.append(f"Calibration images: {cal.root} ({len(cal.items)} photos).")
-    elif not split.train:
+    elif not split.train and not facts.quantized:  # measured as given: nothing is calibrated
         raise ConfigError("--test-data is used whole for test, never for calibration: pass --data DIR or "
                           "--calibration-data DIR with other photos to calibrate on")
     contract, contract_notes = resolve_contract(options, facts)
     synthetic = is_synthetic(root)
     return Source(path, kind, classes, facts.inputs[0].image_size, split, root, synthetic,
                   tuple(notes + contract_notes), split_note, contract, labels_note, test_root, calibration,
-                  facts.quantized, options.custom_objects, facts.inputs[0])
+                  facts.quantized, quantized_how=facts.quantized_how, custom_objects=options.custom_objects,
+                  model_input=facts.inputs[0])
 
 
 def _relabelled(folder: ImageFolder, classes: tuple[str, ...], check: bool = True) -> ImageFolder:
