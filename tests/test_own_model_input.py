@@ -49,3 +49,33 @@ def test_a_savedmodel_that_takes_bytes_gets_int8_variants_calibrated_on_bytes(te
                  "--input-range", "-1,1", "--methods", "f0_float32"])
     err = capsys.readouterr().err
     assert code == 2 and "takes uint8 input" in err and "drop --input-range" in err
+
+
+def _copy_some(source, dest, per_class: int):
+    import shutil
+
+    for cls in sorted(p for p in source.iterdir() if p.is_dir()):
+        for image in sorted(cls.iterdir())[:per_class]:
+            (dest / cls.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image, dest / cls.name / f"copy_{image.name}")  # another name, the same photo
+    return dest
+
+
+def test_photos_that_are_also_test_photos_are_never_calibrated_on(team_model, synthetic_dir, tmp_path, capsys):
+    from edgeopt.cli import main
+    from edgeopt.errors import ConfigError
+    from edgeopt.sources.base import SourceOptions
+    from edgeopt.sources.registry import load_source
+
+    _, paths = team_model
+    holdout = _copy_some(synthetic_dir, tmp_path / "holdout", 4)  # a copy of some of --data, as teams make them
+    source = load_source(paths["tflite"], SourceOptions(data_dir=synthetic_dir, test_dir=holdout))
+    assert len(source.split.test) == 20 and len(source.split.train) == len(list(synthetic_dir.rglob("*.jpg"))) - 20
+    assert any("20 of the" in n and "also in --test-data" in n for n in source.notes)
+    source = load_source(paths["tflite"], SourceOptions(test_dir=holdout, calibration_dir=synthetic_dir))
+    assert len(source.calibration[1]) == len(list(synthetic_dir.rglob("*.jpg"))) - 20
+    with pytest.raises(ConfigError, match="every photo in --calibration-data"):
+        load_source(paths["tflite"], SourceOptions(test_dir=holdout, calibration_dir=holdout))
+    code = main(["optimize", str(paths["tflite"]), "--data", str(synthetic_dir), "--test-data", str(synthetic_dir),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "every photo in --data is also in --test-data" in capsys.readouterr().err

@@ -7,6 +7,7 @@ labels, the input contract, the test and calibration images -- comes from the us
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,8 +207,15 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
                             f"do not name; the labels are: {', '.join(classes)}")
     notes: list[str] = [f"Class order (output index -> class): {labels_note}."]
     seed = options.seed
+    test_prints = _fingerprints(test) if test is not None else None
     if test is not None:
         train_folder = _relabelled(data, classes) if data is not None else None
+        if train_folder is not None:
+            train_folder, overlap = _without(train_folder, test_prints)
+            if overlap:
+                notes.append(f"{overlap} of the {overlap + len(train_folder.items)} photos in --data {options.data_dir} "
+                             f"are also in --test-data (the same file or the same content): left out of calibration "
+                             "and of the train accuracy.")
         split = _split_with_test(train_folder, _relabelled(test, classes), classes)
         split_note = f"--test-data {test.root}, used whole"
         notes.append(f"The test images are {test.root}, used whole and never for calibration.")
@@ -225,17 +233,55 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
     calibration = None
     if options.calibration_dir is not None:
         cal = _relabelled(scan_image_folder(options.calibration_dir), classes, check=False)
+        cal, overlap = _without(cal, test_prints)
+        if not cal.items and not facts.quantized:
+            raise ConfigError(f"every photo in --calibration-data {cal.root} is also in --test-data; calibrate on other "
+                              "photos than those the variants are tested on")
         calibration = (cal.root, cal.items)
-        notes.append(f"Calibration images: {cal.root} ({len(cal.items)} photos).")
+        notes.append(f"Calibration images: {cal.root} ({len(cal.items)} photos" + (
+            f"; {overlap} more are also in --test-data and were left out)." if overlap else ")."))
     elif not split.train and not facts.quantized:  # measured as given: nothing is calibrated
         raise ConfigError("--test-data is used whole for test, never for calibration: pass --data DIR or "
-                          "--calibration-data DIR with other photos to calibrate on")
+                          "--calibration-data DIR with other photos to calibrate on" + (
+                              " (every photo in --data is also in --test-data)" if data is not None else ""))
     contract, contract_notes = resolve_contract(options, facts)
     synthetic = is_synthetic(root)
     return Source(path, kind, classes, facts.inputs[0].image_size, split, root, synthetic,
                   tuple(notes + contract_notes), split_note, contract, labels_note, test_root, calibration,
                   facts.quantized, quantized_how=facts.quantized_how, custom_objects=options.custom_objects,
                   model_input=facts.inputs[0])
+
+
+# Bytes of a photo read for its fingerprint: enough to tell photos apart, cheap for thousands.
+FINGERPRINT_BYTES = 64 * 1024
+
+
+def _fingerprint(path: Path) -> tuple[int, str]:
+    """(size, sha1 of the first FINGERPRINT_BYTES): the same for a copy of a photo under another name."""
+    with open(path, "rb") as f:
+        return path.stat().st_size, hashlib.sha1(f.read(FINGERPRINT_BYTES)).hexdigest()
+
+
+def _fingerprints(folder: ImageFolder) -> tuple[set[Path], set[tuple[int, str]]]:
+    """The folder's photos by resolved path and by content."""
+    paths = [(folder.root / p).resolve() for p, _ in folder.items]
+    return set(paths), {_fingerprint(p) for p in paths}
+
+
+def _without(folder: ImageFolder, test: tuple[set[Path], set[tuple[int, str]]] | None) -> tuple[ImageFolder, int]:
+    """The folder without the photos that are also test photos (same file or same content), and how many those were:
+    a photo calibrated on or counted in the train accuracy is never one the variants are tested on."""
+    if test is None:
+        return folder, 0
+    paths, contents = test
+    sizes = {size for size, _ in contents}
+    kept = []
+    for item in folder.items:
+        path = (folder.root / item[0]).resolve()
+        if path in paths or (path.stat().st_size in sizes and _fingerprint(path) in contents):
+            continue
+        kept.append(item)
+    return ImageFolder(folder.root, folder.classes, tuple(kept)), len(folder.items) - len(kept)
 
 
 def _relabelled(folder: ImageFolder, classes: tuple[str, ...], check: bool = True) -> ImageFolder:
