@@ -9,6 +9,7 @@ import pytest
 
 from edgeopt.cli import main
 from edgeopt.config import MeasureConfig, OptimizeConfig
+from tests.conftest import CORAL, needs
 from tests.own_models import onnx2tf_ready, save_with_external_weights
 
 QUICK = OptimizeConfig(representative_samples=20, measure=MeasureConfig(threads=1, rounds=2, invocations=5, warmup=2,
@@ -195,3 +196,35 @@ def test_a_model_of_free_image_size_is_refused_saying_how_to_fix_it(synthetic_di
     code = main(["optimize", str(tmp_path / "any_size.keras"), "--data", str(synthetic_dir), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "takes images of any size" in err and "keras.Input((H, W, 3))" in err
+
+
+def test_a_labels_file_naming_a_photo_folder_twice_is_refused_naming_the_lines(team_model, synthetic_dir, tmp_path,
+                                                                                capsys):
+    _, paths = team_model
+    classes = sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join([classes[0], classes[1], classes[1], classes[3], classes[4]]) + "\n")
+    code = main(["optimize", str(paths["tflite"]), "--data", str(synthetic_dir), "--out", str(tmp_path / "out"),
+                 "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"names {classes[1]} on lines 2, 3" in err and f"'{classes[1]} (2)'" in err
+
+
+@needs(CORAL)
+def test_imagenets_own_labels_file_with_crane_twice_is_accepted_with_a_note(tmp_path):
+    """The labels file the Coral models come with names two outputs 'crane' (the bird, the machine);
+    measured on test photos alone, as an already-quantized model needs no calibration photos."""
+    import shutil
+
+    from edgeopt.pipeline import optimize
+    from edgeopt.sources.base import read_labels_file
+
+    names, duplicates = read_labels_file(CORAL / "imagenet_labels.txt")
+    assert duplicates == {"crane": [136, 519]} and names[135] == "crane" and names[518] == "crane (2)"
+    for cls in ("Egyptian cat", "tabby, tabby cat"):
+        (tmp_path / "cats" / cls).mkdir(parents=True)
+        shutil.copyfile(CORAL / "cat.bmp", tmp_path / "cats" / cls / "cat.bmp")
+    results = optimize(CORAL / "mobilenet_v1_0.25_128_quant.tflite", tmp_path / "out", QUICK,
+                       test_data=tmp_path / "cats", labels=CORAL / "imagenet_labels.txt")
+    assert [v.name for v in results.variants] == ["as_given"]
+    assert any("names crane on lines 136, 519" in n for n in results.notes)

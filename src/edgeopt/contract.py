@@ -100,7 +100,8 @@ def contract_from_dict(data: Mapping[str, Any] | None) -> PixelContract:
 # raise by answering the commonest class. It must reach twice chance (1/k for k outputs), or a third
 # of the way from chance to perfect when that is lower (k = 2: 67%, k = 3: 56%, k >= 4: 2/k).
 DOMINANT_SHARE = 0.9  # a model answering one class this often ...
-DOMINANT_EXCESS = 0.25  # ... for this much more of the images than that class holds is refused
+DOMINANT_EXCESS = 0.25  # ... for this much more of the images than that class holds is refused,
+DOMINANT_EVIDENCE = 10  # when at least this many test images are of other classes (fewer tell little)
 
 
 def baseline_threshold(outputs: int) -> float:
@@ -124,7 +125,8 @@ def why_implausible(predicted: np.ndarray, labels: np.ndarray, classes: tuple[st
     answered = np.bincount(predicted, minlength=len(classes)) / len(predicted)
     top = int(answered.argmax())
     share = float(np.mean(labels == top))
-    if len(present) > 1 and answered[top] > DOMINANT_SHARE and answered[top] - share > DOMINANT_EXCESS:
+    others = int(np.sum(labels != top))
+    if others >= DOMINANT_EVIDENCE and answered[top] > DOMINANT_SHARE and answered[top] - share > DOMINANT_EXCESS:
         return (f"it answers {classes[top]} for {100 * answered[top]:.0f}% of them, which are {100 * share:.0f}% "
                 f"{classes[top]}")
     return ""

@@ -94,24 +94,49 @@ class Source:
         return "keras" if self.kind == "train" else self.kind
 
 
-def read_labels_file(path: Path) -> tuple[str, ...]:
-    """Class names in output order: one a line, a JSON list, or edgeopt's labels.json."""
+def read_labels_file(path: Path) -> tuple[tuple[str, ...], dict[str, list[int]]]:
+    """Class names in output order (one a line, a JSON list, or edgeopt's labels.json), and the
+    names given more than once with their line numbers (entry numbers in JSON).
+
+    A name given twice is made distinct: the second "crane" becomes "crane (2)". ImageNet's own
+    labels file, which the Coral models come with, names two classes crane (the bird and the
+    machine): an output is known by its index, and the name is for people. What a name cannot do
+    twice is name a photo folder (foreign_source refuses that)."""
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist; pass --labels FILE with one class name a line")
     text = path.read_text(errors="replace")
-    names: list[str]
+    lines: list[tuple[int, str]]
     if text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
-            names = [str(c) for c in (data["classes"] if isinstance(data, dict) else data)]
+            lines = list(enumerate((str(c) for c in (data["classes"] if isinstance(data, dict) else data)), 1))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a JSON list of class names ({exc}); write one name a line instead") from None
     else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ConfigError(f"{path} names {len(names)} classes ({len(set(names))} distinct); a classifier's labels "
-                          "file names each of its classes once, in output order")
-    return tuple(names)
+        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) < 2:
+        raise ConfigError(f"{path} names {len(lines)} class(es); a classifier's labels file names each of its outputs, "
+                          "one a line, in output order")
+    seen: dict[str, list[int]] = {}
+    names = []
+    for number, name in lines:
+        seen.setdefault(name, []).append(number)
+        names.append(name if len(seen[name]) == 1 else f"{name} ({len(seen[name])})")
+    if len(set(names)) != len(names):  # "crane (2)" was there already
+        raise ConfigError(f"{path} names some classes more than once in ways edgeopt cannot tell apart; give each output "
+                          "a name of its own")
+    return tuple(names), {name: numbers for name, numbers in seen.items() if len(numbers) > 1}
+
+
+def _duplicates_note(path: Path, duplicates: dict[str, list[int]], folders: set[str]) -> str:
+    """The note on names given twice, or a refusal when a photo folder bears one (which output is it?)."""
+    said = "; ".join(f"{name} on lines {', '.join(map(str, lines))}" for name, lines in duplicates.items())
+    clash = sorted(set(duplicates) & folders)
+    if clash:
+        raise ConfigError(f"{path} names {said}, and a photo folder is named {clash[0]}: which output are its photos? "
+                          f"rename the folder for the later output '{clash[0]} (2)', or the name in the labels file")
+    return (f"{path} names {said}: the later ones are called '{next(iter(duplicates))} (2)' and so on here "
+            "(an output is known by its index; the names are for people).")
 
 
 def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelContract, list[str]]:
@@ -188,8 +213,9 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
         raise ConfigError(f"{path} is a model made outside edgeopt: pass --data DIR with its photos (DIR/<class>/*.jpg)")
     data = scan_image_folder(options.data_dir) if options.data_dir is not None else None
     test = scan_image_folder(options.test_dir) if options.test_dir is not None else None
+    duplicates: dict[str, list[int]] = {}
     if options.labels_file is not None:
-        classes = read_labels_file(options.labels_file)
+        classes, duplicates = read_labels_file(options.labels_file)
         labels_note = f"from --labels {options.labels_file}"
     else:
         classes = (data or test).classes  # type: ignore[union-attr]
@@ -200,12 +226,15 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
             f"{path} outputs {outputs} class scores but there are {len(classes)} classes ({labels_note}); pass "
             "--labels FILE naming every output in order, or the data the model was trained on"
         )
+    notes: list[str] = [f"Class order (output index -> class): {labels_note}."]
+    if duplicates:  # before the folders: a name given twice may be why a folder is not named
+        folders = {c for f in (data, test) if f is not None for c in f.classes}
+        notes.append(_duplicates_note(options.labels_file, duplicates, folders))  # type: ignore[arg-type]
     for folder in (f for f in (data, test) if f is not None):
         unknown = [c for c in folder.classes if c not in classes]
         if unknown:
             raise DataError(f"{folder.root} has class folder(s) {', '.join(unknown)} that the labels ({labels_note}) "
                             f"do not name; the labels are: {', '.join(classes)}")
-    notes: list[str] = [f"Class order (output index -> class): {labels_note}."]
     seed = options.seed
     test_prints = _fingerprints(test) if test is not None else None
     if test is not None:
