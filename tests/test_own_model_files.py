@@ -228,3 +228,21 @@ def test_imagenets_own_labels_file_with_crane_twice_is_accepted_with_a_note(tmp_
                        test_data=tmp_path / "cats", labels=CORAL / "imagenet_labels.txt")
     assert [v.name for v in results.variants] == ["as_given"]
     assert any("names crane on lines 136, 519" in n for n in results.notes)
+
+
+def test_a_keras_file_whose_config_inflates_to_gigabytes_is_refused(team_model, synthetic_dir, tmp_path, capsys):
+    """A zip bomb: a .keras of about a megabyte whose config.json inflates past the cap (Keras reads it whole)."""
+    import zipfile
+
+    _, paths = team_model
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(paths["keras"]) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "config.json":
+                data = data + b" " * (65 * 2**20)  # still valid JSON
+            out.writestr(info.filename, data)
+    assert bomb.stat().st_size < 2**20
+    code = main(["optimize", str(bomb), "--data", str(synthetic_dir), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "config.json inflates to 65 MiB" in err and not (tmp_path / "out").exists()
