@@ -103,6 +103,8 @@ def test_a_labels_file_in_the_right_order_is_used_and_said(team_model, synthetic
     given.write_text(json.dumps(classes))
     source = load_source(paths["keras"], SourceOptions(data_dir=synthetic_dir, labels_file=given))
     assert source.classes == tuple(classes) and f"from --labels {given}" in source.labels_note
+    decoding = next(n for n in source.notes if n.startswith("Photos are decoded with Pillow"))
+    assert "reducing_gap=3" in decoding and "CenterCrop(224) keeps 87.5%" in decoding  # how, for a team to compare
 
 
 def test_a_labels_file_of_another_size_is_refused_naming_both_numbers(team_model, synthetic_dir, tmp_path, capsys):

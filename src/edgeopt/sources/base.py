@@ -17,6 +17,7 @@ from edgeopt.data.imagefolder import ImageFolder, scan_image_folder
 from edgeopt.data.split import Split, build_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.images import DECODING
 from edgeopt.pixels import PixelTransform, TensorSpec
 
 
@@ -167,6 +168,7 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
                      "0..255. If it was trained on another range, pass --input-range (e.g. -1,1 or 0,1) or "
                      "--input-mean/--input-std; the float32 baseline's accuracy is checked against chance.")
     notes.append(f"Input: {spec.dtype} {spec.layout} {list(spec.shape)}; fed {contract.describe()}.")
+    notes.append(DECODING)
     if facts.probabilities is False:
         notes.append("The model outputs logits (its last op is not a softmax): the confidences shown are their softmax.")
     return contract, notes
