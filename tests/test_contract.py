@@ -132,3 +132,13 @@ def test_classify_applies_the_recorded_channel_order(tiny_optimized, synthetic_d
     given = [p.top[0][1] for p in classify(model, images, out / "labels.json",
                                            transform=PixelTransform(channel_order="bgr"))]
     assert recorded == pytest.approx(given) and recorded != pytest.approx(rgb)
+
+
+def test_the_feed_text_of_a_normalised_float_input_says_one_thing():
+    from edgeopt.graph import input_contract
+
+    mean_std = PixelContract(PixelTransform.from_mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), given=True)
+    feed = input_contract(TensorSpec("x", (-1, 3, 8, 8), "float32", layout="NCHW"), mean_std).feed
+    assert "0..255 as floats" not in feed and "each value pixel * [" in feed
+    quantized = TensorSpec("x", (-1, 8, 8, 3), "uint8", scale=0.018, zero_point=114)
+    assert "float input" not in input_contract(quantized, mean_std).feed
