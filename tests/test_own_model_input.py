@@ -79,3 +79,15 @@ def test_photos_that_are_also_test_photos_are_never_calibrated_on(team_model, sy
     code = main(["optimize", str(paths["tflite"]), "--data", str(synthetic_dir), "--test-data", str(synthetic_dir),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "every photo in --data is also in --test-data" in capsys.readouterr().err
+
+
+def test_the_report_says_f3_cannot_carry_a_per_channel_normalisation(team_model, synthetic_dir):
+    from edgeopt.pixels import PixelTransform
+    from edgeopt.sources.base import SourceOptions
+    from edgeopt.sources.registry import load_source
+
+    _, paths = team_model
+    imagenet = PixelTransform.from_mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    for transform, said in ((imagenet, True), (PixelTransform.from_range(-1, 1), False)):
+        source = load_source(paths["tflite"], SourceOptions(data_dir=synthetic_dir, transform=transform))
+        assert any("one input scale for all three channels" in n for n in source.notes) == said

@@ -168,6 +168,12 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
                      "0..255. If it was trained on another range, pass --input-range (e.g. -1,1 or 0,1) or "
                      "--input-mean/--input-std; the float32 baseline's accuracy is checked against chance.")
     notes.append(f"Input: {spec.dtype} {spec.layout} {list(spec.shape)}; fed {contract.describe()}.")
+    per_channel = len(set(contract.transform.scale)) > 1 or len(set(contract.transform.offset)) > 1
+    if per_channel and spec.dtype in ("float32", "float16"):
+        notes.append("A variant with uint8 input (f3) has one input scale for all three channels, so it cannot carry "
+                     "this per-channel normalisation: a device feeds it camera bytes, which it maps with one scale, and "
+                     "its accuracy here is measured so. For an exact f3, put the normalisation inside the model before "
+                     "exporting it (docs/own-model.md).")
     notes.append(DECODING)
     if facts.probabilities is False:
         notes.append("The model outputs logits (its last op is not a softmax): the confidences shown are their softmax.")
