@@ -142,3 +142,17 @@ def test_the_feed_text_of_a_normalised_float_input_says_one_thing():
     assert "0..255 as floats" not in feed and "each value pixel * [" in feed
     quantized = TensorSpec("x", (-1, 8, 8, 3), "uint8", scale=0.018, zero_point=114)
     assert "float input" not in input_contract(quantized, mean_std).feed
+
+
+def test_two_classes_swapped_in_the_labels_are_named():
+    """glass and metal swapped: the other classes stay right, so balanced accuracy passes the chance rule."""
+    predicted, labels = _answers({0: (25, 6), 1: (20, 11), 2: (22, 9), 3: (25, 6), 4: (21, 10)})
+    swapped = predicted.copy()
+    swapped[predicted == 1], swapped[predicted == 2] = 2, 1
+    check_baseline(predicted, labels, FIVE, PixelContract(), "folders")
+    with pytest.raises(ModelError, match="outputs 1 and 2 look swapped: 42 photos of glass and metal are answered as "
+                                         "the other, 0 as themselves"):
+        check_baseline(swapped, labels, FIVE, PixelContract(), "folders")
+    confused = predicted.copy()  # a model that mistakes some metal for glass, as models do: not a swap
+    confused[(labels == 2) & (np.arange(len(labels)) % 3 == 0)] = 1
+    check_baseline(confused, labels, FIVE, PixelContract(), "folders")

@@ -77,7 +77,7 @@ def test_a_model_fed_the_wrong_range_is_refused_and_nothing_is_written(team_mode
                  "--input-range", "0,1", *QUICK_FLAGS])
     err = capsys.readouterr().err
     assert code == 2 and "f0_float32 gets" in err and "under the 40%" in err
-    assert "drop --input-range/--input-mean/--input-std (the model rescales pixels itself)" in err
+    assert "the model rescales them itself: drop --input-range/--input-mean/--input-std" in err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 

@@ -129,7 +129,39 @@ def why_implausible(predicted: np.ndarray, labels: np.ndarray, classes: tuple[st
     if others >= DOMINANT_EVIDENCE and answered[top] > DOMINANT_SHARE and answered[top] - share > DOMINANT_EXCESS:
         return (f"it answers {classes[top]} for {100 * answered[top]:.0f}% of them, which are {100 * share:.0f}% "
                 f"{classes[top]}")
-    return ""
+    return _swapped_pair(predicted, labels, classes)
+
+
+# A swap of two outputs is claimed only on this much evidence: at least SWAP_EVIDENCE photos of the
+# pair answered as each other, significantly more than answered right (one-sided binomial test at
+# SWAP_P, Bonferroni-corrected for the pairs looked at).
+SWAP_EVIDENCE = 10
+SWAP_P = 0.01
+
+
+def _swapped_pair(predicted: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    """Two outputs that look swapped in the labels, in words ("" when none do): the photos of two
+    classes answered as each other far more often than right. A whole labels file one place off
+    already fails the balanced accuracy; a single swap leaves the rest right and passes it."""
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    right = np.diag(confusion)
+    swapped = confusion + confusion.T  # [i, j]: photos of i answered j, plus of j answered i
+    straight = right[:, None] + right[None, :]
+    gain = np.triu(swapped - straight, 1)
+    i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+    b, a = int(swapped[i, j]), int(straight[i, j])
+    if gain[i, j] <= 0 or b < SWAP_EVIDENCE:
+        return ""
+    from scipy.stats import binomtest
+
+    present = int(np.sum(np.bincount(labels, minlength=k) > 0))
+    pairs = max(1, present * (k - 1))
+    if binomtest(b, a + b, 0.5, alternative="greater").pvalue >= SWAP_P / pairs:
+        return ""
+    return (f"outputs {i} and {j} look swapped: {b} photos of {classes[i]} and {classes[j]} are answered as the other, "
+            f"{a} as themselves")
 
 
 def check_baseline(predicted: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], contract: PixelContract,
@@ -147,7 +179,7 @@ def check_baseline(predicted: np.ndarray, labels: np.ndarray, classes: tuple[str
     if integer_input:
         pass  # its input quantization is its own normalisation: nothing to give
     elif contract.model_rescales and contract.given:
-        checks.append(f"drop {flags} (the model rescales pixels itself)")
+        checks.append(f"the pixel values (the model rescales them itself: drop {flags})")
     elif contract.given:
         checks.append(f"the pixel values given ({contract.describe_values()})")
     elif not contract.model_rescales:
