@@ -246,3 +246,27 @@ def test_a_keras_file_whose_config_inflates_to_gigabytes_is_refused(team_model, 
     code = main(["optimize", str(bomb), "--data", str(synthetic_dir), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "config.json inflates to 65 MiB" in err and not (tmp_path / "out").exists()
+
+
+def test_a_variant_its_runtime_cannot_open_is_left_out_and_no_message_names_the_staging_folder(
+        team_model, synthetic_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from edgeopt.errors import ModelError
+    from edgeopt.methods.registry import METHODS
+    from edgeopt.pipeline import optimize
+
+    def broken(ctx, out):
+        out.write_bytes(b"\x08\x07 not a graph")
+
+    _, paths = team_model
+    config = QUICK.model_copy(update={"methods": ("ort_fp32", "ort_int8_dynamic"), "build_processes": 1})
+    monkeypatch.setitem(METHODS, "ort_int8_dynamic", replace(METHODS["ort_int8_dynamic"], build=broken))
+    results = optimize(paths["onnx"], tmp_path / "one", config, data_dir=synthetic_dir)
+    assert [v.name for v in results.variants] == ["ort_fp32"]
+    note = next(n for n in results.notes if n.startswith("Not measured: ort_int8_dynamic"))
+    assert f"built from {paths['onnx']}" in note and "variants/ort_int8_dynamic.onnx" in note and ".partial" not in note
+    monkeypatch.setitem(METHODS, "ort_fp32", replace(METHODS["ort_fp32"], build=broken))
+    with pytest.raises(ModelError) as refused:
+        optimize(paths["onnx"], tmp_path / "two", config, data_dir=synthetic_dir)
+    assert str(refused.value).startswith("ort_fp32, built from") and ".partial" not in str(refused.value)

@@ -235,7 +235,7 @@ def optimize(
         usable, unusable = usable_variants([m.name for m in methods[1:] if m.name in artifacts],
                                            {n: a.path for n, a in artifacts.items()},
                                            {m.name: runtimes[m.backend] for m in methods}, transform, source.path)
-        methods = [m for m in methods if m is methods[0] or m.name in usable]
+        methods = [m for m in methods if m.name in artifacts and (m is methods[0] or m.name in usable)]
         method_notes += unusable
         progress.finish(f"built {len(artifacts)} variants" + (
             f" (meanwhile, {ahead.images_answered} image answers computed ahead for the evaluation)"
