@@ -67,6 +67,16 @@ def tiny_optimized(tiny_model, tmp_path_factory) -> tuple[Path, dict]:
     return out, results
 
 
+@pytest.fixture(scope="session")
+def team_model(synthetic_dir, tmp_path_factory):
+    """A Keras classifier trained outside edgeopt (tests.own_models), saved in every kind: (the model,
+    {kind: path})."""
+    from tests.own_models import save_every_kind, train_keras_classifier
+
+    model, _ = train_keras_classifier(synthetic_dir)
+    return model, save_every_kind(model, tmp_path_factory.mktemp("team"))
+
+
 def build_workers(pid: int) -> list[int]:
     """The live build workers (methods.build) that process `pid` started (Linux: reads /proc)."""
     found = []

@@ -61,3 +61,69 @@ def save_every_kind(model, out: Path) -> dict[str, Path]:
                                       output_path=str(paths["onnx"]))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return paths
+
+
+def save_without_rescaling(model, path: Path) -> Path:
+    """The same classifier with its Rescaling layer left out, as a .keras file: a model trained on
+    pixels -1..1 that does not rescale them itself (it must be fed --input-range -1,1)."""
+    from edgeopt._tf import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = inputs
+    for layer in model.layers[2:]:  # after the InputLayer and the Rescaling
+        x = layer(x)
+    keras.Model(inputs, x, name="team_cnn_unscaled").save(path)
+    return path
+
+
+def save_uint8_savedmodel(model, path: Path) -> Path:
+    """The classifier as a SavedModel whose serving signature takes uint8 bytes and casts them itself."""
+    from edgeopt._tf import import_tensorflow
+    from edgeopt.quiet import captured_output
+
+    tf = import_tensorflow()
+
+    class Bytes(tf.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="image_bytes")])
+        def serve(self, image_bytes):
+            return {"probs": self.inner(tf.cast(image_bytes, tf.float32), training=False)}
+
+    module = Bytes(model)
+    with captured_output():
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def onnx2tf_ready() -> None:
+    """onnx2tf's environment (`edgeopt setup onnx2tf`), created when missing; skips where it cannot be."""
+    import pytest
+
+    from edgeopt.errors import ConfigError
+    from edgeopt.sources import onnx2tf
+
+    if onnx2tf.find_converter() is None:
+        try:
+            onnx2tf.setup()  # cached in the user's cache folder: a download on the first run only
+        except ConfigError as exc:
+            pytest.skip(f"onnx2tf's environment cannot be created here: {exc}")
+
+
+def save_with_external_weights(source: Path, out: Path, batch: int | None = None) -> Path:
+    """The .onnx model with its weights in out.data beside it (what torch.onnx.export writes by
+    default since torch 2.9); with a fixed `batch` size when given (torch's export without dynamic_axes)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    if batch is not None:
+        for value in list(model.graph.input) + list(model.graph.output):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.ClearField("dim_param")
+            dim.dim_value = batch
+    onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out.name + ".data", size_threshold=1024)
+    return out

@@ -53,13 +53,68 @@ def test_results_write_the_new_keys_only_when_not_the_default():
     assert contract_from_dict(json.loads(bgr.model_dump_json())).transform.channel_order == "bgr"
 
 
+def _answers(right: dict[int, tuple[int, int]], wrong_as: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, labels): for each class, (images right, images wrong, answered as `wrong_as` or the next class)."""
+    predicted, labels = [], []
+    for c, (good, bad) in right.items():
+        labels += [c] * (good + bad)
+        predicted += [c] * good + [wrong_as if wrong_as != c else c + 1] * bad
+    return np.asarray(predicted), np.asarray(labels)
+
+
+FIVE = ("cardboard", "glass", "metal", "paper", "plastic")
+
+
 def test_the_baseline_under_twice_chance_is_refused_with_the_settings_to_check():
-    check_baseline(0.45, 100, 5, PixelContract(), "sorted folders")  # 2 x 20% = 40%: fine
+    check_baseline(*_answers({c: (9, 11) for c in range(5)}), FIVE, PixelContract(), "sorted folders")  # 45% >= 40%
     with pytest.raises(ModelError) as refused:
-        check_baseline(0.21, 100, 5, PixelContract(), "the sorted class folder names")
+        check_baseline(*_answers({c: (4, 16) for c in range(5)}), FIVE, PixelContract(), "the sorted class folder names",
+                       "f0_float32")
     text = str(refused.value)
-    for hint in ("under twice chance", "--input-range", "--channel-order", "labels order", "--labels FILE"):
+    assert text.startswith("f0_float32 gets 20.0% of 100 test images right")
+    for hint in ("under the 40%", "--input-range", "--channel-order (fed RGB)", "class order (the sorted class folder names)"):
         assert hint in text
+    assert len(text) < 400 and "float32 baseline" not in text
+
+
+def test_a_good_binary_classifier_passes_and_a_coin_toss_does_not():
+    two = ("clean", "dirty")
+    check_baseline(*_answers({0: (485, 15), 1: (485, 15)}), two, PixelContract(), "folders")  # 97%: was refused
+    with pytest.raises(ModelError, match="under the 67% asked of a model with 2 outputs"):
+        check_baseline(*_answers({0: (260, 240), 1: (250, 250)}), two, PixelContract(), "folders")
+
+
+def test_chance_counts_the_models_outputs_not_the_classes_in_the_test_photos():
+    """A 5-class model measured on photos of two of its classes: 88% right is not 'under twice chance'."""
+    check_baseline(*_answers({0: (28, 3), 3: (27, 4)}, wrong_as=1), FIVE, PixelContract(), "folders")
+    many = tuple(f"c{i}" for i in range(1001))
+    check_baseline(np.asarray([5, 7]), np.asarray([5, 9]), many, PixelContract(), "labels")  # 1 of 2 on a 1001-class model
+
+
+def test_a_model_answering_one_class_is_refused_even_where_that_class_is_common():
+    """Fed garbage, a model answers one class for everything: on test photos that are 61% of that
+    class (an imbalanced waste stream) its plain accuracy is 61%, above twice chance."""
+    predicted = np.zeros(51, dtype=int)
+    labels = np.asarray([0] * 31 + [1, 2, 3, 4] * 5)
+    with pytest.raises(ModelError, match="under the 40%"):  # balanced accuracy: 20%
+        check_baseline(predicted, labels, FIVE, PixelContract(), "folders")
+    two_present = np.asarray([0] * 31 + [3] * 31)  # only two of the five classes photographed
+    with pytest.raises(ModelError, match="answers cardboard for 100% of them, which are 50% cardboard"):
+        check_baseline(np.zeros(62, dtype=int), two_present, FIVE, PixelContract(), "folders")
+    common = np.asarray([0] * 95 + [1] * 5)  # a stream that is 95% cardboard: answering it 96% of the time is fine
+    check_baseline(np.asarray([0] * 96 + [1] * 4), common, FIVE, PixelContract(), "folders")
+
+
+def test_the_refusal_points_at_what_was_given_and_not_at_flags_that_cannot_apply():
+    predicted, labels = _answers({c: (2, 18) for c in range(5)})
+    mean_std = PixelContract(PixelTransform.from_mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), given=True)
+    with pytest.raises(ModelError) as refused:
+        check_baseline(predicted, labels, FIVE, mean_std, "folders")
+    assert "pixel values given (pixel values normalised per channel" in str(refused.value)
+    assert "pass --input-range" not in str(refused.value)
+    with pytest.raises(ModelError) as refused:  # an integer-input model: its quantization is its normalisation
+        check_baseline(predicted, labels, FIVE, PixelContract(), "folders", "as_given", integer_input=True)
+    assert "--input-range" not in str(refused.value) and "float32" not in str(refused.value)
 
 
 def test_classify_applies_the_recorded_channel_order(tiny_optimized, synthetic_dir, tmp_path):
@@ -77,3 +132,27 @@ def test_classify_applies_the_recorded_channel_order(tiny_optimized, synthetic_d
     given = [p.top[0][1] for p in classify(model, images, out / "labels.json",
                                            transform=PixelTransform(channel_order="bgr"))]
     assert recorded == pytest.approx(given) and recorded != pytest.approx(rgb)
+
+
+def test_the_feed_text_of_a_normalised_float_input_says_one_thing():
+    from edgeopt.graph import input_contract
+
+    mean_std = PixelContract(PixelTransform.from_mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), given=True)
+    feed = input_contract(TensorSpec("x", (-1, 3, 8, 8), "float32", layout="NCHW"), mean_std).feed
+    assert "0..255 as floats" not in feed and "each value pixel * [" in feed
+    quantized = TensorSpec("x", (-1, 8, 8, 3), "uint8", scale=0.018, zero_point=114)
+    assert "float input" not in input_contract(quantized, mean_std).feed
+
+
+def test_two_classes_swapped_in_the_labels_are_named():
+    """glass and metal swapped: the other classes stay right, so balanced accuracy passes the chance rule."""
+    predicted, labels = _answers({0: (25, 6), 1: (20, 11), 2: (22, 9), 3: (25, 6), 4: (21, 10)})
+    swapped = predicted.copy()
+    swapped[predicted == 1], swapped[predicted == 2] = 2, 1
+    check_baseline(predicted, labels, FIVE, PixelContract(), "folders")
+    with pytest.raises(ModelError, match="outputs 1 and 2 look swapped: 42 photos of glass and metal are answered as "
+                                         "the other, 0 as themselves"):
+        check_baseline(swapped, labels, FIVE, PixelContract(), "folders")
+    confused = predicted.copy()  # a model that mistakes some metal for glass, as models do: not a swap
+    confused[(labels == 2) & (np.arange(len(labels)) % 3 == 0)] = 1
+    check_baseline(confused, labels, FIVE, PixelContract(), "folders")

@@ -13,7 +13,7 @@ from edgeopt.cli import main
 from edgeopt.config import MeasureConfig, OptimizeConfig
 from edgeopt.errors import ConfigError
 from edgeopt.sources.registry import detect_kind
-from tests.own_models import save_every_kind, train_keras_classifier
+from tests.own_models import onnx2tf_ready
 
 STUDY = ["f0_float32", "f1_dynamic_range", "f2_int8", "f3_int8_uint8io", "f4_float16"]
 KINDS = ["keras", "h5", "savedmodel", "tflite", "onnx"]
@@ -23,30 +23,12 @@ QUICK_FLAGS = ["--representative-samples", "20", "--rounds", "2", "--invocations
                "--backends", "litert"]
 
 
-@pytest.fixture(scope="session")
-def team_model(synthetic_dir, tmp_path_factory):
-    """A Keras classifier trained outside edgeopt, saved in every kind, and its own answers."""
-    model, decoded = train_keras_classifier(synthetic_dir)
-    paths = save_every_kind(model, tmp_path_factory.mktemp("team"))
-    return model, paths
-
-
 def _keras_top1(model, synthetic_dir, results):
     from edgeopt.data.imagefolder import decode_images
 
     items = [(p, c) for p, c in results.data.test_items]
     pixels = decode_images(synthetic_dir, items, (48, 48)).pixels
     return model.predict(pixels.astype(np.float32), verbose=0).argmax(1)
-
-
-def _onnx2tf_ready():
-    from edgeopt.sources import onnx2tf
-
-    if onnx2tf.find_converter() is None:
-        try:
-            onnx2tf.setup()  # cached in the user's cache folder: a download on the first run only
-        except ConfigError as exc:
-            pytest.skip(f"onnx2tf's environment cannot be created here: {exc}")
 
 
 def test_every_kind_is_detected_from_its_content_not_its_name(team_model, tmp_path):
@@ -67,7 +49,7 @@ def test_each_kind_gets_the_studys_variants_and_a_baseline_that_answers_as_keras
 
     model, paths = team_model
     if kind == "onnx":
-        _onnx2tf_ready()
+        onnx2tf_ready()
     config = QUICK if kind == "onnx" else QUICK.model_copy(update={"backends": ("litert",)})
     results = optimize(paths[kind], tmp_path / "out", config, data_dir=synthetic_dir)
     names = [v.name for v in results.variants]
@@ -94,8 +76,8 @@ def test_a_model_fed_the_wrong_range_is_refused_and_nothing_is_written(team_mode
     code = main(["optimize", str(paths["keras"]), "--data", str(synthetic_dir), "--out", str(out),
                  "--input-range", "0,1", *QUICK_FLAGS])
     err = capsys.readouterr().err
-    assert code == 2 and "under twice chance" in err
-    assert "--input-range" in err and "rescales pixels itself" in err and "drop it" in err
+    assert code == 2 and "f0_float32 gets" in err and "under the 40%" in err
+    assert "the model rescales them itself: drop --input-range/--input-mean/--input-std" in err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
@@ -107,7 +89,7 @@ def test_a_labels_file_in_the_wrong_order_is_refused(team_model, synthetic_dir, 
     code = main(["optimize", str(paths["keras"]), "--data", str(synthetic_dir), "--out", str(tmp_path / "out"),
                  "--labels", str(wrong), *QUICK_FLAGS])
     err = capsys.readouterr().err
-    assert code == 2 and "under twice chance" in err and f"from --labels {wrong}" in err
+    assert code == 2 and "under the 40%" in err and f"from --labels {wrong}" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -121,6 +103,8 @@ def test_a_labels_file_in_the_right_order_is_used_and_said(team_model, synthetic
     given.write_text(json.dumps(classes))
     source = load_source(paths["keras"], SourceOptions(data_dir=synthetic_dir, labels_file=given))
     assert source.classes == tuple(classes) and f"from --labels {given}" in source.labels_note
+    decoding = next(n for n in source.notes if n.startswith("Photos are decoded with Pillow"))
+    assert "reducing_gap=3" in decoding and "CenterCrop(224) keeps 87.5%" in decoding  # how, for a team to compare
 
 
 def test_a_labels_file_of_another_size_is_refused_naming_both_numbers(team_model, synthetic_dir, tmp_path, capsys):

@@ -54,7 +54,11 @@ class AnswersAhead:
             if job.done >= total or not self._is_built(job.name):
                 continue
             if job.name not in self._sessions:
-                self._sessions[job.name] = self._open(job.name)
+                try:
+                    self._sessions[job.name] = self._open(job.name)
+                except Exception:  # a variant its runtime cannot open: the evaluation says why, not this
+                    self._jobs = {key: j for key, j in self._jobs.items() if j.name != job.name}
+                    return True
             stop = min(total, job.done + BLOCK)
             predicted, confidence = predict_top1(self._sessions[job.name], self._images[job.images][job.done:stop],
                                                  self._classes)

@@ -116,9 +116,10 @@ def input_contract(spec: TensorSpec, contract: PixelContract) -> InputContract:
     order and the resize, in words too."""
     transform = contract.transform
     feed = feed_instructions(spec)
-    if transform.scale != PIXELS.scale or transform.offset != PIXELS.offset:
-        feed += (f"; float input normalised per channel as pixel * {list(transform.scale)} + {list(transform.offset)}"
-                 " (the --input-range / --input-mean/--input-std given to optimize)")
+    if (transform.scale != PIXELS.scale or transform.offset != PIXELS.offset) and spec.dtype in ("float32", "float16"):
+        h, w = spec.image_size  # an integer input's own quantization stands for the normalisation instead
+        feed = (f"{spec.dtype} {spec.layout} tensor of RGB pixels {h}x{w}, each value pixel * {list(transform.scale)} "
+                f"+ {list(transform.offset)} per channel (the --input-range / --input-mean/--input-std given to optimize)")
     if transform.channel_order == "bgr":
         feed += "; channels in BGR order"
     if contract.resize == "center-crop":

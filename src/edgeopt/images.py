@@ -67,6 +67,14 @@ STRIP_PIXELS = 1_000_000
 # As Pillow's resize(reducing_gap=3.0): reduce by whole blocks while that leaves at least 3x the
 # output size, then resample.
 REDUCING_GAP = 3.0
+# How every stage decodes and fits a photo, in words (the report says it: a team's own pipeline
+# that resizes another way feeds pixels a few levels apart, and answers near a tie may differ).
+DECODING = ("Photos are decoded with Pillow (a large JPEG at a reduced scale by libjpeg's DCT scaling, the EXIF "
+            "orientation applied, transparency on white), then reduced by whole pixel blocks while that leaves at "
+            "least 3x the input size and resized bilinearly (Pillow's resize with reducing_gap=3); center-crop keeps "
+            "the largest centred box of the model's aspect ratio (torchvision's Resize(256) + CenterCrop(224) keeps "
+            "87.5% of it). A pipeline that decodes or resizes otherwise gives pixels a few levels apart, so a few "
+            "answers near a tie can differ from the team's own.")
 # Formats whose decoder holds a second full copy of the pixels while decoding (libwebp's frame
 # buffer, a TIFF strip, a GIF frame).
 _BUFFERED_FORMATS = ("WEBP", "TIFF", "GIF")

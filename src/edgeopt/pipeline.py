@@ -16,9 +16,10 @@ import numpy as np
 from edgeopt import __version__ as edgeopt_version
 from edgeopt import preflight
 from edgeopt.answers_ahead import AnswersAhead
+from edgeopt.baseline import check_answers, check_onnx_source, open_variant, usable_variants
 from edgeopt.choose import decide
 from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
-from edgeopt.contract import PixelContract, check_baseline
+from edgeopt.contract import PixelContract
 from edgeopt.data.imagefolder import DecodedImages, decode_images_cached
 from edgeopt.data.split import SPLIT_FILE, Split, check_data_matches, save_split
 from edgeopt.diagnose import diagnose
@@ -34,7 +35,6 @@ from edgeopt.measure import (
     latency_record,
     measure_decode_ms,
     measure_latency,
-    predict_top1,
     predictions_record,
 )
 from edgeopt.methods._tfmot import require_tfmot
@@ -132,9 +132,11 @@ def optimize(
     reads = tuple(p for p in (source.path, source.data_root, source.test_root,
                               source.calibration[0] if source.calibration else None) if p is not None)
     check_output(out, force, reads)
-    onnx2tf = find_converter() if source.kind == "onnx" else None
-    methods, method_notes = resolve_methods(config, source, converted=onnx2tf is not None)
-    if source.kind == "onnx" and onnx2tf is None:
+    converter = find_converter() if source.kind == "onnx" else None
+    methods, method_notes = resolve_methods(config, source, converted=converter is not None)
+    # Converted only when a LiteRT variant is asked for (not with --backends onnxruntime).
+    onnx2tf = converter if any(m.source == "keras" for m in methods) else None
+    if source.kind == "onnx" and converter is None:
         method_notes.append(f"The LiteRT variants (the study's f0..f4) were not built: converting ONNX to TensorFlow "
                             f"needs onnx2tf in an environment of its own; create it once with '{SETUP_COMMAND}'.")
     runtimes = {m.backend: get_runtime(m.backend) for m in methods}
@@ -189,11 +191,13 @@ def optimize(
             custom_objects=source.custom_objects,
         )
         if onnx2tf is not None:
+            check_onnx_source(get_runtime("onnxruntime"), test, source, accuracy_threads(config.measure.threads))
             t = time.perf_counter()
             progress.start("converting ONNX to TensorFlow (onnx2tf)", 1)
             spec = source.model_input
             ctx.converted, why = convert_onnx(onnx2tf, source.path, staging / "work" / "onnx2tf", ctx.log_path,
-                                              nhwc_input=spec.name if spec is not None and spec.layout == "NHWC" else None)
+                                              nhwc_input=spec.name if spec is not None and spec.layout == "NHWC" else None,
+                                              sample_pixels=calibration.pixels)
             progress.finish("converted with onnx2tf" if ctx.converted else "onnx2tf could not convert the model")
             timings["convert_s"] = time.perf_counter() - t
             if ctx.converted is None:
@@ -227,8 +231,12 @@ def optimize(
         finally:
             ahead.close()
         artifacts, build_seconds = built.artifacts, built.seconds
-        methods = [m for m in methods if m.name in artifacts]
         method_notes += [f"{name}: {why}." for name, why in built.not_built.items()]
+        usable, unusable = usable_variants([m.name for m in methods[1:] if m.name in artifacts],
+                                           {n: a.path for n, a in artifacts.items()},
+                                           {m.name: runtimes[m.backend] for m in methods}, transform, source.path)
+        methods = [m for m in methods if m.name in artifacts and (m is methods[0] or m.name in usable)]
+        method_notes += unusable
         progress.finish(f"built {len(artifacts)} variants" + (
             f" (meanwhile, {ahead.images_answered} image answers computed ahead for the evaluation)"
             if ahead.images_answered else ""))
@@ -278,8 +286,9 @@ def optimize(
             notes=list(source.notes) + method_notes + (
                 [f"Built with AI Edge Quantizer from the float .tflite: {', '.join(m.name for m in methods)}."]
                 if source.kind == "tflite" and not source.quantized else []) + (
-                ["The .tflite is already quantized (integer input), so nothing else was built: it is measured as "
-                 "given. Bring its float model to get the study's variants."] if source.quantized else []),
+                [f"The .tflite is already quantized: {source.quantized_how}. Nothing else was built from it (quantizing "
+                 "it again would stack a second rounding on the first): it is measured as given; bring its float "
+                 "model to get the study's variants."] if source.quantized else []),
         )
         results = decide(results, config.objective, config.target)
         results = results.model_copy(update={"diagnostics": diagnose(results)})
@@ -300,13 +309,13 @@ def optimize(
 
 def _check_baseline(method: Method, artifact: Artifact, runtimes: dict[str, Runtime], transform: PixelTransform,
                     test: DecodedImages, source: Source, config: OptimizeConfig, ahead: AnswersAhead) -> None:
-    """The baseline's test answers (kept for the evaluation), refused when under twice chance."""
-    session = runtimes[method.backend].open(artifact.path, accuracy_threads(config.measure.threads), transform)
-    predicted, confidence = predict_top1(session, test.pixels, source.classes)
+    """The baseline's test answers (kept for the evaluation), refused when implausible for a model
+    fed what it was trained on (baseline.check_answers)."""
+    session = open_variant(runtimes[method.backend], method.name, artifact.path, accuracy_threads(config.measure.threads),
+                           transform, source.path)
+    predicted, confidence = check_answers(session, method.name, test, source, integer_input=bool(
+        source.model_input is not None and source.model_input.dtype in ("uint8", "int8")))
     ahead.give(method.name, "test", predicted, confidence)
-    present = len(set(test.labels.tolist()))
-    check_baseline(float(np.mean(predicted == test.labels)), len(test.labels), max(2, present), source.contract,
-                   source.labels_note)
 
 
 # Invocations per variant in the short latency pass that finds hopeless variants.

@@ -180,6 +180,9 @@ def feed_instructions(spec: TensorSpec) -> str:
             f"{spec.dtype} RGB {h}x{w}: round(pixel / {spec.scale:.6g} + {spec.zero_point}) "
             "(the input quantization is not the identity)"
         )
+    if not spec.quantized:  # e.g. a SavedModel whose signature takes bytes and casts them itself
+        what = "camera bytes as they are" if spec.dtype == "uint8" else "pixel - 128"
+        return f"{spec.dtype} RGB {h}x{w}: {what} (the model converts them itself)"
     lo, hi = _real_range(spec)
     if spec.dtype == "uint8":
         return (

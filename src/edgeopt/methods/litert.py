@@ -19,8 +19,11 @@ from edgeopt._tf import import_tensorflow
 from edgeopt.errors import ModelError
 from edgeopt.methods import repair
 from edgeopt.methods.base import BuildContext, Method
+from edgeopt.pixels import TensorSpec, encode_pixels
 from edgeopt.quiet import captured_output
 
+# What a Keras model's inference function takes (concrete_function_of).
+FLOAT_INPUT = TensorSpec("pixels", (-1, -1, -1, 3), "float32")
 # Held-out images the quantization debugger runs to rank the layers (more only slows it).
 SENSITIVITY_IMAGES = 64
 
@@ -59,10 +62,25 @@ def _concrete_function(ctx: BuildContext) -> Any:
     return ctx.cached("keras_concrete_function", make)[1]
 
 
-def representative_images(ctx: BuildContext) -> Iterator[list[np.ndarray]]:
-    """The calibration images, one at a time, as the converter's representative_dataset yields them."""
-    for pixels in ctx.representative:
-        yield [pixels[None].astype(np.float32)]
+def source_input(ctx: BuildContext) -> TensorSpec:
+    """The converter's input as the source's inference function declares it (NHWC: a converted
+    .onnx is NHWC too); float32 for edgeopt's own models, uint8 for a SavedModel that takes bytes."""
+
+    def make() -> TensorSpec:
+        spec = _concrete_function(ctx).structured_input_signature[0][0]
+        shape = tuple(int(d) if d is not None else -1 for d in spec.shape)
+        return TensorSpec("pixels", shape, spec.dtype.name, layout="NHWC")
+
+    return ctx.cached("litert_source_input", make)
+
+
+def representative_images(ctx: BuildContext, spec: TensorSpec = FLOAT_INPUT,
+                          pixels: np.ndarray | None = None) -> Iterator[list[np.ndarray]]:
+    """The calibration images (or `pixels`), one at a time, as the converter's representative_dataset
+    yields them: encoded as the model is fed (the input contract: range, mean/std, channel order),
+    so that the int8 activation ranges are those of the values the model sees."""
+    for image in ctx.representative if pixels is None else pixels:
+        yield [encode_pixels(image[None], spec, ctx.pixel_transform)]
 
 
 def _converter(ctx: BuildContext, mode: str) -> Any:
@@ -71,7 +89,8 @@ def _converter(ctx: BuildContext, mode: str) -> Any:
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode in ("int8", "int8_uint8io"):
-        converter.representative_dataset = lambda: representative_images(ctx)
+        spec = source_input(ctx)
+        converter.representative_dataset = lambda: representative_images(ctx, spec)
     if mode == "int8_uint8io":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
@@ -154,8 +173,7 @@ def build_int8_guarded(ctx: BuildContext, out: Path) -> dict[str, Any]:
     sample = held.pixels[:SENSITIVITY_IMAGES]
 
     def debug_data() -> Iterator[list[np.ndarray]]:
-        for pixels in sample:
-            yield [pixels[None].astype(np.float32)]
+        return representative_images(ctx, source_input(ctx), sample)
 
     options = tf.lite.experimental.QuantizationDebugOptions(layer_direct_compare_metrics={"nsr": _noise_to_signal})
     debug_model = _quantized(ctx, numeric_verify=True)

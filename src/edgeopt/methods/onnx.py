@@ -76,7 +76,9 @@ def _float_onnx(ctx: BuildContext) -> Path:
 
     def make() -> Path:
         if ctx.source_kind == "onnx" or ctx.source.suffix.lower() == ".onnx":
-            return ctx.source
+            from edgeopt.sources.onnx import single_file
+
+            return single_file(ctx.source, (ctx.work_dir or ctx.source.parent) / "source-whole.onnx")
         if ctx.work_dir is None:
             raise ModelError("an ONNX export needs a work folder")
         if ctx.source_kind == "train":

@@ -7,6 +7,7 @@ labels, the input contract, the test and calibration images -- comes from the us
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from edgeopt.data.imagefolder import ImageFolder, scan_image_folder
 from edgeopt.data.split import Split, build_split
 from edgeopt.data.synthetic import is_synthetic
 from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.images import DECODING
 from edgeopt.pixels import PixelTransform, TensorSpec
 
 
@@ -51,8 +53,10 @@ class ModelFacts:
     rescales: str = ""
     # True when its last op is a softmax, False when it outputs something else (logits), None: unknown.
     probabilities: bool | None = None
-    # An integer input (an already-quantized .tflite): measured as given.
+    # An already-quantized .tflite (an integer input, or int8 / float16 inside): measured as given.
     quantized: bool = False
+    # How it is quantized, in words (for the report), e.g. "int8 weights and activations inside ...".
+    quantized_how: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,9 @@ class Source:
     test_root: Path | None = None
     # --calibration-data: the folder and its images (None: the train part of the split).
     calibration: tuple[Path, tuple[tuple[str, int], ...]] | None = None
-    # An already-quantized .tflite: only the given file is measured.
+    # An already-quantized .tflite: only the given file is measured; how it is quantized.
     quantized: bool = False
+    quantized_how: str = ""
     custom_objects: tuple[str, ...] = ()
     # The model's input as its file declares it (None for a train folder).
     model_input: TensorSpec | None = None
@@ -90,24 +95,49 @@ class Source:
         return "keras" if self.kind == "train" else self.kind
 
 
-def read_labels_file(path: Path) -> tuple[str, ...]:
-    """Class names in output order: one a line, a JSON list, or edgeopt's labels.json."""
+def read_labels_file(path: Path) -> tuple[tuple[str, ...], dict[str, list[int]]]:
+    """Class names in output order (one a line, a JSON list, or edgeopt's labels.json), and the
+    names given more than once with their line numbers (entry numbers in JSON).
+
+    A name given twice is made distinct: the second "crane" becomes "crane (2)". ImageNet's own
+    labels file, which the Coral models come with, names two classes crane (the bird and the
+    machine): an output is known by its index, and the name is for people. What a name cannot do
+    twice is name a photo folder (foreign_source refuses that)."""
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist; pass --labels FILE with one class name a line")
     text = path.read_text(errors="replace")
-    names: list[str]
+    lines: list[tuple[int, str]]
     if text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
-            names = [str(c) for c in (data["classes"] if isinstance(data, dict) else data)]
+            lines = list(enumerate((str(c) for c in (data["classes"] if isinstance(data, dict) else data)), 1))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a JSON list of class names ({exc}); write one name a line instead") from None
     else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ConfigError(f"{path} names {len(names)} classes ({len(set(names))} distinct); a classifier's labels "
-                          "file names each of its classes once, in output order")
-    return tuple(names)
+        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) < 2:
+        raise ConfigError(f"{path} names {len(lines)} class(es); a classifier's labels file names each of its outputs, "
+                          "one a line, in output order")
+    seen: dict[str, list[int]] = {}
+    names = []
+    for number, name in lines:
+        seen.setdefault(name, []).append(number)
+        names.append(name if len(seen[name]) == 1 else f"{name} ({len(seen[name])})")
+    if len(set(names)) != len(names):  # "crane (2)" was there already
+        raise ConfigError(f"{path} names some classes more than once in ways edgeopt cannot tell apart; give each output "
+                          "a name of its own")
+    return tuple(names), {name: numbers for name, numbers in seen.items() if len(numbers) > 1}
+
+
+def _duplicates_note(path: Path, duplicates: dict[str, list[int]], folders: set[str]) -> str:
+    """The note on names given twice, or a refusal when a photo folder bears one (which output is it?)."""
+    said = "; ".join(f"{name} on lines {', '.join(map(str, lines))}" for name, lines in duplicates.items())
+    clash = sorted(set(duplicates) & folders)
+    if clash:
+        raise ConfigError(f"{path} names {said}, and a photo folder is named {clash[0]}: which output are its photos? "
+                          f"rename the folder for the later output '{clash[0]} (2)', or the name in the labels file")
+    return (f"{path} names {said}: the later ones are called '{next(iter(duplicates))} (2)' and so on here "
+            "(an output is known by its index; the names are for people).")
 
 
 def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelContract, list[str]]:
@@ -117,12 +147,17 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
         options.transform.scale != PixelTransform().scale or options.transform.offset != PixelTransform().offset)
     contract = PixelContract(options.transform or PixelTransform(), options.resize or "squash", facts.rescales, given)
     spec = facts.inputs[0]
-    if facts.quantized:
+    if spec.quantized:
         if given:
             raise ConfigError("this model has an integer input, whose quantization is its own pixel normalisation; "
                               "drop --input-range/--input-mean/--input-std")
         notes.append(f"The model takes {spec.dtype} input: its input quantization (scale {spec.scale:.6g}, zero point "
                      f"{spec.zero_point}) is its own pixel normalisation, so camera bytes are fed as they are.")
+    elif spec.dtype in ("uint8", "int8"):
+        if given:
+            raise ConfigError(f"this model takes {spec.dtype} input, which it converts to its own values itself; drop "
+                              "--input-range/--input-mean/--input-std")
+        notes.append(f"The model takes {spec.dtype} input and converts it itself: camera bytes are fed as they are.")
     elif facts.rescales and given:
         notes.append(f"The model rescales pixels itself ({facts.rescales}), and the pixel values were given too: "
                      "it is fed them mapped as given, then rescales them again.")
@@ -133,12 +168,28 @@ def resolve_contract(options: SourceOptions, facts: ModelFacts) -> tuple[PixelCo
                      "0..255. If it was trained on another range, pass --input-range (e.g. -1,1 or 0,1) or "
                      "--input-mean/--input-std; the float32 baseline's accuracy is checked against chance.")
     notes.append(f"Input: {spec.dtype} {spec.layout} {list(spec.shape)}; fed {contract.describe()}.")
+    per_channel = len(set(contract.transform.scale)) > 1 or len(set(contract.transform.offset)) > 1
+    if per_channel and spec.dtype in ("float32", "float16"):
+        notes.append("A variant with uint8 input (f3) has one input scale for all three channels, so it cannot carry "
+                     "this per-channel normalisation: a device feeds it camera bytes, which it maps with one scale, and "
+                     "its accuracy here is measured so. For an exact f3, put the normalisation inside the model before "
+                     "exporting it (docs/own-model.md).")
+    notes.append(DECODING)
     if facts.probabilities is False:
         notes.append("The model outputs logits (its last op is not a softmax): the confidences shown are their softmax.")
     return contract, notes
 
 
-def check_one_input_output(path: Path, facts: ModelFacts) -> None:
+# How each kind of model is saved with a fixed image size (H, W), for the refusal of a free one.
+FIXED_SIZE_HOW = {
+    "keras": "save it from a model built on keras.Input((H, W, 3))",
+    "savedmodel": "export it with a signature of fixed size, e.g. tf.TensorSpec([None, H, W, 3])",
+    "tflite": "convert it from a model of fixed size (or resize its input and convert again)",
+    "onnx": "export it without dynamic axes for height and width (dynamic_axes only for the batch)",
+}
+
+
+def check_one_input_output(path: Path, facts: ModelFacts, kind: str = "keras") -> None:
     if len(facts.inputs) != 1 or len(facts.outputs) != 1:
         raise ModelError(
             f"{path} has {len(facts.inputs)} input(s) ({', '.join(s.name for s in facts.inputs)}) and "
@@ -147,6 +198,9 @@ def check_one_input_output(path: Path, facts: ModelFacts) -> None:
         )
     spec = facts.inputs[0]
     channels = spec.shape[1] if spec.layout == "NCHW" else spec.shape[-1] if spec.shape else 0
+    if len(spec.shape) == 4 and channels == 3 and min(spec.image_size) < 1:
+        raise ModelError(f"{path} takes images of any size (input {spec.name} of shape {list(spec.shape)}); edgeopt "
+                         f"measures and ships one fixed size: {FIXED_SIZE_HOW.get(kind, FIXED_SIZE_HOW['keras'])}")
     if len(spec.shape) != 4 or channels != 3 or min(spec.image_size) < 1:
         raise ModelError(f"{path} takes input {spec.name} of shape {list(spec.shape)}; edgeopt runs image classifiers "
                          "with one RGB image input of a fixed size (N, H, W, 3) or (N, 3, H, W)")
@@ -162,13 +216,14 @@ def output_classes(spec: TensorSpec) -> int:
 def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOptions) -> Source:
     """A model made outside edgeopt: labels from --labels or the class folders, a split drawn by
     edgeopt (or --test-data whole), the contract from the flags and the file."""
-    check_one_input_output(path, facts)
+    check_one_input_output(path, facts, "keras" if kind == "h5" else kind)
     if options.data_dir is None and options.test_dir is None:
         raise ConfigError(f"{path} is a model made outside edgeopt: pass --data DIR with its photos (DIR/<class>/*.jpg)")
     data = scan_image_folder(options.data_dir) if options.data_dir is not None else None
     test = scan_image_folder(options.test_dir) if options.test_dir is not None else None
+    duplicates: dict[str, list[int]] = {}
     if options.labels_file is not None:
-        classes = read_labels_file(options.labels_file)
+        classes, duplicates = read_labels_file(options.labels_file)
         labels_note = f"from --labels {options.labels_file}"
     else:
         classes = (data or test).classes  # type: ignore[union-attr]
@@ -179,15 +234,25 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
             f"{path} outputs {outputs} class scores but there are {len(classes)} classes ({labels_note}); pass "
             "--labels FILE naming every output in order, or the data the model was trained on"
         )
+    notes: list[str] = [f"Class order (output index -> class): {labels_note}."]
+    if duplicates:  # before the folders: a name given twice may be why a folder is not named
+        folders = {c for f in (data, test) if f is not None for c in f.classes}
+        notes.append(_duplicates_note(options.labels_file, duplicates, folders))  # type: ignore[arg-type]
     for folder in (f for f in (data, test) if f is not None):
         unknown = [c for c in folder.classes if c not in classes]
         if unknown:
             raise DataError(f"{folder.root} has class folder(s) {', '.join(unknown)} that the labels ({labels_note}) "
                             f"do not name; the labels are: {', '.join(classes)}")
-    notes: list[str] = [f"Class order (output index -> class): {labels_note}."]
     seed = options.seed
+    test_prints = _fingerprints(test) if test is not None else None
     if test is not None:
         train_folder = _relabelled(data, classes) if data is not None else None
+        if train_folder is not None:
+            train_folder, overlap = _without(train_folder, test_prints)
+            if overlap:
+                notes.append(f"{overlap} of the {overlap + len(train_folder.items)} photos in --data {options.data_dir} "
+                             f"are also in --test-data (the same file or the same content): left out of calibration "
+                             "and of the train accuracy.")
         split = _split_with_test(train_folder, _relabelled(test, classes), classes)
         split_note = f"--test-data {test.root}, used whole"
         notes.append(f"The test images are {test.root}, used whole and never for calibration.")
@@ -205,16 +270,55 @@ def foreign_source(path: Path, kind: str, facts: ModelFacts, options: SourceOpti
     calibration = None
     if options.calibration_dir is not None:
         cal = _relabelled(scan_image_folder(options.calibration_dir), classes, check=False)
+        cal, overlap = _without(cal, test_prints)
+        if not cal.items and not facts.quantized:
+            raise ConfigError(f"every photo in --calibration-data {cal.root} is also in --test-data; calibrate on other "
+                              "photos than those the variants are tested on")
         calibration = (cal.root, cal.items)
-        notes.append(f"Calibration images: {cal.root} ({len(cal.items)} photos).")
-    elif not split.train:
+        notes.append(f"Calibration images: {cal.root} ({len(cal.items)} photos" + (
+            f"; {overlap} more are also in --test-data and were left out)." if overlap else ")."))
+    elif not split.train and not facts.quantized:  # measured as given: nothing is calibrated
         raise ConfigError("--test-data is used whole for test, never for calibration: pass --data DIR or "
-                          "--calibration-data DIR with other photos to calibrate on")
+                          "--calibration-data DIR with other photos to calibrate on" + (
+                              " (every photo in --data is also in --test-data)" if data is not None else ""))
     contract, contract_notes = resolve_contract(options, facts)
     synthetic = is_synthetic(root)
     return Source(path, kind, classes, facts.inputs[0].image_size, split, root, synthetic,
                   tuple(notes + contract_notes), split_note, contract, labels_note, test_root, calibration,
-                  facts.quantized, options.custom_objects, facts.inputs[0])
+                  facts.quantized, quantized_how=facts.quantized_how, custom_objects=options.custom_objects,
+                  model_input=facts.inputs[0])
+
+
+# Bytes of a photo read for its fingerprint: enough to tell photos apart, cheap for thousands.
+FINGERPRINT_BYTES = 64 * 1024
+
+
+def _fingerprint(path: Path) -> tuple[int, str]:
+    """(size, sha1 of the first FINGERPRINT_BYTES): the same for a copy of a photo under another name."""
+    with open(path, "rb") as f:
+        return path.stat().st_size, hashlib.sha1(f.read(FINGERPRINT_BYTES)).hexdigest()
+
+
+def _fingerprints(folder: ImageFolder) -> tuple[set[Path], set[tuple[int, str]]]:
+    """The folder's photos by resolved path and by content."""
+    paths = [(folder.root / p).resolve() for p, _ in folder.items]
+    return set(paths), {_fingerprint(p) for p in paths}
+
+
+def _without(folder: ImageFolder, test: tuple[set[Path], set[tuple[int, str]]] | None) -> tuple[ImageFolder, int]:
+    """The folder without the photos that are also test photos (same file or same content), and how many those were:
+    a photo calibrated on or counted in the train accuracy is never one the variants are tested on."""
+    if test is None:
+        return folder, 0
+    paths, contents = test
+    sizes = {size for size, _ in contents}
+    kept = []
+    for item in folder.items:
+        path = (folder.root / item[0]).resolve()
+        if path in paths or (path.stat().st_size in sizes and _fingerprint(path) in contents):
+            continue
+        kept.append(item)
+    return ImageFolder(folder.root, folder.classes, tuple(kept)), len(folder.items) - len(kept)
 
 
 def _relabelled(folder: ImageFolder, classes: tuple[str, ...], check: bool = True) -> ImageFolder:

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import BackendUnavailableError
+from edgeopt.errors import BackendUnavailableError, ModelError
 from edgeopt.sources.base import ModelFacts
 
+# What fits in one .onnx file (protobuf's limit); a larger model keeps its weights beside it.
+ONE_FILE_LIMIT = 2**31 - 1
 PASS_THROUGH = {"Identity", "Cast", "Transpose", "Reshape"}
 RESCALING_OPS = {"Sub", "Mul", "Div", "Add"}
 
@@ -43,12 +45,53 @@ def read_facts(path: Path) -> ModelFacts:
     get_runtime("onnxruntime")  # refuses, saying what to install, without the [onnx] extra
     from edgeopt.runtimes.onnxruntime import _session, _spec
 
+    check_external_data(path)
     session = _session(path, 1)
     inputs = tuple(_spec(i) for i in session.get_inputs())
     outputs = tuple(_spec(o) for o in session.get_outputs())
     model = onnx.load(str(path))
     return ModelFacts(inputs, outputs, _input_rescaling(model, inputs[0].name if inputs else ""),
                       _ends_in_softmax(model, outputs[0].name if outputs else ""))
+
+
+def external_data_files(path: Path) -> list[str]:
+    """The files beside `path` that hold its weights (torch.onnx.export writes model.onnx.data
+    beside model.onnx by default since torch 2.9); [] when its weights are inside it."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse a model whose weights file is not beside it, naming it."""
+    missing = [name for name in external_data_files(path) if not (path.parent / name).is_file()]
+    if missing:
+        raise ModelError(f"{path} keeps its weights in {', '.join(missing)}, which is not in {path.parent}; copy it "
+                         "there beside the .onnx file (torch.onnx.export writes both)")
+
+
+def single_file(path: Path, out: Path) -> Path:
+    """The model as one self-contained file: `path` itself when its weights are inside it, else
+    a copy written to `out` with the weights stored beside `path` read into it. Every file edgeopt
+    derives from it (ort_fp32, the quantized variants, onnx2tf's input) is then whole: a variant is
+    shipped as one file, and a copy in another folder would point at a weights file not there."""
+    import onnx
+
+    if not external_data_files(path):
+        return path
+    check_external_data(path)
+    model = onnx.load(str(path))  # the weights read in from beside it
+    size = model.ByteSize()
+    if size > ONE_FILE_LIMIT:
+        raise ModelError(f"{path} holds {size / 2**30:.1f} GiB of weights, more than fits in one .onnx file (2 GiB); "
+                         "edgeopt ships a variant as one file: export a smaller model")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    onnx.save_model(model, str(tmp))
+    tmp.replace(out)  # whole or not there: a build worker may read it
+    return out
 
 
 def _constant(name: str, initializers: dict[str, Any], producers: dict[str, Any]) -> np.ndarray | None:

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgeopt.errors import ConfigError, EdgeoptError
 
 ONNX2TF = "onnx2tf==1.29.24"
@@ -81,13 +83,42 @@ _NOT_IMPLEMENTED = re.compile(r"(\S+) OP is not yet implemented")
 _FAILED_NODE = re.compile(r"onnx_op_name:\s*(\S+)")
 
 
+# The sample images onnx2tf runs a model with a fixed batch size (of at most 20) on while it converts
+# it: it reads this file from its working folder, else downloads it from github.com
+# (onnx2tf.utils.common_functions.download_test_image_data). 20 RGB images of 128 x 128, float 0..1.
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+SAMPLE_SHAPE = (20, 128, 128, 3)
+
+
+def write_sample_images(folder: Path, pixels: np.ndarray | None) -> Path:
+    """onnx2tf's sample file in `folder`, made from `pixels` (uint8 images, e.g. the calibration
+    photos; repeated up to 20) or, without any, from seeded noise: no network at run time."""
+    count, height, width, _ = SAMPLE_SHAPE
+    if pixels is not None and len(pixels):
+        from PIL import Image
+
+        images = [np.asarray(Image.fromarray(pixels[i % len(pixels)]).resize((width, height), Image.Resampling.BILINEAR))
+                  for i in range(count)]
+        sample = np.stack(images).astype(np.float32) / 255.0
+    else:
+        sample = np.random.default_rng(0).random(SAMPLE_SHAPE, dtype=np.float32)
+    path = folder / SAMPLE_FILE
+    np.save(path, sample)
+    return path
+
+
 def convert_onnx(converter: Converter, model: Path, out: Path, log_path: Path | None = None,
-                 nhwc_input: str | None = None) -> tuple[Path | None, str]:
+                 nhwc_input: str | None = None, sample_pixels: np.ndarray | None = None) -> tuple[Path | None, str]:
     """(the SavedModel folder, "") or (None, why it failed, naming the op when onnx2tf does).
-    `nhwc_input`: the name of an input that is already NHWC (e.g. a Keras export), kept as it is."""
+    `nhwc_input`: the name of an input that is already NHWC (e.g. a Keras export), kept as it is.
+    `sample_pixels`: images onnx2tf may run the model on (write_sample_images)."""
     model, out = Path(model).resolve(), Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    simplified = _basic_optimized(model, out.parent / f"{model.stem}-basic.onnx")
+    write_sample_images(out.parent, sample_pixels)  # onnx2tf's working folder
+    from edgeopt.sources.onnx import single_file
+
+    whole = single_file(model, out.parent / f"{model.stem}-whole.onnx")
+    simplified = _basic_optimized(whole, out.parent / f"{model.stem}-basic.onnx")
     command = [str(converter.python), "-m", "onnx2tf", "-i", str(simplified), "-o", str(out), "-v", "error"]
     if nhwc_input:
         command += ["-kt", nhwc_input]

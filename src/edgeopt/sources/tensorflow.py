@@ -41,6 +41,21 @@ def is_keras_file(path: Path) -> bool:
     return "config.json" in names and bool(names & {"model.weights.h5", "metadata.json"})
 
 
+# A .keras archive's JSON (its config and metadata) is kilobytes, a large model's a few megabytes;
+# Keras inflates it whole in memory, so a file of under a megabyte can ask for gigabytes.
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def check_keras_archive(path: Path) -> None:
+    """Refuse a .keras archive whose JSON members inflate beyond MAX_JSON_BYTES (a zip bomb)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename.endswith(".json") and info.file_size > MAX_JSON_BYTES:
+                raise ModelError(f"{path}: its {info.filename} inflates to {info.file_size / 2**20:.0f} MiB (a model's "
+                                 f"is kilobytes; edgeopt reads at most {MAX_JSON_BYTES // 2**20} MiB); pass the model "
+                                 "saved again with model.save(), or a SavedModel folder")
+
+
 def is_h5_file(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -81,6 +96,8 @@ def load_keras(path: Path, custom_objects: tuple[str, ...] = ()) -> Any:
     from edgeopt._tf import import_keras
     from edgeopt.quiet import captured_output
 
+    if is_keras_file(path):
+        check_keras_archive(path)
     keras = import_keras()
     objects = custom_objects_of(custom_objects)
     try:

@@ -1,5 +1,6 @@
 """A .tflite file a team brings: a float model, whose variants AI Edge Quantizer builds
-(methods.aeq), or an already-quantized one (an integer input), measured as given."""
+(methods.aeq), or an already-quantized one (an integer input, or int8 / float16 inside), measured
+as given."""
 
 from __future__ import annotations
 
@@ -34,13 +35,40 @@ def read_facts(path: Path) -> ModelFacts:
         outputs = tuple(_spec(d) for d in interp.get_output_details())
         in_index = interp.get_input_details()[0]["index"] if inputs else -1
         out_index = interp.get_output_details()[0]["index"] if outputs else -1
+        signatures = list(interp.get_signature_list())
     except ModelError:
         raise
     except Exception as exc:  # a truncated flatbuffer fails in many ways
         raise ModelError(f"{path} is not a valid .tflite model ({type(exc).__name__}); pass an intact TFLite file") from None
-    quantized = bool(inputs) and inputs[0].dtype in ("uint8", "int8")
+    if len(signatures) > 1:  # the tensors read above are subgraph 0's, which may be any of them
+        raise ModelError(f"{path} has {len(signatures)} signatures ({', '.join(signatures)}); edgeopt optimizes a "
+                         "classifier alone: convert only its function (TFLiteConverter.from_saved_model(DIR, "
+                         "signature_keys=['serving_default']))")
+    quantized = _quantized_how(inputs, list(tensors.values()), ops)
     return ModelFacts(inputs, outputs, _input_rescaling(ops, tensors, in_index, interp), _ends_in_softmax(ops, out_index),
-                      quantized)
+                      bool(quantized), quantized)
+
+
+# Tensor types that only a quantized (or float16) model holds.
+QUANTIZED_TYPES = ("int8", "uint8", "int16", "float16")
+
+
+def _quantized_how(inputs: tuple[Any, ...], tensors: list[dict[str, Any]], ops: list[dict[str, Any]]) -> str:
+    """How the file is already quantized, in words ("" for a float model): from its input's type,
+    then from its tensors' types -- the converter's f2 keeps float input and output with int8
+    inside; a dynamic-range model has int8 weights; a float16 one float16 weights."""
+    if inputs and inputs[0].dtype in ("uint8", "int8"):
+        return f"{inputs[0].dtype} input"
+    found = {np.dtype(t["dtype"]).name for t in tensors} & set(QUANTIZED_TYPES)
+    names = {op["op_name"] for op in ops}
+    if found & {"int8", "uint8", "int16"}:
+        kinds = "/".join(sorted(found - {"float16"}))
+        if "QUANTIZE" in names:
+            return f"{kinds} weights and activations inside a float input and output"
+        return f"{kinds} weights (dynamic range or weight-only)"
+    if "float16" in found:
+        return "float16 weights"
+    return ""
 
 
 def _input_rescaling(ops: list[dict[str, Any]], tensors: dict[int, Any], index: int, interp: Any) -> str:
