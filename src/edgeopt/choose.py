@@ -71,6 +71,7 @@ def _candidate(v: Variant, baseline: Variant, labels: Sequence[int], objective: 
         latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
         metric_delta_interval=(paired.low, paired.high) if paired else None,
         discordant=paired.discordant if paired else None, latency_ratios=ratios, correct=correct,
+        over_budget=objective.over_budget(v.latency.median_ms, v.size_bytes, v.transfer_bytes),
     )
 
 
@@ -114,7 +115,11 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
         else:
             scored.append(v.model_copy(update={"score": None}))
     unmeasured = [v for v in scored if v.score is None]
-    reasons = list(choice.reasons) + [
+    over = [c.name for c in candidates if c.over_budget]
+    budget = ([f"Budgets ({objective.describe_budgets()}), filters before the objective: "
+               + (f"{len(over)} variant(s) over them ({', '.join(over)})." if over else "every variant fits them.")]
+              if objective.has_budget else [])
+    reasons = list(choice.reasons) + budget + [
         f"{v.name} was not eligible: " + (f"it does not load here ({v.load_error})." if not v.loadable
                                           else v.stopped_early or "it was not measured.")
         for v in unmeasured

@@ -91,6 +91,32 @@ class Objective(Settings):
     # sends: the file compressed with zstd).
     size: Literal["file", "transfer"] = "file"
     metric: Metric = ACCURACY
+    # Budgets a team states, filters before the objective: a variant slower than this (median ms
+    # per image, on the machine whose figures are used), or whose file or transfer (zstd) is larger
+    # than this many KB (1024 bytes), is not eligible -- the baseline too. None: no budget.
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_file_kb: float | None = Field(None, gt=0)
+    max_transfer_kb: float | None = Field(None, gt=0)
+
+    @property
+    def has_budget(self) -> bool:
+        return any(b is not None for b in (self.max_latency_ms, self.max_file_kb, self.max_transfer_kb))
+
+    def describe_budgets(self) -> str:
+        """"at most 2 ms per image and 500 KB of file" ("" without a budget)."""
+        parts = [f"{value:g} {unit}" for value, unit in ((self.max_latency_ms, "ms per image"), (self.max_file_kb, "KB of file"),
+                                                         (self.max_transfer_kb, "KB of transfer")) if value is not None]
+        return "at most " + " and ".join(parts) if parts else ""
+
+    def over_budget(self, latency_ms: float, file_bytes: int, transfer_bytes: int | None) -> str:
+        """Why a variant breaks a budget ("" when it fits them all)."""
+        if self.max_latency_ms is not None and latency_ms > self.max_latency_ms:
+            return f"takes {latency_ms:.2f} ms, over the latency budget of {self.max_latency_ms:g} ms"
+        if self.max_file_kb is not None and file_bytes > self.max_file_kb * 1024:
+            return f"is {file_bytes / 1024:.0f} KB, over the file budget of {self.max_file_kb:g} KB"
+        if self.max_transfer_kb is not None and (transfer_bytes or file_bytes) > self.max_transfer_kb * 1024:
+            return f"sends {(transfer_bytes or file_bytes) / 1024:.0f} KB, over the transfer budget of {self.max_transfer_kb:g} KB"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,8 @@ class Candidate:
     # right (in one order for every candidate): what pairs two candidates. None: not known.
     latency_ratios: tuple[float, ...] | None = None
     correct: tuple[bool, ...] | None = None
+    # Why it breaks one of the objective's budgets ("" when it fits): it is not eligible.
+    over_budget: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,6 +277,7 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
         guard = "within tolerance"
     if target_backends is not None and cand.backend and cand.backend not in target_backends:
         excluded = excluded or f"runs on {cand.backend}, and the target runtime is {', '.join(target_backends)}"
+    excluded = excluded or cand.over_budget
     return Score(
         name=cand.name, delta_size=d_size, delta_time=d_time, delta_metric=d_metric, L=total,
         L_low=min(L_low, total), L_high=max(L_high, total), metric_loss=loss, metric_loss_low=loss_low,
@@ -264,7 +293,8 @@ def select(
     """Score every candidate against the baseline and choose (see module doc).
 
     `target_backends`: the runtimes the target runs; a candidate for another runtime is not
-    eligible (None: any). The baseline is always eligible, so there is always a winner.
+    eligible (None: any). The baseline is always eligible, unless it breaks a budget (then, when
+    nothing fits the budgets, there is no winner: ConfigError).
     """
     by_name = {c.name: c for c in candidates}
     if baseline_name not in by_name:
@@ -281,6 +311,7 @@ def select(
             f"no variant can be chosen for {', '.join(target_backends or ())}: "
             + "; ".join(f"{s.name} {s.excluded_because}" for s in scores)
             + ". Build variants for that runtime, or relax --max-accuracy-drop"
+            + (" or the budgets (--max-latency-ms, --max-kb, --max-transfer-kb)" if objective.has_budget else "")
         )
     best = eligible[0]
     tied = [best] + [s for s in eligible[1:] if _difference_low(by_name[s.name], s, by_name[best.name], best,

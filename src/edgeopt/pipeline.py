@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,11 +168,13 @@ def optimize(
     force: bool = False,
     data_dir: Path | None = None,
     progress: Progress | None = None,
+    more_methods: Sequence[Method] = (),
 ) -> Results:
     """Build, measure, score and choose; write variants/, results.json, report.md, the plot,
     selected.<ext> and labels.json to `out`. Returns the results as written.
 
     `model` is a folder written by `edgeopt train`, or an .onnx file (then `data_dir` is needed).
+    `more_methods` are built after the configured ones, e.g. a search's candidates (edgeopt.search).
     """
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -185,6 +188,7 @@ def optimize(
     reads = (source.path, source.data_root)
     check_output(out, force, reads)
     methods, method_notes = resolve_methods(config, source)
+    methods += list(more_methods)
     runtimes = {m.backend: get_runtime(m.backend) for m in methods}
     split, root, size = source.split, source.data_root, source.image_size
 
