@@ -369,9 +369,11 @@ def methods_cmd() -> None:
 def _register_subcommands() -> None:
     from edgeopt.cli_device import device_app
     from edgeopt.cli_release import register
+    from edgeopt.cli_search import search
 
     register(app)
     app.add_typer(device_app, name="device")
+    app.command()(search)
 
 
 _register_subcommands()

@@ -16,6 +16,7 @@ from edgeopt.results import FITTED_TO_IN_WORDS, Results, Variant, write_results
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "size_latency.png"
+SEARCH_PLOT_FILE = "search_accuracy_latency.png"  # a search's run (edgeopt.search.report)
 
 TABLE_HEADER = ("variant", "test acc %", "Δ pp [95%]", "disc.", "train acc %", "ms/image", "p90 ms", "KB",
                 "zstd KB", "x smaller", "x faster", "L [interval]", "verdict")
@@ -224,6 +225,10 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE) -> str:
         lines += ["", "Stage wall times: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in results.timings.items()) + "."]
     if plot_name:
         lines += ["", f"![size vs latency]({plot_name})"]
+    if results.search is not None:
+        from edgeopt.search.report import render_search_markdown
+
+        lines += render_search_markdown(results, SEARCH_PLOT_FILE if plot_name else None)
     libs = ", ".join(f"{k} {v}" for k, v in (machine.get("libraries") or {}).items())
     lines += ["", f"Libraries: {libs}. Python {machine.get('python')}. edgeopt {results.edgeopt_version}.", ""]
     return "\n".join(lines)
@@ -269,6 +274,10 @@ def render_plot(results: Results, path: Path) -> None:
 def write_report(results: Results, folder: Path) -> None:
     write_results(results, folder)
     render_plot(results, folder / PLOT_FILE)
+    if results.search is not None:
+        from edgeopt.search.report import render_search_plot
+
+        render_search_plot(results, folder / SEARCH_PLOT_FILE)
     (folder / REPORT_FILE).write_text(render_markdown(results))
 
 

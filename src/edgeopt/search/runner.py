@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt import interrupts
 from edgeopt.errors import BackendUnavailableError, ConfigError
 from edgeopt.machine import usable_cores
 from edgeopt.progress import Progress
@@ -156,6 +157,24 @@ def _ledger_callback(out: Path, by_name: dict[str, Candidate], epochs: int, ledg
     return Recorder()
 
 
+def _signal_handlers() -> tuple[Any, Any] | None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+
+def _restore(handlers: tuple[Any, Any] | None) -> None:
+    import signal
+
+    if handlers is not None:
+        for signum, handler in zip((signal.SIGINT, signal.SIGTERM), handlers, strict=True):
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
 def start_ray(config: SearchConfig, payload_bytes: int) -> tuple[bool, str, str]:
     """Ray for the trials: the cluster at config.ray_address, else a local one on this machine.
     Returns whether it was started here (and so is stopped here), what it is in words, and the
@@ -165,6 +184,7 @@ def start_ray(config: SearchConfig, payload_bytes: int) -> tuple[bool, str, str]
     import ray
 
     temp_dir = ""
+    handlers = _signal_handlers()
     if ray.is_initialized():
         started = False
     elif config.ray_address:
@@ -180,6 +200,7 @@ def start_ray(config: SearchConfig, payload_bytes: int) -> tuple[bool, str, str]
         ray.init(num_cpus=usable_cores(), object_store_memory=store, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, _temp_dir=temp_dir)
         started = True
+    _restore(handlers)  # Ray's core installs its own SIGTERM handler, which aborts the process
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = int(ray.cluster_resources().get("CPU", 0))
     where = f"Ray {ray.__version__}, " + (f"cluster {config.ray_address}" if config.ray_address else "local") + \
@@ -227,7 +248,13 @@ def run_trials(pending: list[Candidate], payload: Payload, out: Path, ledger: Le
                                       verbose=0, callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0)),
         )
         progress.start(f"training {len(pending)} candidate(s), up to {epochs} epochs each ({where})", len(pending) * epochs)
-        tuner.fit()
+        try:
+            tuner.fit()
+        except BaseException:
+            # Ctrl-C or SIGTERM raised inside Ray's native wait comes out as a SystemError: say what it was
+            interrupts.raise_if_received()
+            raise
+        interrupts.raise_if_received()  # Tune may have swallowed it
         progress.finish(f"trials: {sum(t.status == 'completed' for t in recorded.values())} completed, "
                         f"{sum(t.status == 'stopped' for t in recorded.values())} stopped by successive halving, "
                         f"{sum(t.status in ('cut', 'failed') for t in recorded.values())} cut or failed")

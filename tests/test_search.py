@@ -1,0 +1,162 @@
+"""edgeopt.search without Ray: the space, the ledger, the budgets, the split, the student network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeopt.choose import decide
+from edgeopt.data.split import Split
+from edgeopt.errors import ConfigError, OutputExistsError
+from edgeopt.objective import Candidate as Scored
+from edgeopt.objective import Objective, select
+from edgeopt.search.distill import search_split, soften
+from edgeopt.search.ledger import Ledger, check_fingerprint, state_dir, trial_record, write_fingerprint
+from edgeopt.search.space import Candidate, SearchConfig, candidates
+
+
+def test_the_space_is_every_resolution_and_share_kept_cheapest_first_without_the_teachers_own_shape():
+    space = candidates(SearchConfig(resolutions=(224, 96, 160), keeps=(1.0, 0.5)), 224, 1.0)
+    names = [c.name for c in space]
+    assert "r224_a1.0" not in names  # the teacher itself
+    assert set(names) == {"r96_a1.0", "r96_a1.0_k0.5", "r160_a1.0", "r160_a1.0_k0.5", "r224_a1.0_k0.5"}
+    work = [c.relative_work(224, 1.0) for c in space]
+    assert work == sorted(work)
+
+
+def test_a_resolution_above_the_teachers_input_is_refused_with_its_fix():
+    with pytest.raises(ConfigError, match="above the teacher's input side 160.*drop them"):
+        candidates(SearchConfig(resolutions=(128, 224)), 160, 1.0)
+
+
+def test_a_teacher_edgeopt_cannot_start_from_needs_a_backbone():
+    with pytest.raises(ConfigError, match="--backbone ALPHA=PATH"):
+        candidates(SearchConfig(), 224, None)
+    space = candidates(SearchConfig(resolutions=(96,), backbones={"0.5": "w.h5"}), 224, None)
+    assert [(c.name, c.init) for c in space] == [("r96_a0.5", "backbone")]
+
+
+def test_search_settings_are_checked_where_they_are_made():
+    with pytest.raises(ValueError, match="grace_epochs 3 is more than distill.epochs 2"):
+        SearchConfig(grace_epochs=3, distill={"epochs": 2})
+    with pytest.raises(ValueError, match="keeps"):
+        SearchConfig(keeps=(0.0,))
+
+
+def test_variant_names_show_candidate_and_method():
+    assert Candidate(160, 1.0).name == "r160_a1.0"
+    assert Candidate(128, 0.35, 0.5).name == "r128_a0.35_k0.5"
+    assert Candidate.from_dict(Candidate(128, 0.35, 0.5).to_dict()) == Candidate(128, 0.35, 0.5)
+
+
+def _split(validation: bool) -> Split:
+    train = tuple((f"c{c}/{i}.jpg", c) for c in range(3) for i in range(20))
+    test = tuple((f"c{c}/t{i}.jpg", c) for c in range(3) for i in range(5))
+    val = tuple((f"c{c}/v{i}.jpg", c) for c in range(3) for i in range(2)) if validation else ()
+    return Split("/data", ("a", "b", "c"), 0, 0.2, train, val, test)
+
+
+def test_validation_is_the_teachers_own_or_carved_from_its_train_split_never_test():
+    train, val, note = search_split(_split(True), 0.1, 0)
+    assert val == _split(True).validation and "teacher's validation" in note
+    train, val, note = search_split(_split(False), 0.1, 0)
+    test = set(_split(False).test)
+    assert len(val) == 6 and {c for _, c in val} == {0, 1, 2}  # 10% of each class
+    assert not (set(train) | set(val)) & test and not set(train) & set(val)
+    assert set(train) | set(val) == set(_split(False).train)
+
+
+def test_softening_keeps_a_distribution_and_temperature_one_is_the_identity():
+    p = np.array([[0.7, 0.2, 0.1], [0.98, 0.01, 0.01]], np.float32)
+    np.testing.assert_allclose(soften(p, 1.0), p, rtol=1e-5)
+    soft = soften(p, 4.0)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    assert np.all(soft.max(axis=1) < p.max(axis=1))  # flatter, same order
+    assert np.all(soft.argmax(axis=1) == p.argmax(axis=1))
+
+
+def test_the_ledger_keeps_finished_trials_and_skips_a_line_cut_by_a_kill(tmp_path):
+    state_dir(tmp_path).mkdir()
+    ledger = Ledger(tmp_path)
+    history = [{"epoch": 1, "val_loss": 0.9, "val_accuracy": 0.6, "seconds": 3.0},
+               {"epoch": 2, "val_loss": 0.7, "val_accuracy": 0.7, "seconds": 6.0}]
+    ledger.record(trial_record(Candidate(96, 1.0), "completed", history, 2, "10.0.0.1", "n1"))
+    ledger.record(trial_record(Candidate(128, 1.0), "cut", history[:1], 2, note="cut by the time budget"))
+    with open(ledger.path, "a") as f:
+        f.write('{"name": "r160_a1.0", "resolution": 1')  # killed mid-line
+    trials = ledger.trials()
+    assert set(trials) == {"r96_a1.0", "r128_a1.0"}
+    assert set(ledger.done()) == {"r96_a1.0"}  # a cut trial is trained again
+    done = ledger.done()["r96_a1.0"]
+    assert (done.epochs, done.val_accuracy, done.node_ip) == (2, 0.7, "10.0.0.1")
+    stopped = trial_record(Candidate(96, 1.0), "stopped", history[:1], 4)
+    assert stopped.note == "stopped after 1 of 4 epochs"
+
+
+def test_a_search_of_another_teacher_is_not_resumed(tmp_path):
+    assert check_fingerprint(tmp_path, {"teacher_sha256": "a"}) is False
+    write_fingerprint(tmp_path, {"teacher_sha256": "a", "distill": {"epochs": 6}})
+    assert check_fingerprint(tmp_path, {"teacher_sha256": "a", "distill": {"epochs": 6}}) is True
+    with pytest.raises(OutputExistsError, match=r"differs in: distill.*--force to start it over"):
+        check_fingerprint(tmp_path, {"teacher_sha256": "a", "distill": {"epochs": 8}})
+
+
+def _scored(name: str, ms: float, kb: float, acc: float = 0.9) -> Scored:
+    return Scored(name=name, size_bytes=kb * 1024, latency_ms=ms, metric=acc)
+
+
+def test_a_variant_over_a_budget_is_not_eligible_whatever_its_L():
+    objective = Objective(max_latency_ms=2.0, max_file_kb=1000)
+    cands = [_scored("f0", 5.0, 8000), _scored("fast_big", 1.0, 2000), _scored("slow_small", 3.0, 500),
+             _scored("fits", 1.8, 900, acc=0.89)]
+    cands = [Scored(**{**c.__dict__, "over_budget": objective.over_budget(c.latency_ms, int(c.size_bytes), None)}) for c in cands]
+    choice = select(cands, "f0", objective)
+    assert choice.selected == "fits"
+    assert "over the file budget of 1000 KB" in choice.score_of("fast_big").excluded_because
+    assert "over the latency budget of 2 ms" in choice.score_of("slow_small").excluded_because
+    assert not choice.score_of("f0").eligible  # the baseline too
+
+
+def test_when_nothing_fits_the_budgets_the_refusal_says_which_to_relax():
+    objective = Objective(max_latency_ms=0.5)
+    cands = [Scored(**{**_scored("f0", 5.0, 8000).__dict__, "over_budget": objective.over_budget(5.0, 8000 * 1024, None)})]
+    with pytest.raises(ConfigError, match=r"over the latency budget.*--max-latency-ms"):
+        select(cands, "f0", objective)
+
+
+def test_budgets_travel_in_the_results_so_choose_applies_them_again(tiny_optimized):
+    _, results = tiny_optimized
+    litert = sorted((v for v in results.variants if v.backend == "litert" and v.latency), key=lambda v: v.latency.median_ms)
+    slowest = litert[-1]
+    budget = Objective(max_latency_ms=(litert[-2].latency.median_ms + slowest.latency.median_ms) / 2)
+    again = decide(results.model_copy(update={"choice": None}), budget)
+    assert again.choice.objective["max_latency_ms"] == budget.max_latency_ms  # `choose` rebuilds the objective from it
+    assert again.selected.latency.median_ms <= budget.max_latency_ms
+    verdict = again.variant(slowest.name).score
+    assert not verdict.eligible and "over the latency budget" in verdict.excluded_because
+    assert any(r.startswith("Budgets (at most") and slowest.name in r for r in again.choice.reasons)
+    json.loads(again.to_json())  # a valid results file
+
+
+@pytest.mark.slow
+def test_the_student_at_the_teachers_shape_is_the_teacher_and_a_pruned_one_is_a_drop_in(tiny_model, synthetic_dir):
+    from edgeopt.pixels import PIXELS
+    from edgeopt.search.student import build_student, kept_channels, rank_channels, trunk_alpha, weights_of
+    from edgeopt.train import load_keras_model
+
+    teacher = load_keras_model(tiny_model)
+    alpha = trunk_alpha(teacher)
+    assert alpha == 0.35
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 3)).astype(np.uint8)
+    same = build_student(Candidate(48, alpha), 48, 5, weights_of(teacher), {}, PIXELS)
+    np.testing.assert_allclose(same.predict(pixels.astype(np.float32), verbose=0),
+                               teacher.predict(pixels.astype(np.float32), verbose=0), atol=1e-6)
+    ranking = rank_channels(teacher, pixels)
+    kept = kept_channels(ranking, 0.5)
+    small = build_student(Candidate(32, alpha, 0.5), 48, 5, weights_of(teacher), kept, PIXELS)
+    assert small.input_shape == teacher.input_shape  # the teacher's input: a drop-in
+    assert small.count_params() < 0.6 * teacher.count_params()
+    full = weights_of(teacher)["block_5_expand"][0].shape[-1]
+    assert small.get_layer("block_5_expand").get_weights()[0].shape[-1] == len(kept["block_5_expand"]) == full // 2
