@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +162,18 @@ def test_the_student_at_the_teachers_shape_is_the_teacher_and_a_pruned_one_is_a_
     assert small.count_params() < 0.6 * teacher.count_params()
     full = weights_of(teacher)["block_5_expand"][0].shape[-1]
     assert small.get_layer("block_5_expand").get_weights()[0].shape[-1] == len(kept["block_5_expand"]) == full // 2
+
+
+def test_edgeopt_help_and_search_help_load_neither_ray_nor_tensorflow():
+    code = ("import sys; from edgeopt.cli import main; main(['--help']); main(['search', '--help']); "
+            "print('MODULES', 'ray' in sys.modules, 'tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "MODULES False False" in run.stdout, run.stderr
+    assert "--max-latency-ms" in run.stdout and "--ray-address" in run.stdout
+
+
+def test_a_resolution_above_the_teachers_is_one_line_and_exit_2_before_any_work(tiny_model, tmp_path):
+    from edgeopt.cli import main
+
+    assert main(["search", str(tiny_model), "--out", str(tmp_path / "s"), "--resolutions", "32,64"]) == 2
+    assert not (tmp_path / "s").exists()

@@ -141,14 +141,18 @@ class SearchConfig(Settings):
         return self
 
 
-def candidates(config: SearchConfig, teacher_size: int, teacher_alpha: float | None) -> list[Candidate]:
-    """The search space: every resolution x keep share at the teacher's width (started from the
-    teacher's weights; needs a MobileNetV2 teacher), then every resolution at each other width
-    given a backbone. Cheapest first, so that a time budget cuts the expensive ones."""
+def check_resolutions(config: SearchConfig, teacher_size: int) -> None:
     too_big = [r for r in config.resolutions if r > teacher_size]
     if too_big:
         raise ConfigError(f"resolutions {too_big} are above the teacher's input side {teacher_size}: a candidate "
                           "resizes the teacher's input down, never up; drop them")
+
+
+def candidates(config: SearchConfig, teacher_size: int, teacher_alpha: float | None) -> list[Candidate]:
+    """The search space: every resolution x keep share at the teacher's width (started from the
+    teacher's weights; needs a MobileNetV2 teacher), then every resolution at each other width
+    given a backbone. Cheapest first, so that a time budget cuts the expensive ones."""
+    check_resolutions(config, teacher_size)
     found: list[Candidate] = []
     if teacher_alpha is not None:
         for r in config.resolutions:

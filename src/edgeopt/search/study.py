@@ -35,7 +35,7 @@ from edgeopt.runtimes.registry import list_runtimes
 from edgeopt.search.distill import MODEL_FILE, TrialData, search_split
 from edgeopt.search.ledger import Ledger, check_fingerprint, state_dir, student_dir, write_fingerprint
 from edgeopt.search.methods import candidate_method
-from edgeopt.search.space import CANDIDATE_METHODS, Candidate, SearchConfig, candidates
+from edgeopt.search.space import CANDIDATE_METHODS, Candidate, SearchConfig, candidates, check_resolutions
 
 ANSWERS_FILE = "teacher_answers.npz"
 # A foreign (ONNX) teacher's candidates are built for its runtime.
@@ -193,6 +193,7 @@ def run_search(model: Path, out: Path, config: SearchConfig, data_dir: Path | No
     size = source.image_size[0]
     if source.image_size[0] != source.image_size[1]:
         raise ModelError(f"{model} takes {source.image_size[1]}x{source.image_size[0]} images; search needs a square input")
+    check_resolutions(config, size)  # before any work
     train_items, val_items, validation = search_split(source.split, config.distill.val_fraction, config.distill.seed)
     resumed = _prepare_output(out, force, (Path(source.path), Path(source.data_root)), _fingerprint(source, config, train_items, val_items))
     root = Path(source.data_root)
