@@ -1,11 +1,11 @@
 """The structure searched, not only the number format (issue 33): `edgeopt search` on the reference task.
 
-    python bench/search.py [--time-budget 2h] [--resolutions 96,128,160,192] [--keep 1,0.5] [--epochs 6]
+    python bench/search.py [--time-budget 2h] [--resolutions 96,128,160] [--keep 1,0.75,0.5] [--epochs 6]
                            [--work DIR] [--out bench/results]
     python bench/search.py --tiny --out /tmp/search-tiny     # the same code on a tiny synthetic task, minutes
 
 Teacher: the reference model bench/reference.py trains and caches (MobileNetV2 1.0/224 on trashnet5;
-trained here if absent). Candidates: lower resolutions and half of each block's expanded channels,
+trained here if absent). Candidates: lower resolutions, and 75% or 50% of each block's expanded channels,
 each distilled from the teacher on its train split, ASHA on its validation part; then every
 candidate's and the teacher's f0..f4 built, measured at 1 thread and chosen by optimize. Writes
 search.{json,md}: the chosen variant's L against the teacher's f0 (target <= -1.5), its accuracy

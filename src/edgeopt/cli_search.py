@@ -53,9 +53,9 @@ def search(
     out: Annotated[Path, typer.Option(help="Folder for the run (results.json, report.md, variants/) and the search's state; "
                                       "run again to resume")],
     data: Annotated[Path | None, typer.Option(help="The data folder (DIR/<class>/*.jpg), if it moved since training")] = None,
-    resolutions: Annotated[str | None, typer.Option(help="Input sides the candidates compute at [default: 96,128,160,192]")] = None,
+    resolutions: Annotated[str | None, typer.Option(help="Input sides the candidates compute at [default: 96,128,160]")] = None,
     keep: Annotated[str | None, typer.Option(help="Shares of each block's expanded channels kept (structured pruning of the "
-                                             "teacher) [default: 1,0.5]")] = None,
+                                             "teacher) [default: 1,0.75,0.5]")] = None,
     backbone: Annotated[list[str] | None, typer.Option(help="ALPHA=PATH: also candidates of this width, from a MobileNetV2 no-top "
                                                        "weights file (repeat for several)")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most epochs a candidate trains [default: 6]")] = None,
