@@ -104,9 +104,9 @@ def main() -> int:
                     "met": min(accuracies) >= TARGET_TEST_ACCURACY},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "baseline.json").write_text(json.dumps(record, indent=1))
+    provenance.write_json(args.out / "baseline.json", record)
     text = render(record)
-    (args.out / "baseline.md").write_text(text)
+    provenance.write_text(args.out / "baseline.md", text)
     print(text)
     return 0
 

@@ -172,12 +172,29 @@ def check_targets(runs: dict[str, Any], full: Any, litert: Any, litert_full: Any
                   TARGETS["litert_five_seconds_max"], start_up),
         _time_row("optimize, every default variant of both runtimes, <= 180 s (1 thread)", one, full,
                   TARGETS["all_default_seconds_max"], start_up),
+        _same_choice_row(runs, full, litert_full),
         ("the race chooses as the full evaluation does (both runs)",
          one.selected.name == full.selected.name and litert.selected.name == litert_full.selected.name,
          f"all variants: {one.selected.name} vs {full.selected.name}; LiteRT five: {litert.selected.name} vs "
          f"{litert_full.selected.name}"),
     ]
     return [{"target": t, "met": bool(ok), "value": v} for t, ok, v in rows]
+
+
+def run_choices(runs: dict[str, Any], full: Any, litert_full: Any) -> dict[str, str]:
+    """The variant each of the five runs of the same build chose (raced and full, 1 and 2 threads)."""
+    return {**{label: run.selected.name for label, run in runs.items()},
+            "all default variants, 1 thread, full evaluation": full.selected.name,
+            "LiteRT five, 1 thread, full evaluation": litert_full.selected.name}
+
+
+def _same_choice_row(runs: dict[str, Any], full: Any, litert_full: Any) -> tuple[str, bool, str]:
+    """Issue 29: runs of the same files choose the same variant (ties within the margin are broken alike)."""
+    choices = run_choices(runs, full, litert_full)
+    objective = runs["1 thread"].choice.objective
+    return ("the five runs of the same build choose the same variant", len(set(choices.values())) == 1,
+            "; ".join(f"{label}: {name}" for label, name in choices.items())
+            + f" (guard {objective.get('guard')} at {objective.get('max_metric_loss')} pp, margin {objective.get('margin')})")
 
 
 def _time_row(target: str, raced: Any, full: Any, limit: float, start_up: tuple[float, str]) -> tuple[str, bool, str]:
@@ -228,6 +245,11 @@ def render(reference: dict[str, Any], runs: dict[str, Any]) -> str:
         lines += ["", f"Paper objective's choice: **{run.choice.other_form_selected}** (study: f4_float16, L = -0.50). "
                   "Stage wall times: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in run.timings.items()) + ".",
                   ""]
+    rules = reference.get("choice_rules", {})
+    lines += ["## The choice of each run (the same files)", "",
+              f"Guard {rules.get('guard')} at {rules.get('max_metric_loss')} pp, margin {rules.get('margin')} of L "
+              "(docs/choice.md).", "",
+              *[f"- {label}: **{name}**" for label, name in reference.get("choices", {}).items()], ""]
     lines += ["## Targets", ""]
     lines += [f"- {'MET' if t['met'] else 'NOT MET'}: {t['target']} — {t['value']}" for t in reference["targets"]]
     one = runs["1 thread"]
@@ -302,11 +324,14 @@ def main() -> int:
         "full_evaluation": json.loads(full.to_json()),
         "litert_full_evaluation": json.loads(litert_full.to_json()),
         "targets": check_targets(runs, full, litert, litert_full, start_up_seconds(stage_seconds)),
+        # issue 29: what each run chose, and the rules it chose by
+        "choices": run_choices(runs, full, litert_full),
+        "choice_rules": {key: first.choice.objective.get(key) for key in ("guard", "max_metric_loss", "margin", "confidence")},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reference.json").write_text(json.dumps(reference, indent=1))
+    provenance.write_json(args.out / "reference.json", reference)
     text = render(reference, runs)
-    (args.out / "reference.md").write_text(text)
+    provenance.write_text(args.out / "reference.md", text)
     print(text)
     return 0
 

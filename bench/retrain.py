@@ -139,9 +139,9 @@ def main() -> int:
         "targets": check_targets(results),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "retrain.json").write_text(json.dumps(record, indent=1))
+    provenance.write_json(args.out / "retrain.json", record)
     text = render(record, results)
-    (args.out / "retrain.md").write_text(text)
+    provenance.write_text(args.out / "retrain.md", text)
     print(text)
     return 0
 

@@ -12,7 +12,6 @@ bench/results/update.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import sys
@@ -114,7 +113,7 @@ def main() -> int:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "update.json").write_text(json.dumps(report, indent=1))
+    provenance.write_json(args.out / "update.json", report)
     print(f"delivery at {args.rate:g} KB/s ({'synthetic demo model' if report['synthetic_data'] else args.run}):")
     print(f"{'variant':<20} {'sent':>5} {'bytes':>12} {'s (median)':>11} {'s at rate':>10}")
     for r in rows:

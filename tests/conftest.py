@@ -14,6 +14,8 @@ from PIL import Image
 
 from edgeopt.config import MeasureConfig, OptimizeConfig, TrainConfig
 from edgeopt.data.synthetic import generate_synthetic
+from tests.browser_helpers import artifacts, chromium, open_page  # noqa: F401 (fixtures: a real browser for pages)
+from tests.fleet_helpers import db_url, postgres_server, postgres_url  # noqa: F401 (the fleet database fixtures)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRASHNET = SHARED / "data" / "trashnet5"

@@ -26,9 +26,10 @@ def free_port() -> int:
 class ServerThread:
     """`edgeopt serve` in a background thread of the test process."""
 
-    def __init__(self, repo: Path, rate_kbps: float | None = None) -> None:
+    def __init__(self, repo: Path, rate_kbps: float | None = None, **app_options) -> None:
         self.port = free_port()
-        config = uvicorn.Config(create_app(repo, rate_kbps), host="127.0.0.1", port=self.port, log_level="error")
+        self.app = create_app(repo, rate_kbps, **app_options)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -48,6 +49,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.app.state.store.close()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -77,9 +79,17 @@ class StaticServer:
 
 
 # A hostile server's hook: (request path, file bytes or None, request headers) -> a response, or
-# None to serve the file honestly. A response is (status, headers, body); body is bytes or an
-# iterator of (bytes, seconds to wait before sending them).
+# None to serve the file honestly (a POST: 404). A response is (status, headers, body); body is
+# bytes, an iterator of (bytes, seconds to wait before sending them), or TrickledHeaders.
 Hook = Callable[[str, "bytes | None", dict], "tuple[int, dict, object] | None"]
+
+
+class TrickledHeaders:
+    """An answer whose headers never end: the status line, then one header byte every `wait_s`
+    seconds, each well within any read timeout, until the client hangs up."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
 
 
 class HostileServer:
@@ -88,6 +98,7 @@ class HostileServer:
     def __init__(self, repo: Path, hook: Hook) -> None:
         repo = Path(repo)
         self.requests: list[str] = []
+        self.stopping = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -110,9 +121,15 @@ class HostileServer:
                 self._send(*response)
 
             def do_POST(self) -> None:  # noqa: N802
-                self._send(404, {}, b"")
+                path = self.path.split("?")[0]
+                outer.requests.append(f"POST {path}")
+                response = hook(path, None, dict(self.headers))
+                self._send(*(response or (404, {}, b"")))
 
             def _send(self, status: int, headers: dict, body: object) -> None:
+                if isinstance(body, TrickledHeaders):
+                    self._trickle(status, body.wait_s)
+                    return
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -134,6 +151,17 @@ class HostileServer:
                     pass  # the agent hung up: that is the point
                 self.close_connection = True
 
+            def _trickle(self, status: int, wait_s: float) -> None:
+                try:
+                    self.wfile.write(f"HTTP/1.1 {status} OK\r\n".encode())
+                    self.wfile.flush()
+                    while not outer.stopping.wait(wait_s):
+                        self.wfile.write(b"X")  # a header line that never ends
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the agent hung up: that is the point
+                self.close_connection = True
+
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -147,6 +175,7 @@ class HostileServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -227,3 +227,43 @@ def test_device_run_once_exits_1_when_the_repository_cannot_be_reached(capsys, t
     code, out, err = run(capsys, "device", "run", "--server", f"http://127.0.0.1:{free_port()}", "--state", tmp_path / "d",
                          "--root", root, "--once")
     assert code == 1 and "unreachable" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--guard", "lenient", "--guard lenient"),
+    ("--margin", "-0.1", "--margin -0.1"),
+])
+def test_a_bad_guard_or_margin_is_one_line_naming_the_flag(capsys, tmp_path, flag, value, fragment):
+    code, _, err = run(capsys, "optimize", tmp_path / "nope", "--out", tmp_path / "o", flag, value)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_choose_again_under_another_guard_and_margin(capsys, tiny_optimized, tmp_path):
+    """`choose` remakes a run's choice for a device under the rules given; the device's choice records them."""
+    import hashlib
+
+    from edgeopt.config import MeasureConfig
+    from edgeopt.device.bench import bench_run
+    from edgeopt.results import load_results
+
+    run, _ = tiny_optimized
+    device = bench_run(run, MeasureConfig(rounds=3, invocations=2, warmup=1))
+    assert device.source_results_sha256 == hashlib.sha256((run / "results.json").read_bytes()).hexdigest()
+    (tmp_path / "device.json").write_text(device.to_json())
+    code, out, err = run_choose(capsys, run, tmp_path, "--guard", "non-inferiority", "--margin", "0.05")
+    assert code == 0, err
+    chosen = load_results(tmp_path / "choice" / "target-1")
+    # on a device, non-inferiority is the build machine's verdict; the device judges what it shows worse
+    assert chosen.choice.objective["guard"] == "benefit-of-doubt" and chosen.choice.objective["margin"] == 0.05
+    assert any("the non-inferiority guard is the build machine's" in r for r in chosen.choice.reasons)
+    # the run's own report: each variant's guard in words, and its answers changed against float32
+    report = (run / "report.md").read_text()
+    assert "| changed % [95%] |" in report and "## The accuracy guard, variant by variant" in report
+    f4 = load_results(run).variant("f4_float16")
+    assert f4.fidelity is not None and f4.fidelity.test_images == len(f4.predictions.test)
+    assert "**f4_float16**: " in report
+
+
+def run_choose(capsys, run_dir, tmp_path, *flags):
+    return run(capsys, "choose", run_dir, "--device-results", tmp_path / "device.json", "--out", tmp_path / "choice", *flags)

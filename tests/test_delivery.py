@@ -29,12 +29,14 @@ from edgeopt.device.smoke import SmokeLimits
 from edgeopt.device.sort import sort_frames
 from edgeopt.device.state import DeviceState
 from edgeopt.errors import OutputExistsError
-from edgeopt.fleet import enroll
+from edgeopt.fleet.auth import generate_device_key, load_device_key, sign_request
+from edgeopt.fleet.store import open_store
 from edgeopt.release import repository as repository_module
 from edgeopt.release.keys import generate_keys
 from edgeopt.release.repository import Repository, release_custom
 from edgeopt.results import load_results
 from tests.delivery_helpers import CuttingProxy, HostileServer, ServerThread, StaticServer
+from tests.fleet_helpers import enroll_device
 from tests.test_images import png_bytes
 
 
@@ -133,27 +135,34 @@ def test_the_agent_works_against_any_static_web_server(setup):
 
 def test_reports_are_authenticated_typed_and_bounded(setup, tmp_path):
     setup.publish(0)
-    token = enroll(setup.repo_path, "sorter-1")
-    (tmp_path / "token").write_text(token)
+    enroll_device(setup.repo_path, "sorter-1", tmp_path / "device.key")
+    key = load_device_key(tmp_path / "device.key")
     with ServerThread(setup.repo_path) as server, httpx.Client(base_url=server.url) as client:
-        assert str(setup.agent(server.url, token_file=tmp_path / "token").check_once()) == "activated release 1"
-        status = json.loads((setup.repo_path / "fleet" / "status.json").read_text())["sorter-1"]
-        assert status["active_release"] == 1 and status["profile"]["cores"] >= 1 and status["device_class"]
+        assert str(setup.agent(server.url, key_file=tmp_path / "device.key").check_once()) == "activated release 1"
+        with open_store(setup.repo_path) as store:
+            status = store.latest()[0].report
+        assert status.active_release == 1 and status.profile["cores"] >= 1 and status.device_class
+
+        def post(report: dict | bytes, device: str = "sorter-1") -> int:
+            body = report if isinstance(report, bytes) else json.dumps(report).encode()
+            signed = sign_request(key, device, "POST", "/status", body, time.time())
+            return client.post("/status", content=body, headers=signed).status_code
+
         good = {"device_id": "sorter-1", "channel": "stable"}
-        assert client.post("/status", json=good).status_code == 401  # no credential
-        assert client.post("/status", json={**good, "device_id": "intruder"},
-                           headers={"Authorization": f"Bearer {token}"}).status_code == 401  # someone else's
-        huge = {**good, "last_error": "x" * 5_000_000}
-        assert client.post("/status", json=huge, headers={"Authorization": f"Bearer {token}"}).status_code == 413
-        assert client.post("/status", content=b"garbage", headers={"Authorization": f"Bearer {token}"}).status_code == 400
-        assert client.post("/status", json={**good, "active_release": "v" * 300},
-                           headers={"Authorization": f"Bearer {token}"}).status_code == 400
-    assert list(json.loads((setup.repo_path / "fleet" / "status.json").read_text())) == ["sorter-1"]
+        assert client.post("/status", json=good).status_code == 401  # not signed
+        assert post({**good, "device_id": "intruder"}) == 401  # signed by sorter-1, names someone else
+        assert post({**good, "device_id": "intruder"}, device="intruder") == 401  # not enrolled
+        assert post({**good, "last_error": "x" * 5_000_000}) == 413
+        assert post(b"garbage") == 400
+        assert post({**good, "active_release": "v" * 300}) == 400
+        assert post(good) == 200
+    with open_store(setup.repo_path) as store:
+        assert [s.device_id for s in store.latest()] == ["sorter-1"] and store.count_reports() == 2
 
 
 def test_the_server_serves_only_metadata_and_hash_named_targets(setup):
     setup.publish(0)
-    enroll(setup.repo_path, "sorter-1")
+    enroll_device(setup.repo_path, "sorter-1", setup.repo_path.parent / "device.key")
     (setup.repo_path / "targets" / "stable" / "keys").mkdir()
     (setup.repo_path / "targets" / "stable" / "keys" / "root.key").write_text("secret")
     (setup.repo_path / "targets" / "stable" / "root.key").write_text("secret")
@@ -163,7 +172,7 @@ def test_the_server_serves_only_metadata_and_hash_named_targets(setup):
         assert client.get(f"/targets/stable/{model.name}").content == model.read_bytes()
         part = client.get(f"/targets/stable/{model.name}", headers={"Range": "bytes=100-199"})
         assert part.status_code == 206 and part.headers["content-range"] == f"bytes 100-199/{model.stat().st_size}"
-        for path in ("/metadata/../fleet/devices.json", "/metadata/%2e%2e/fleet/status.json", "/fleet/devices.json",
+        for path in ("/metadata/../fleet/fleet.db", "/metadata/%2e%2e/fleet/fleet.db", "/fleet/fleet.db",
                      "/targets/stable/root.key", "/targets/stable/keys/root.key", "/targets/../keys/root.key"):
             raw = httpx.Request("GET", server.url + path)
             raw.url = httpx.URL(server.url + path)  # keep the dots: what `curl --path-as-is` sends
@@ -582,10 +591,9 @@ def test_a_fleet_benchmark_job_is_run_when_idle_and_chosen_from_by_device_class(
     run = setup.runs[0][0]
     setup.publish(0)
     job = setup.repo.publish_job(setup.keys, run, ("f0_float32", "f1_dynamic_range", "f4_float16"))
-    token = enroll(setup.repo_path, "sorter-1")
-    (tmp_path / "token").write_text(token)
+    enroll_device(setup.repo_path, "sorter-1", tmp_path / "device.key")
     with ServerThread(setup.repo_path) as server:
-        agent = setup.agent(server.url, token_file=tmp_path / "token", device_class="pi-class")
+        agent = setup.agent(server.url, key_file=tmp_path / "device.key", device_class="pi-class")
         assert str(agent.check_once()) == "activated release 1"
         assert str(agent.check_once()) == "up-to-date"  # idle: the job runs now
         assert any(e["event"] == "bench-job-done" for e in log_events(setup))
@@ -673,9 +681,10 @@ def test_a_server_that_trickles_its_headers_cannot_hold_the_agent(setup, tmp_pat
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     monkeypatch.setattr(agent_module, "METADATA_BUDGET_BYTES", 0)
     monkeypatch.setattr(agent_module, "REPORT_S", 2.0)
-    (tmp_path / "token").write_text("t")
-    agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=2000, rate_window_s=1.0, deadline_base_s=2),
-                        token_file=tmp_path / "token")
+    generate_device_key(tmp_path / "device.key")
+    # a minimum rate the trickle keeps up with: the deadline, counted from the first byte, cuts it
+    agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=1, rate_window_s=1.0, deadline_base_s=2),
+                        key_file=tmp_path / "device.key")
     try:
         started = time.monotonic()
         outcome = agent.check_once()  # the metadata, then the report of the retry
@@ -705,9 +714,9 @@ def test_a_failing_benchmark_job_backs_off_and_a_static_server_keeps_the_results
     run = setup.runs[0][0]
     setup.publish(0)
     setup.repo.publish_job(setup.keys, run, ("f0_float32", "f4_float16"))
-    (tmp_path / "token").write_text("t")
+    generate_device_key(tmp_path / "device.key")
     with StaticServer(setup.repo_path) as static:  # no /bench: 501 or 404 to a POST
-        agent = setup.agent(static.url, token_file=tmp_path / "token")
+        agent = setup.agent(static.url, key_file=tmp_path / "device.key")
         assert str(agent.check_once()) == "activated release 1"
         assert str(agent.check_once()) == "up-to-date"
     done = [e for e in log_events(setup) if e["event"] == "bench-job-done"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,14 +20,18 @@ from edgeopt.config import MeasureConfig
 from edgeopt.device.bench import bench_run
 from edgeopt.errors import ConfigError
 from edgeopt.objective import Objective
+from edgeopt.progress import NullProgress
 from edgeopt.report import table_rows
 from edgeopt.results import Results, load_results
 from edgeopt.runtimes import litert as litert_runtime
+from tests.conftest import _read
+from tests.device_venvs import device_venv
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = MeasureConfig(rounds=2, invocations=5, warmup=1)
 # What the device side may import: none of the build machine's heavy stack.
-BUILD_ONLY = ("tensorflow", "keras", "scipy", "matplotlib", "starlette", "uvicorn", "onnx", "tf2onnx")
+BUILD_ONLY = ("tensorflow", "keras", "scipy", "matplotlib", "plotly", "starlette", "uvicorn", "onnx", "tf2onnx", "sqlalchemy",
+              "alembic", "psycopg")
 
 
 def _sha(run: Path) -> str:
@@ -44,7 +49,7 @@ def test_device_bench_measures_every_variant_and_says_what_does_not_load(tiny_op
         return real(path, threads, delegates)
 
     monkeypatch.setattr(litert_runtime, "_interpreter", old_runtime)
-    device = bench_run(run, QUICK)
+    device = bench_run(run, QUICK, isolate=False)  # measured in this process, where the patch is
     assert device.kind == "device-bench" and device.source_results_sha256 == _sha(run)
     f1 = device.variant("f1_dynamic_range")
     assert not f1.loadable and "FULLY_CONNECTED version 12" in f1.load_error and f1.latency is None
@@ -55,6 +60,44 @@ def test_device_bench_measures_every_variant_and_says_what_does_not_load(tiny_op
     assert chosen.choice.selected != "f1_dynamic_range"
     assert chosen.choice.target == ["litert", "onnxruntime"]  # both runtimes are installed here
     assert any("f1_dynamic_range was not eligible: it does not load here" in r for r in chosen.choice.reasons)
+
+
+def _bench_workers() -> dict[str, int]:
+    """This process's device-benchmark workers, by variant (Linux: reads /proc)."""
+    found = {}
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for child in _read(task / "children").split():
+            argv = _read(Path(f"/proc/{child}/cmdline")).split("\0")
+            if any("edgeopt.device.variant_worker" in arg for arg in argv):
+                found[argv[-2]] = int(child)  # the variant's name is its last argument
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes in /proc (Linux)")
+def test_a_variant_that_crashes_its_runtime_costs_its_row_not_the_benchmark(tiny_optimized):
+    """A runtime that segfaults on one variant (ai-edge-litert 1.0.1 does on a dynamic-range model)
+    ends that variant's process only: the row says so, every other variant is measured in full."""
+    run, _ = tiny_optimized
+
+    class CrashAfterLoading(NullProgress):
+        crashed = False
+
+        def advance(self, steps=1, info=""):
+            if info == "f1_dynamic_range" and not self.crashed:  # loaded, waiting for the latency rounds
+                os.kill(_bench_workers()["f1_dynamic_range"], signal.SIGSEGV)
+                self.crashed = True
+
+    device = bench_run(run, QUICK, progress=CrashAfterLoading())
+    f1 = device.variant("f1_dynamic_range")
+    assert not f1.loadable and f1.latency is None
+    assert f1.load_error.startswith("does not run here: SIGSEGV (ai-edge-litert") and "latency rounds" in f1.load_error
+    rest = [v for v in device.variants if v.name != "f1_dynamic_range"]
+    assert len(rest) == len(load_results(run).variants) - 1 and device.variants[0].name == "f0_float32"
+    assert all(v.loadable and len(v.latency.round_medians_ms) == QUICK.rounds and v.test.count > 0 for v in rest)
+    assert _bench_workers() == {}  # none left behind
+    chosen = choose_for_device(load_results(run), _sha(run), device, Objective())
+    assert any(r.startswith("f1_dynamic_range was not eligible: it does not load here (does not run here: SIGSEGV")
+               for r in chosen.choice.reasons)
 
 
 def test_device_results_of_another_run_are_refused(tiny_optimized, tmp_path):
@@ -78,13 +121,15 @@ def test_labelled_samples_can_replace_the_test_split(tiny_optimized, synthetic_d
 
 
 def test_the_device_side_runs_without_tensorflow(tiny_optimized, synthetic_dir, tmp_path):
-    """The light install's commands, with TensorFlow and the rest of the build stack unimportable."""
+    """The light install's commands, with TensorFlow and the rest of the build stack unimportable --
+    in the processes they start too (device bench measures each variant in one of its own)."""
     run, _ = tiny_optimized
     image = sorted((synthetic_dir / "carton").glob("*.jpg"))[0]
+    blocked = tmp_path / "blocked"
+    for name in BUILD_ONLY:  # first on the path: an import of any of them fails, as on a device without them
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('the device side imported {name}')")
     script = textwrap.dedent(f"""
-        import sys
-        for name in {BUILD_ONLY!r}:
-            sys.modules[name] = None  # import fails, as on a device without them
         from edgeopt.cli import main
         codes = [
             main(["--help"]),
@@ -96,36 +141,23 @@ def test_the_device_side_runs_without_tensorflow(tiny_optimized, synthetic_dir, 
         ]
         print("CODES", codes)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert "CODES [0, 0, 0, 0, 0]" in proc.stdout, proc.stdout + proc.stderr
+    device = Results.model_validate_json((tmp_path / "device.json").read_text())
+    assert all(v.loadable for v in device.variants), [v.load_error for v in device.variants]  # ORT without onnx too
     profile = json.loads((tmp_path / "profile.json").read_text())
     assert profile["runtimes"]["ai-edge-litert"] and profile["cores"] >= 1 and "int8_dot_product" in profile
     assert profile["device_class"].startswith(profile["machine"])
+    assert {name: h["healthy"] for name, h in profile["runtime_health"].items()} == {"litert": True, "onnxruntime": True}
     assert Results.model_validate_json((tmp_path / "device.json").read_text()).kind == "device-bench"
-
-
-def _device_venv() -> Path:
-    """A second virtual environment with tflite-runtime 2.14 and numpy < 2: what many Raspberry Pi
-    images ship. Cached between runs (keyed by the light dependencies); edgeopt itself is
-    reinstalled from this checkout every time."""
-    deps = ["tflite-runtime==2.14.0", "numpy<2"]
-    light = json.dumps([deps, (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]])
-    key = hashlib.sha256(light.encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeopt-tests" / f"tflite-2.14-{key}"
-    python = cache / "bin" / "python"
-    if not (cache / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(cache)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *deps, f"{ROOT}[tflite-runtime]"], check=True, timeout=900)
-        (cache / ".complete").write_text("ok")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)], check=True,
-                   timeout=300)
-    return python
 
 
 @pytest.mark.slow
 def test_an_older_runtime_cannot_load_dynamic_range_and_choose_does_not_pick_it(tiny_optimized, tmp_path):
     run, _ = tiny_optimized
-    python = _device_venv()
+    # what many Raspberry Pi images ship
+    python = device_venv("tflite-2.14", ["tflite-runtime==2.14.0", "numpy<2"], extra="tflite-runtime")
     check = subprocess.run([str(python), "-c", "import numpy, tflite_runtime, importlib.util as u; "
                             "print(numpy.__version__, tflite_runtime.__version__, u.find_spec('tensorflow') is None)"],
                            capture_output=True, text=True, check=True)

@@ -57,6 +57,10 @@ def test_a_clearly_worse_variant_is_stopped_early_and_the_others_run_to_the_end(
     assert -100 * full.high > 1.0
 
 
+def raced_default(predicted, labels, baseline):
+    return race({"v": replay(predicted)}, labels, baseline, Objective())["v"]
+
+
 def test_a_loss_seen_early_is_not_stopped_when_the_whole_split_could_keep_it():
     labels, predictions = recorded()
     # loses 9 images, all in the first chunk: clearly worse there; it gets 4 right later that f0 gets wrong,
@@ -66,13 +70,15 @@ def test_a_loss_seen_early_is_not_stopped_when_the_whole_split_could_keep_it():
     early[first_right] = (labels[first_right] + 1) % 5
     later_wrong = [i for i in range(CHUNK, len(labels)) if early[i] != labels[i]][:4]
     early[later_wrong] = labels[later_wrong]
-    raced = race({"early": replay(early)}, labels, predictions["f0"], Objective())
+    lenient = Objective(guard="benefit-of-doubt")  # the rule under which the full evaluation keeps it
+    raced = race({"early": replay(early)}, labels, predictions["f0"], lenient)
     assert not raced["early"].stopped
     full = paired_difference(predictions["f0"] == labels, early == labels)
     assert full.high > 0 and -100 * full.difference > 1.0  # its point loss is above 1 pp, its interval reaches 0
     f0 = Candidate("f0", 1e6, 1.0, float(np.mean(predictions["f0"] == labels)))
     kept = Candidate("early", 1e6, 1.0, float(np.mean(early == labels)), metric_delta_interval=(full.low, full.high))
-    assert select([f0, kept], "f0", Objective()).score_of("early").eligible
+    assert select([f0, kept], "f0", lenient).score_of("early").eligible
+    assert not raced_default(early, labels, predictions["f0"]).stopped  # the race stops only what is shown worse
 
 
 def test_without_a_guard_nothing_is_stopped():
@@ -103,7 +109,11 @@ def test_the_race_replayed_on_the_recorded_full_reference_run_chooses_as_it_did(
     kept = [v for v in full.variants if v.name not in {n for n, r in raced.items() if r.stopped}]
     stopped = [v.model_copy(update={"stopped_early": raced[v.name].stopped}) for v in full.variants if v not in kept]
     replayed = decide(full.model_copy(update={"variants": kept + stopped, "choice": None}), objective, tuple(full.choice.target))
-    assert replayed.choice.selected == full.choice.selected
+    # the full evaluation's choice under the same rules (a file written before issue 29 stored the old rules' choice)
+    remade = decide(full.model_copy(update={"choice": None}), objective, tuple(full.choice.target))
+    assert replayed.choice.selected == remade.choice.selected
+    if "guard" in full.choice.objective:
+        assert remade.choice.selected == full.choice.selected
 
 
 def test_decoded_images_are_cached_by_file_list_and_dates(tmp_path, monkeypatch):

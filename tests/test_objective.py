@@ -64,10 +64,14 @@ def reference(*others: Candidate) -> list[Candidate]:
     return [F0, *others]
 
 
-def test_default_guard_excludes_an_8_6_point_loss_and_keeps_a_5_photo_loss():
+# The guard before issue 29, and ties only where the paired interval of the L difference reaches 0.
+BOD = Objective(guard="benefit-of-doubt", margin=0.0)
+
+
+def test_benefit_of_doubt_excludes_an_8_6_point_loss_and_keeps_a_5_photo_loss():
     ort = Candidate("ort_int8", 2603e3, 10.58, 0.8159, metric_delta_interval=(-0.1136, -0.0602), discordant=49)
     f2 = Candidate("f2", 2677e3, 14.10, 0.8912, metric_delta_interval=(-0.0178, 0.0038), discordant=9)
-    choice = select(reference(ort, f2), "f0", Objective())
+    choice = select(reference(ort, f2), "f0", BOD)
     assert choice.score_of("ort_int8").guard == "clearly worse" and not choice.score_of("ort_int8").eligible
     # its point loss (1.05 pp) is above the tolerance, its interval reaches below it: not thrown out for noise
     f2s = choice.score_of("f2")
@@ -77,6 +81,13 @@ def test_default_guard_excludes_an_8_6_point_loss_and_keeps_a_5_photo_loss():
     assert "clearly more than the allowed 1 pp" in choice.score_of("ort_int8").excluded_because
     assert any("f2 loses 1.05 pp [-0.38, 1.78]" in r and "stays eligible" in r for r in choice.reasons)
     assert "whole 95% interval" in choice.guard_rule
+    # the default guard: 1.05 pp at its point estimate is beyond the tolerance, and 1.78 pp is not shown
+    # within it either; non-inferiority asks only the latter
+    for mode in ("bounded", "non-inferiority"):
+        strict = select(reference(ort, f2), "f0", Objective(guard=mode))
+        assert strict.score_of("f2").guard == "not shown within" and strict.selected == "f0"
+        assert strict.score_of("ort_int8").guard == "clearly worse"
+    assert "at its point estimate" in select(reference(ort, f2), "f0", Objective()).score_of("f2").excluded_because
 
 
 def test_L_interval_adds_the_latency_rounds_and_the_accuracy_interval():
@@ -220,14 +231,14 @@ def test_the_reasons_say_same_rounds_and_images_only_when_the_comparison_was_pai
 
 
 def test_paired_rounds_that_straddle_zero_are_a_tie():
-    base = Candidate("f0", 1000, 10, 0.9, latency_ratios=(1.0,) * 5, correct=(True,) * 9 + (False,))
-    a = Candidate("a", 500, 10, 0.9, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0), correct=(True,) * 9 + (False,))
-    b = Candidate("b", 450, 10, 0.8, latency_ratios=(1.2, 0.8, 1.1, 0.9, 1.0), correct=(True,) * 8 + (False, False))
-    choice = select([base, a, b], "f0", Objective(max_metric_loss=None))  # 1 photo in 10: no guard for this toy
+    base = Candidate("f0", 1000, 10, 0.9, latency_ratios=(1.0,) * 5, correct=(True,) * 180 + (False,) * 20)
+    a = Candidate("a", 500, 10, 0.9, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0), correct=(True,) * 180 + (False,) * 20)
+    b = Candidate("b", 450, 10, 0.89, latency_ratios=(1.2, 0.8, 1.1, 0.9, 1.0), correct=(True,) * 178 + (False,) * 22)
+    choice = select([base, a, b], "f0", Objective(max_metric_loss=None, margin=0.0))
     assert set(choice.tie) == {"a", "b"} and choice.selected == "b" and choice.tie_broken_by == "size"
 
 
-def test_default_guard_excludes_a_loss_above_the_tolerance_that_the_test_set_can_tell_from_none():
+def test_benefit_of_doubt_excludes_a_loss_above_the_tolerance_that_the_test_set_can_tell_from_none():
     # the reference run at f80d2d8 (a VNNI CPU): f3 lost 2.72 pp [0.83, 3.71], 19 discordant photos, and ran 1.47x
     # faster than f0; under the clearly-worse rule alone it was chosen over f4 (0.21 pp) and the repaired f2
     f0 = Candidate("f0", 8706e3, 5.60, 433 / 478, backend="litert")
@@ -235,7 +246,7 @@ def test_default_guard_excludes_a_loss_above_the_tolerance_that_the_test_set_can
     f4 = Candidate("f4", 4418e3, 5.58, 432 / 478, metric_delta_interval=(-0.0062, 0.0051), discordant=3, backend="litert")
     repaired = Candidate("guarded", 5348e3, 5.38, 428 / 478, metric_delta_interval=(-0.0105, 0.0005), discordant=5,
                          backend="litert")
-    choice = select([f0, f3, f4, repaired], "f0", Objective())
+    choice = select([f0, f3, f4, repaired], "f0", BOD)
     assert choice.score_of("f3").guard == "worse than allowed" and not choice.score_of("f3").eligible
     # above 1 pp at its point estimate (5 photos), but its interval reaches 0: not thrown out for noise
     assert choice.score_of("guarded").guard == "loss unproven" and choice.score_of("guarded").eligible
@@ -244,7 +255,7 @@ def test_default_guard_excludes_a_loss_above_the_tolerance_that_the_test_set_can
     assert any(r.startswith("f3 was excluded: it loses 2.72 [0.83, 3.71] pp") for r in choice.reasons)
     # the same loss with an interval reaching 0 (a smaller test set) stays eligible, and wins
     unsure = replace(f3, metric_delta_interval=(-0.0600, 0.0010))
-    assert select([f0, unsure, f4, repaired], "f0", Objective()).selected == "f3"
+    assert select([f0, unsure, f4, repaired], "f0", BOD).selected == "f3"
 
 
 def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on_file_size():
@@ -260,12 +271,12 @@ def test_a_tied_variant_measurably_worse_than_the_baseline_never_wins_the_tie_on
     clustered = Candidate("clustered", 2652e3, 11.8, len(clustered_right) / n, latency_ratios=(0.8, 1.2, 0.9, 1.1, 1.0),
                           metric_delta_interval=(-0.0632, -0.0038), correct=tuple(i in clustered_right for i in range(n)))
     # the default guard now excludes it: more than 1 pp at its point estimate, and measurably more than nothing
-    guarded = select([base, f2, clustered], "f0", Objective()).score_of("clustered")
+    guarded = select([base, f2, clustered], "f0", BOD).score_of("clustered")
     assert not guarded.eligible and guarded.guard == "worse than allowed"
     assert guarded.excluded_because == ("loses 3.56 [0.38, 6.32] pp of test_accuracy: more than the allowed 1 pp, "
                                         "and measurably more than nothing")
     # a user who allows 5 pp keeps it eligible; the tie rule still never hands it the choice on file size
-    lenient = Objective(max_metric_loss=5.0)
+    lenient = BOD.replaced(max_metric_loss=5.0)
     choice = select([base, f2, clustered], "f0", lenient)
     scores = {s.name: s for s in choice.ranking}
     assert scores["clustered"].eligible and scores["clustered"].metric_loss_low > 0  # measurably worse, within 5 pp
@@ -308,13 +319,16 @@ def test_a_tied_variant_beyond_the_tolerance_at_its_point_estimate_never_wins_th
     qat_right = (base_right - set(range(11))) | set(range(446, 451))
     qat = Candidate("qat", 2657e3, 3.57, len(qat_right) / n, latency_ratios=(0.67, 0.68, 0.66, 0.68, 0.67),
                     metric_delta_interval=(-0.0261, 0.0058), correct=tuple(i in qat_right for i in range(n)))
-    choice = select([base, f2, qat], "f0", Objective())
+    choice = select([base, f2, qat], "f0", BOD)
     assert choice.score_of("qat").guard == "loss unproven" and choice.score_of("qat").eligible
     assert set(choice.tie) == {"f2", "qat"} and choice.selected == "f2" and choice.tie_broken_by == "set aside"
     tie = next(r for r in choice.reasons if r.startswith("Tie within"))
     assert "setting aside qat (-1.26 pp [-2.61, +0.58]: beyond the allowed loss at its point estimate)" in tie
-    # with the tolerance at 2 pp, qat is within it, and the smaller file wins the tie again
-    assert select([base, f2, qat], "f0", Objective(max_metric_loss=2.0)).selected == "qat"
+    # with the tolerance at 2 pp, qat is within it at its point estimate, but only f2 is shown within it (its interval
+    # ends at 1.80 pp, qat's at 2.61): the tie goes to the one shown closer to the baseline, not to a file 0.7% smaller
+    wider = select([base, f2, qat], "f0", BOD.replaced(max_metric_loss=2.0))
+    assert wider.selected == "f2" and wider.tie_broken_by == "shown within"
+    assert any("preferring f2, shown within the allowed 2 pp" in r for r in wider.reasons)
 
     # a loss-unproven variant (20 lost, 10 gained) tied with one within a 2 pp tolerance but measurably worse than
     # the baseline (8 lost, none gained): the measurable loss is set aside first, and the unproven one is chosen
@@ -324,6 +338,6 @@ def test_a_tied_variant_beyond_the_tolerance_at_its_point_estimate_never_wins_th
     unproven_right = (base_right - set(range(20))) | set(range(446, 456))
     unproven = Candidate("unproven", 2657e3, 3.57, len(unproven_right) / n, latency_ratios=(0.67, 0.68, 0.66, 0.68, 0.67),
                          metric_delta_interval=(-0.0440, 0.0023), correct=tuple(i in unproven_right for i in range(n)))
-    choice = select([base, unproven, worse], "f0", Objective(max_metric_loss=2.0))
+    choice = select([base, unproven, worse], "f0", BOD.replaced(max_metric_loss=2.0))
     assert choice.score_of("unproven").guard == "loss unproven" and choice.score_of("worse").guard == "within tolerance"
     assert set(choice.tie) == {"unproven", "worse"} and choice.selected == "unproven"

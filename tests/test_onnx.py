@@ -171,7 +171,8 @@ def test_by_default_only_convs_fed_by_signed_activations_get_7_bit_weights(tiny_
     assert max(np.abs(w.astype(int)).max() for name, w in weights.items() if name not in signed_fed) == 127
 
 
-def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_dir, tmp_path):
+def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEOPT_ONNX2TF_ENV", str(tmp_path / "no-onnx2tf"))  # not set up: ONNX Runtime only
     onnx_model = tmp_path / "from_pytorch.onnx"
     onnx_model.write_bytes(_file(tiny_optimized, "ort_fp32").read_bytes())
     out = tmp_path / "opt"
@@ -182,9 +183,10 @@ def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_
     assert "ort_int8_guarded" in names or any(n.startswith("ort_int8_guarded: ") for n in results.notes)
     assert results.baseline.name == "ort_fp32" and results.model.kind == "onnx"
     assert results.choice.target == ["onnxruntime"]
-    assert any("only ONNX Runtime variants were built" in n for n in results.notes)
+    assert any("LiteRT variants (the study's f0..f4) were not built" in n and "'edgeopt setup onnx2tf'" in n
+               for n in results.notes)
     assert results.data.split_note.startswith("drawn by edgeopt")
-    assert "only ONNX Runtime variants were built" in (out / "report.md").read_text()
+    assert "edgeopt setup onnx2tf" in (out / "report.md").read_text()
     assert (out / "selected.onnx").is_file() and (out / "split.json").is_file()
     labels = json.loads((out / "labels.json").read_text())["classes"]
     assert labels == sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())

@@ -113,7 +113,6 @@ def test_a_variant_over_a_budget_is_not_eligible_whatever_its_L():
     objective = Objective(max_latency_ms=2.0, max_file_kb=1000)
     cands = [_scored("f0", 5.0, 8000), _scored("fast_big", 1.0, 2000), _scored("slow_small", 3.0, 500),
              _scored("fits", 1.8, 900, acc=0.89)]
-    cands = [Scored(**{**c.__dict__, "over_budget": objective.over_budget(c.latency_ms, int(c.size_bytes), None)}) for c in cands]
     choice = select(cands, "f0", objective)
     assert choice.selected == "fits"
     assert "over the file budget of 1000 KB" in choice.score_of("fast_big").excluded_because
@@ -123,7 +122,7 @@ def test_a_variant_over_a_budget_is_not_eligible_whatever_its_L():
 
 def test_when_nothing_fits_the_budgets_the_refusal_says_which_to_relax():
     objective = Objective(max_latency_ms=0.5)
-    cands = [Scored(**{**_scored("f0", 5.0, 8000).__dict__, "over_budget": objective.over_budget(5.0, 8000 * 1024, None)})]
+    cands = [_scored("f0", 5.0, 8000)]
     with pytest.raises(ConfigError, match=r"over the latency budget.*--max-latency-ms"):
         select(cands, "f0", objective)
 

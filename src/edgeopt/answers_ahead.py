@@ -67,6 +67,13 @@ class AnswersAhead:
             return True
         return False
 
+    def give(self, name: str, which: str, predicted: np.ndarray, confidence: np.ndarray) -> None:
+        """Answers computed elsewhere (e.g. the baseline's, checked before the other builds)."""
+        job = self._jobs.get((name, which))
+        if job is not None and len(predicted) == len(job.predicted):
+            job.predicted[:], job.confidence[:] = predicted, confidence
+            job.done = len(predicted)
+
     def close(self) -> None:
         """Release the sessions the steps opened (the answers stay)."""
         self._sessions.clear()

@@ -15,8 +15,19 @@ import numpy as np
 
 from edgeopt.errors import ConfigError, ModelError
 from edgeopt.objective import EXCLUDED_BY_GUARD, Candidate, Objective, ObjectiveForm, select
-from edgeopt.results import Accuracy, Choice, Latency, Paired, PairedClass, Predictions, Results, Variant, Verdict
-from edgeopt.stats import median_interval, paired_difference
+from edgeopt.results import (
+    Accuracy,
+    Choice,
+    Fidelity,
+    Latency,
+    Paired,
+    PairedClass,
+    Predictions,
+    Results,
+    Variant,
+    Verdict,
+)
+from edgeopt.stats import median_interval, paired_difference, share_interval
 
 
 def default_target(results: Results) -> tuple[str, ...]:
@@ -45,6 +56,25 @@ def paired_against(variant: Variant, baseline: Variant, labels: Sequence[int], c
     return Paired(**whole.model_dump(), confidence=confidence, per_class=per_class)
 
 
+def fidelity_against(variant: Variant, baseline: Variant, confidence: float) -> Fidelity | None:
+    """The answers the variant changes against the baseline's, on every image both answered: the test
+    images, and the train sample when both carry it."""
+    if variant.predictions is None or baseline.predictions is None:
+        return None
+    n = min(len(variant.predictions.test), len(baseline.predictions.test))
+    if n == 0:
+        return None
+    test_changed = int(np.sum(np.asarray(variant.predictions.test[:n]) != np.asarray(baseline.predictions.test[:n])))
+    changed, images = test_changed, n
+    train, base_train = variant.predictions.train, baseline.predictions.train
+    if train and base_train and len(train) == len(base_train):
+        changed += int(np.sum(np.asarray(train) != np.asarray(base_train)))
+        images += len(train)
+    low, high = share_interval(changed, images, confidence)
+    return Fidelity(changed=changed, images=images, test_changed=test_changed, test_images=n, low=low, high=high,
+                    confidence=confidence)
+
+
 def latency_against(variant: Latency, baseline: Latency, confidence: float) -> Latency:
     """The variant's latency with the interval of its ratio to the baseline, one ratio per
     interleaved round (both were timed in the same round, so the machine's slow moments cancel)."""
@@ -66,12 +96,14 @@ def _candidate(v: Variant, baseline: Variant, labels: Sequence[int], objective: 
                                          strict=True)) if rounds and min(baseline.latency.round_medians_ms[:rounds]) > 0 else None
     predicted = v.predictions.test if v.predictions is not None else []
     correct = tuple(bool(p == t) for p, t in zip(predicted, labels, strict=False)) if len(predicted) == len(labels) else None
+    fidelity = v.fidelity
     return Candidate(
         name=v.name, size_bytes=size, latency_ms=v.latency.median_ms, metric=v.test.accuracy, backend=v.backend,
         latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
         metric_delta_interval=(paired.low, paired.high) if paired else None,
         discordant=paired.discordant if paired else None, latency_ratios=ratios, correct=correct,
-        over_budget=objective.over_budget(v.latency.median_ms, v.size_bytes, v.transfer_bytes),
+        transfer_bytes=v.transfer_bytes, file_bytes=v.size_bytes, input_dtype=v.graph.input.dtype if v.graph is not None else "",
+        fidelity=(fidelity.test_changed, fidelity.test_images, fidelity.changed, fidelity.images) if fidelity else None,
     )
 
 
@@ -92,6 +124,7 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
             update["latency"] = latency_against(v.latency, baseline.latency, confidence)
         if v is not baseline:
             update["paired"] = paired_against(v, baseline, labels, results.model.classes, confidence)
+            update["fidelity"] = fidelity_against(v, baseline, confidence)
         variants.append(v.model_copy(update=update))
     if not measurable(variants[0]):
         why = baseline.load_error or baseline.stopped_early or "no figures"
@@ -109,17 +142,13 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
                 L=s.L, L_low=s.L_low, L_high=s.L_high, L_other_form=o.L, delta_size=s.delta_size,
                 delta_time=s.delta_time, delta_metric=s.delta_metric, metric_loss=s.metric_loss,
                 metric_loss_low=s.metric_loss_low, metric_loss_high=s.metric_loss_high, eligible=s.eligible,
-                excluded_because=s.excluded_because, pareto=s.on_pareto_front, guard=s.guard,
+                excluded_because=s.excluded_because, pareto=s.on_pareto_front, guard=s.guard, over_budget=s.over_budget,
             )
             scored.append(v.model_copy(update={"score": verdict}))
         else:
             scored.append(v.model_copy(update={"score": None}))
     unmeasured = [v for v in scored if v.score is None]
-    over = [c.name for c in candidates if c.over_budget]
-    budget = ([f"Budgets ({objective.describe_budgets()}), filters before the objective: "
-               + (f"{len(over)} variant(s) over them ({', '.join(over)})." if over else "every variant fits them.")]
-              if objective.has_budget else [])
-    reasons = list(choice.reasons) + budget + [
+    reasons = list(choice.reasons) + [
         f"{v.name} was not eligible: " + (f"it does not load here ({v.load_error})." if not v.loadable
                                           else v.stopped_early or "it was not measured.")
         for v in unmeasured
@@ -152,7 +181,18 @@ def choose_for_device(run: Results, run_sha256: str, device: Results, objective:
     known = {v.name for v in run.variants}
     if not {v.name for v in device.variants} <= known:
         raise ConfigError("the device results name variants this run does not have")
-    return decide(_carry_exclusions(run, device, objective), objective, device_target(device))
+    carried = _carry_exclusions(run, device, objective)
+    if objective.max_metric_loss is None or objective.guard == "benefit-of-doubt":
+        return decide(carried, objective, device_target(device))
+    # What the guard allows is for the build machine's test split to show (its exclusions are carried
+    # above); a device's few samples show nothing within a tolerance, and can only add what they show worse.
+    decided = decide(carried, objective.replaced(guard="benefit-of-doubt"), device_target(device))
+    assert decided.choice is not None
+    note = (f"On this device the {objective.guard} guard is the build machine's: its {len(run.data.test_items)} test images "
+            f"decided what may be chosen; this device's {len(device.data.test_items)} images can only exclude what they "
+            "show worse (the benefit-of-doubt rule below).")
+    return decided.model_copy(update={"choice": decided.choice.model_copy(update={
+        "reasons": [decided.choice.reasons[0], note, *decided.choice.reasons[1:]]})})
 
 
 # In a device variant's stopped_early: what the build machine's test split excluded (the report's verdict).
@@ -165,8 +205,10 @@ def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Re
     objective's tolerance) or the race found so there stays out on the device."""
     if objective.max_metric_loss is None or run.choice is None:
         return device
+    # The budgets are the device's to apply, on its own latencies; here they would only hide verdicts.
+    unbudgeted = objective.replaced(max_latency_ms=None, max_file_kb=None, max_transfer_kb=None)
     try:
-        judged = decide(run.model_copy(update={"choice": None}), objective, tuple(run.choice.target))
+        judged = decide(run.model_copy(update={"choice": None}), unbudgeted, tuple(run.choice.target))
     except ConfigError:  # nothing of the run passes this objective on its own runtime: no verdicts to carry
         return device
     n = len(run.data.test_items)

@@ -108,6 +108,12 @@ def _numbers(text: str | None, count: int, option: str) -> tuple[float, ...] | N
     return values
 
 
+GUARD_HELP = ("The accuracy guard's rule: bounded (shown within the tolerance, or within it at its point estimate and "
+              "shown within twice it) | non-inferiority (shown within it) | benefit-of-doubt (excluded only when shown "
+              "worse, or beyond it and measurably worse than nothing); docs/choice.md [default: bounded]")
+MARGIN_HELP = "Variants whose L differ by less than this are tied (docs/choice.md) [default: 0.03]"
+
+
 def _optimize_config(
     config: Path | None, methods: str | None, threads: int | None, rounds: int | None,
     invocations: int | None, representative_samples: int | None, objective: str | None,
@@ -117,6 +123,8 @@ def _optimize_config(
     input_mean: str | None = None, input_std: str | None = None, target: str | None = None,
     confidence: float | None = None, no_guard: bool = False, race: bool | None = None, size: str | None = None,
     fine_tune_epochs: int | None = None, sparsity: float | None = None, clusters: int | None = None,
+    guard: str | None = None, margin: float | None = None,
+    channel_order: str | None = None, resize: str | None = None, custom_objects: str | None = None,
 ) -> OptimizeConfig:
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(m.strip() for m in text.split(",") if m.strip()) if text is not None else None
@@ -150,6 +158,9 @@ def _optimize_config(
         "input_range": ("--input-range", _numbers(input_range, 2, "--input-range")),
         "input_mean": ("--input-mean", _numbers(input_mean, 3, "--input-mean")),
         "input_std": ("--input-std", _numbers(input_std, 3, "--input-std")),
+        "channel_order": ("--channel-order", channel_order),
+        "resize": ("--resize", resize),
+        "custom_objects": ("--custom-objects", names(custom_objects)),
         "measure.threads": ("--threads", threads),
         "measure.rounds": ("--rounds", rounds),
         "measure.invocations": ("--invocations", invocations),
@@ -163,6 +174,8 @@ def _optimize_config(
         "objective.weight_time": ("--w-time", w_time),
         "objective.weight_metric": ("--w-accuracy", w_accuracy),
         "objective.max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
+        "objective.guard": ("--guard", guard),
+        "objective.margin": ("--margin", margin),
         "retrain.epochs": ("--fine-tune-epochs", fine_tune_epochs),
         "retrain.sparsity": ("--sparsity", sparsity),
         "retrain.clusters": ("--clusters", clusters),
@@ -181,14 +194,29 @@ def _check_retrain_flags(cfg: OptimizeConfig, **flags: float | None) -> None:
 
 @app.command()
 def optimize(
-    model_dir: Annotated[Path, typer.Argument(help="Folder written by 'edgeopt train', or an .onnx model (needs --data)")],
-    out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, selected model")],
+    model_dir: Annotated[Path, typer.Argument(
+        help="The model: a folder written by 'edgeopt train', a .keras / .h5 file, a SavedModel folder, a .tflite or "
+        "an .onnx file (detected from its content; the last five need --data or --test-data)")],
+    out: Annotated[Path, typer.Option(help="Folder for variants/, results.json, report.md, report.html, selected model")],
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods, baseline first (see 'edgeopt methods')")] = None,
     backends: Annotated[str | None, typer.Option(help="litert,onnxruntime [default: every installed one]")] = None,
     calibration: Annotated[str | None, typer.Option(help="ONNX Runtime static calibration: MinMax | Entropy | Percentile")] = None,
-    input_range: Annotated[str | None, typer.Option(help="For an .onnx model with float input: its pixel range, e.g. -1,1")] = None,
-    input_mean: Annotated[str | None, typer.Option(help="For an .onnx model: mean of pixel/255, e.g. 0.485,0.456,0.406")] = None,
-    input_std: Annotated[str | None, typer.Option(help="For an .onnx model: per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
+    input_range: Annotated[str | None, typer.Option(
+        help="The pixel range a float-input model was trained on, e.g. -1,1 or 0,1 [default: 0..255, right for a "
+        "model that rescales pixels itself]")] = None,
+    input_mean: Annotated[str | None, typer.Option(
+        help="Per-channel mean of pixel/255 it was trained with, e.g. 0.485,0.456,0.406")] = None,
+    input_std: Annotated[str | None, typer.Option(help="Per-channel std of pixel/255, e.g. 0.229,0.224,0.225")] = None,
+    channel_order: Annotated[str | None, typer.Option(help="rgb | bgr: the channel order it was trained on [default: rgb]")] = None,
+    resize: Annotated[str | None, typer.Option(
+        help="squash | center-crop: how an image of another aspect ratio is fitted to the input [default: squash]")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="Output index -> class: one name a line, or a JSON list [default: the sorted class folder names]")] = None,
+    test_data: Annotated[Path | None, typer.Option(
+        help="Held-out photos (DIR/<class>/*.jpg), used whole for test, never for calibration")] = None,
+    calibration_data: Annotated[Path | None, typer.Option(help="Photos to calibrate on [default: the train part of --data]")] = None,
+    custom_objects: Annotated[str | None, typer.Option(
+        help="Keras custom layers: module:attr[,module:attr] (a class, or a dict of them) on PYTHONPATH")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Interpreter threads [default: 1]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 11]")] = None,
     invocations: Annotated[int | None, typer.Option(help="Timed invocations per variant per round [default: 25]")] = None,
@@ -198,9 +226,10 @@ def optimize(
     w_time: Annotated[float | None, typer.Option(help="Weight of the time term [default: 1]")] = None,
     w_accuracy: Annotated[float | None, typer.Option(help="Weight of the accuracy term [default: 1]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(
-        help="The accuracy guard's tolerance, PP: a variant clearly losing more, or losing more and measurably more "
-        "than nothing, is not eligible [default: 1.0]")] = None,
+        help="The accuracy guard's tolerance, PP; --guard says which variants it allows [default: 1.0]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard: any loss is traded by the weights")] = False,
+    guard: Annotated[str | None, typer.Option(help=GUARD_HELP)] = None,
+    margin: Annotated[float | None, typer.Option(help=MARGIN_HELP)] = None,
     confidence: Annotated[float | None, typer.Option(
         help="Confidence of the accuracy and L intervals, and of the test that a guarded repair changes fewer answers "
         "[default: 0.95]")] = None,
@@ -218,7 +247,9 @@ def optimize(
         help="pruned_int8: share of each pointwise and dense kernel set to zero [default: 0.5]")] = None,
     clusters: Annotated[int | None, typer.Option(
         help="clustered_int8: distinct values per pointwise and dense kernel [default: 16]")] = None,
-    data: Annotated[Path | None, typer.Option(help="The data folder, if it moved since training")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="The photos (DIR/<class>/*.jpg): for a model made elsewhere, edgeopt draws its test split from them; "
+        "for a train folder, the data folder if it moved")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Stop on unreadable images")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with [optimize] settings; flags override it")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
@@ -229,11 +260,13 @@ def optimize(
     cfg = _optimize_config(config, methods, threads, rounds, invocations, representative_samples,
                            objective, w_size, w_time, w_accuracy, max_accuracy_drop, strict, train_images,
                            backends, calibration, input_range, input_mean, input_std, target, confidence, no_guard, race,
-                           size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
+                           size, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters, guard=guard,
+                           margin=margin, channel_order=channel_order, resize=resize, custom_objects=custom_objects)
     _check_retrain_flags(cfg, fine_tune_epochs=fine_tune_epochs, sparsity=sparsity, clusters=clusters)
-    results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress())
+    results = run_optimize(model_dir, out, cfg, force=force, data_dir=data, progress=RichProgress(), test_data=test_data,
+                           calibration_data=calibration_data, labels=labels)
     _print_table(results)
-    out_console.print(f"wrote {out}/ (report.md, results.json, selected model)")
+    out_console.print(f"wrote {out}/ (report.html, report.md, results.json, selected model)")
 
 
 @app.command()
@@ -249,7 +282,7 @@ def demo(
     results = run_demo(out, threads=threads, force=force, progress=RichProgress())
     _print_table(results)
     out_console.print(
-        f"demo finished in {time.perf_counter() - started:.0f} s; report: {out / 'optimized' / 'report.md'}"
+        f"demo finished in {time.perf_counter() - started:.0f} s; report: {out / 'optimized' / 'report.html'} (and report.md)"
     )
 
 
@@ -272,23 +305,36 @@ def classify(
     input_range: Annotated[str | None, typer.Option(help="For a foreign float-input model: the range it expects, e.g. -1,1")] = None,
     input_mean: Annotated[str | None, typer.Option(help="For a foreign model: per-channel mean of pixel/255")] = None,
     input_std: Annotated[str | None, typer.Option(help="For a foreign model: per-channel std of pixel/255")] = None,
+    channel_order: Annotated[str | None, typer.Option(help="rgb | bgr [default: what labels.json records, else rgb]")] = None,
+    resize: Annotated[str | None, typer.Option(
+        help="squash | center-crop [default: what labels.json records, else squash]")] = None,
 ) -> None:
     """Print the top-k labels for each image, with the scores the model outputs (dequantized, not
     renormalised: what a device sees)."""
     from edgeopt.classify import classify as run_classify
+    from edgeopt.images import RESIZES
     from edgeopt.pixels import PixelTransform
 
     try:
         transform = PixelTransform.from_options(
             _numbers(input_range, 2, "--input-range"), _numbers(input_mean, 3, "--input-mean"),
-            _numbers(input_std, 3, "--input-std"),
+            _numbers(input_std, 3, "--input-std"), channel_order,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    given = transform if input_range or input_mean or input_std else None
-    for pred in run_classify(model, images, labels, top_k, threads, given):
-        ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
-        out_console.print(f"{pred.image}: {ranked}", highlight=False)
+    if resize is not None and resize not in RESIZES:
+        raise ConfigError(f"--resize {resize!r} must be one of {', '.join(RESIZES)}")
+    given = transform if input_range or input_mean or input_std or channel_order else None
+    failed = 0
+    for pred in run_classify(model, images, labels, top_k, threads, given, resize):  # each file as it comes
+        if pred.error:  # an unreadable file stops nothing
+            failed += 1
+            err_console.print(f"error: {pred.error}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in pred.top)
+            out_console.print(f"{pred.image}: {ranked}", highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command()
@@ -299,10 +345,13 @@ def choose(
         help="Results file written by 'edgeopt device bench' on a target device (repeat the option for several devices)")] = None,
     fleet: Annotated[Path | None, typer.Option(help="A release repository: use its fleet's benchmarks of this run")] = None,
     device_class: Annotated[str | None, typer.Option(help="With --fleet: only this device class [default: each class]")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for report.md and each device's results with its choice")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for report.md, report.html and each device's results with its choice")] = None,
     objective: Annotated[str | None, typer.Option(help="default | paper [default: the run's]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="The accuracy guard's tolerance, PP [default: the run's]")] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="No accuracy guard")] = False,
+    guard: Annotated[str | None, typer.Option(help=GUARD_HELP.replace("bounded]", "the run's]"))] = None,
+    margin: Annotated[float | None, typer.Option(help=MARGIN_HELP.replace("0.03]", "the run's]"))] = None,
     confidence: Annotated[float | None, typer.Option(help="Confidence of the intervals [default: the run's]")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
 ) -> None:
@@ -312,7 +361,7 @@ def choose(
     from edgeopt.choose import choose_for_device, fleet_results, pool_devices
     from edgeopt.objective import Objective
     from edgeopt.outputs import staged_output
-    from edgeopt.report import render_device_comparison
+    from edgeopt.report import HTML_FILE, REPORT_FILE, render_device_comparison
     from edgeopt.results import RESULTS_FILE, load_results, run_folder, write_results
 
     run_dir = run_folder(run_dir)
@@ -326,7 +375,7 @@ def choose(
         stored["max_metric_loss"] = None
     obj = build_settings(Objective, stored, {
         "form": ("--objective", objective), "max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
-        "confidence": ("--confidence", confidence),
+        "confidence": ("--confidence", confidence), "guard": ("--guard", guard), "margin": ("--margin", margin),
     })
     run_sha = hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest()
     if not device_results and fleet is None:
@@ -349,11 +398,30 @@ def choose(
             out_console.print(f"  - {reason}", highlight=False, markup=False)
     if out is not None:
         with staged_output(out, force, reads=(run_dir, *(device_results or [])), command="choose") as staging:
-            (staging / "report.md").write_text(text)
+            from edgeopt.report.device_page import render_device_html
+
+            (staging / REPORT_FILE).write_text(text)
+            (staging / HTML_FILE).write_text(render_device_html(run, decided), encoding="utf-8")
             for i, (_, dev) in enumerate(decided, 1):
                 (staging / f"target-{i}").mkdir()
                 write_results(dev, staging / f"target-{i}")
-        out_console.print(f"wrote {out}/report.md")
+        out_console.print(f"wrote {out}/{REPORT_FILE} and {out}/{HTML_FILE}")
+
+
+@app.command()
+def setup(
+    tool: Annotated[str, typer.Argument(help="onnx2tf: ONNX -> TensorFlow, so an .onnx model gets the LiteRT variants")],
+    force: Annotated[bool, typer.Option(help="Create the environment again")] = False,
+) -> None:
+    """Install a converter that cannot share edgeopt's environment into one of its own (downloads it)."""
+    from edgeopt.sources import onnx2tf
+
+    if tool != "onnx2tf":
+        raise ConfigError(f"edgeopt setup knows onnx2tf, not {tool!r}")
+    out_console.print(f"creating {onnx2tf.env_dir()} with {onnx2tf.ONNX2TF} (about 2.6 GB; minutes)...", highlight=False)
+    converter = onnx2tf.setup(force=force)
+    out_console.print(f"ready: {converter.version} in {converter.python.parent.parent}; optimize now converts "
+                      ".onnx models for the LiteRT variants", highlight=False)
 
 
 @app.command(name="methods")
@@ -369,10 +437,12 @@ def methods_cmd() -> None:
 def _register_subcommands() -> None:
     from edgeopt.cli_device import device_app
     from edgeopt.cli_release import register
+    from edgeopt.cli_rollout import rollout_app
     from edgeopt.cli_search import search
 
     register(app)
     app.add_typer(device_app, name="device")
+    app.add_typer(rollout_app, name="rollout")
     app.command()(search)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, out_console
+from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, err_console, out_console
 from edgeopt.errors import ConfigError
 
 device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True, rich_markup_mode=None)
@@ -21,16 +21,21 @@ device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_he
 def device_run(
     server: Annotated[str, typer.Option(help="The repository's URL (any static web server), e.g. http://127.0.0.1:8080")],
     state: Annotated[Path, typer.Option(help="The device's state folder")],
-    root: Annotated[Path, typer.Option(help="Trusted root: the repository's metadata/1.root.json, copied to the device")],
+    root: Annotated[Path, typer.Option(
+        help="Trusted root: the repository's newest root ('edgeopt repo trust-anchor REPO --out FILE'), copied to the device")],
     channel: Annotated[str, typer.Option(help="Release channel to follow")] = "stable",
     device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
-    token_file: Annotated[Path | None, typer.Option(help="Credential from 'edgeopt fleet enroll', for reports")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="The device's key, which signs its reports: from 'edgeopt fleet enroll --out' or 'edgeopt device keygen'")] = None,
     device_class: Annotated[str | None, typer.Option(help="Fleet class for benchmarks [default: from the profile]")] = None,
-    interval: Annotated[float, typer.Option(min=0.0, help="Seconds between checks")] = 30.0,
+    interval: Annotated[float, typer.Option(min=0.0, help="Mean seconds between checks")] = 30.0,
+    jitter: Annotated[float, typer.Option(min=0.0, max=0.99, help="Each wait is drawn from interval x [1-j, 1+j]")] = 0.5,
     max_backoff: Annotated[float, typer.Option(min=0.0, help="Longest wait, seconds, after faults")] = 600.0,
+    report_every: Annotated[float, typer.Option(min=0.0, help="Seconds between reports while nothing changes")] = 300.0,
     latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
     min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
-    min_rate: Annotated[float, typer.Option(help="Slowest transfer accepted, bytes/s over 30 s")] = 4096.0,
+    min_rate: Annotated[float, typer.Option(min=1.0, help="Slowest transfer accepted, bytes/s over --rate-window")] = 4096.0,
+    rate_window: Annotated[float, typer.Option(min=0.1, help="Seconds over which --min-rate is measured")] = 30.0,
     keep_releases: Annotated[int, typer.Option(min=0, help="Releases kept besides active and previous")] = 2,
     once: Annotated[bool, typer.Option(help="Check once and exit (exit code 3 when a release was refused)")] = False,
 ) -> None:
@@ -39,13 +44,18 @@ def device_run(
     from edgeopt.device.fetch import Limits
     from edgeopt.device.smoke import SmokeLimits
 
-    if token_file is not None and not token_file.is_file():
-        raise ConfigError(f"--token-file {token_file} does not exist; issue one with 'edgeopt fleet enroll'")
+    if key_file is not None:
+        from edgeopt.fleet.auth import load_device_key
+
+        if not key_file.is_file():
+            raise ConfigError(f"--key-file {key_file} does not exist; make one with 'edgeopt device keygen' (then enroll its "
+                              "public key) or 'edgeopt fleet enroll --out'")
+        load_device_key(key_file)  # a wrong file is said now, not at the first report
     config = AgentConfig(
         server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
-        token_file=token_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
+        key_file=key_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
         smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
-        limits=Limits(min_rate_bps=min_rate), keep_releases=keep_releases,
+        limits=Limits(min_rate_bps=min_rate, rate_window_s=rate_window), keep_releases=keep_releases,
     )
     agent = Agent(config)
     if once:
@@ -56,7 +66,26 @@ def device_run(
         if outcome.kind in ("unreachable", "retry"):  # nothing refused, but the check did not complete
             raise typer.Exit(EXIT_FAILED)
     else:
-        agent.run()
+        from edgeopt.device.poll import LoopConfig, run_agent
+        from edgeopt.device.schedule import PollPolicy
+
+        policy = PollPolicy(interval_s=interval, jitter=jitter, max_backoff_s=max_backoff,
+                            min_fault_s=min(1.0, max_backoff), backoff_base_s=min(5.0, max_backoff))
+        run_agent(agent, LoopConfig(policy=policy, report_every_s=report_every))
+
+
+@device_app.command("keygen")
+def device_keygen(
+    out: Annotated[Path, typer.Option(help="File for the device's private key (mode 0600), e.g. device/device.key")],
+) -> None:
+    """Make this device's signing key and print its public key, for 'edgeopt fleet enroll --public-key'."""
+    from edgeopt.fleet.auth import generate_device_key
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    public = generate_device_key(out)
+    out_console.print(public, highlight=False, markup=False)
+    err_console.print(f"wrote {out}; on the release side run: edgeopt fleet enroll DEVICE_ID --repo REPO --public-key {public}",
+                      highlight=False, markup=False)
 
 
 @device_app.command("sort")
@@ -77,11 +106,18 @@ def device_sort(
 def device_profile(
     out: Annotated[Path | None, typer.Option(help="Write the profile (JSON) here instead of printing it")] = None,
 ) -> None:
-    """What this device is: runtimes and versions, CPU model and flags (int8 dot product), cores, memory."""
+    """What this device is: runtimes, their versions and health, CPU model and flags (int8 dot
+    product), cores, memory."""
     from edgeopt.machine import describe_machine, device_class
+    from edgeopt.runtimes.health import check_installed_runtimes
 
     profile = describe_machine()
     profile["device_class"] = device_class(profile)
+    health = check_installed_runtimes()  # each runs a tiny model in a child process
+    profile["runtime_health"] = {name: h.to_jsonable() for name, h in health.items()}
+    for h in health.values():
+        if not h.healthy:
+            err_console.print(f"warning: {h.problem}", highlight=False, markup=False, soft_wrap=True)
     text = json.dumps(profile, indent=1)
     if out is None:
         out_console.print(text, highlight=False, markup=False)
@@ -102,8 +138,11 @@ def device_bench(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved latency rounds")] = 11,
     invocations: Annotated[int, typer.Option(min=1, help="Timed invocations per variant per round")] = 25,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+    isolate: Annotated[bool, typer.Option(
+        help="Measure each variant in a process of its own, so that a runtime crash costs one row "
+             "(--no-isolate: all in this process, less memory)")] = True,
 ) -> None:
-    """Run every variant of an optimize run here: latency, accuracy, and what does not load and why."""
+    """Run every variant of an optimize run here: latency, accuracy, and what does not run and why."""
     from edgeopt.config import MeasureConfig
     from edgeopt.device.bench import bench_run
     from edgeopt.outputs import write_bytes_atomic
@@ -116,7 +155,7 @@ def device_bench(
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     results = bench_run(run_dir, MeasureConfig(threads=threads, rounds=rounds, invocations=invocations),
-                        images, RichProgress())
+                        images, RichProgress(), isolate=isolate)
     write_bytes_atomic(out, results.to_json().encode())
     table = Table(title=f"{run_dir} on this device", title_justify="left")
     for col in ("variant", "loads", "test acc %", "ms/image", "runtime"):

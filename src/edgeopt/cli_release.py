@@ -1,4 +1,4 @@
-"""The release side's commands: keys, the TUF repository, publish, refresh, serve, the fleet."""
+"""The release side's commands: keys, the TUF repository, publish, refresh, serve (the fleet: cli_fleet.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ keys_app = typer.Typer(help="Signing keys of the release repository (one per TUF
                        rich_markup_mode=None)
 repo_app = typer.Typer(help="The release repository (TUF metadata over static files).", no_args_is_help=True,
                        rich_markup_mode=None)
-fleet_app = typer.Typer(help="The devices: credentials, reports, benchmarks.", no_args_is_help=True, rich_markup_mode=None)
 
 KeysOption = Annotated[Path, typer.Option(help="The folder made by 'edgeopt keys generate'")]
 
@@ -47,8 +46,15 @@ def keys_rotate(
     """Replace a role's key (this revokes a lost or compromised key); devices follow on their next check."""
     from edgeopt.release.repository import Repository
 
-    retired = Repository(repo).rotate(keys, role)
+    repository = Repository(repo)
+    retired = repository.rotate(keys, role)
     out_console.print(f"rotated {role}: the old key is in {retired}; the new one in {keys}")
+    if role == "root":
+        out_console.print(
+            f"devices that refresh from now on no longer accept the old root key, but a device still holding an older "
+            f"root (not yet refreshed, or provisioned from an old file) accepts a chain signed from it: provision new "
+            f"devices with {repository.trust_anchor()} ('edgeopt repo trust-anchor'), re-provision the others, and keep "
+            f"{retired} offline or destroy it", highlight=False)
 
 
 @repo_app.command("init")
@@ -61,7 +67,8 @@ def repo_init(
     from edgeopt.release.repository import Repository
 
     root = Repository(repo).init(keys, _channels(channels))
-    out_console.print(f"created {repo}; copy {root} to every device as its trusted root (--root)")
+    out_console.print(f"created {repo}; copy {root} to every device as its trusted root (--root); after a root "
+                      f"rotation, 'edgeopt repo trust-anchor {repo}' names the newest one")
 
 
 @repo_app.command("add-channel")
@@ -77,6 +84,30 @@ def repo_add_channel(
     out_console.print(f"added channel {channel} to {repo}")
 
 
+@repo_app.command("trust-anchor")
+def repo_trust_anchor(
+    repo: Annotated[Path, typer.Argument(help="Release repository folder")],
+    out: Annotated[Path | None, typer.Option(help="Copy it to this file (e.g. to give it to devices) instead of printing its path")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists")] = False,
+) -> None:
+    """The root a new device must trust (device run --root): the newest N.root.json."""
+    from edgeopt.outputs import write_bytes_atomic
+    from edgeopt.release.repository import Repository
+
+    anchor = Repository(repo).trust_anchor()
+    if out is None:
+        out_console.print(str(anchor), highlight=False, markup=False)
+        return
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a file name, e.g. root.json")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
+    write_bytes_atomic(out, anchor.read_bytes())
+    out_console.print(f"wrote {out} (a copy of {anchor}); give it to devices as --root", highlight=False)
+
+
 @repo_app.command("status")
 def repo_status(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
     """Each role's version and expiry, and each channel's current release."""
@@ -89,6 +120,7 @@ def repo_status(repo: Annotated[Path, typer.Argument(help="Release repository fo
     for role, version, expires in repository.status():
         table.add_row(role, str(version), expires)
     out_console.print(table)
+    out_console.print(f"trust anchor for new devices (--root): {repository.trust_anchor()}", highlight=False)
     for channel in repository.channels():
         current = repository.current_release(channel)
         out_console.print(f"{channel}: " + (f"release {current['release']} ({current.get('method')}, {current['length']:,} bytes)"
@@ -128,7 +160,7 @@ def publish_job(
     names = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
     job = Repository(repo).publish_job(keys, run_dir, names)
     out_console.print(f"published benchmark job {job['job']} ({len(job['variants'])} variants); devices with "
-                      "--token-file and labelled samples run it when idle")
+                      "--key-file and labelled samples run it when idle")
 
 
 def refresh(
@@ -149,52 +181,22 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say otherwise")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
     rate: Annotated[float | None, typer.Option(help="Bandwidth limit per download, KB/s (experiments)")] = None,
+    db: Annotated[str | None, typer.Option(help="Fleet database URL (postgresql+psycopg://user@host/db) or SQLite "
+                                                "file [default: REPO/fleet/fleet.db]")] = None,
 ) -> None:
-    """Serve the repository's metadata and target files (Range, ETag) and take device reports."""
+    """Serve the repository's metadata and target files (Range, ETag), take signed device reports, and show
+    operators the fleet page (http://HOST:PORT/fleet)."""
     from edgeopt.release.repository import Repository
     from edgeopt.release.server import serve as run_serve
 
     if not Repository(repo).exists():
         raise ConfigError(f"{repo} is not a release repository; create it with 'edgeopt repo init {repo} --keys KEYS'")
-    run_serve(repo, host, port, rate)
-
-
-@fleet_app.command("show")
-def fleet_show(repo: Annotated[Path, typer.Argument(help="Release repository folder")]) -> None:
-    """Each device's last report: active release, latency, last error, refusals, class."""
-    from edgeopt.release.server import fleet_status
-
-    table = Table(title=f"fleet of {repo}", title_justify="left")
-    for col in ("device", "class", "release", "latency ms", "last error", "refusals", "reported"):
-        table.add_column(col)
-    for r in fleet_status(repo):
-        latency = f"{r['latency_ms']:.1f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
-        table.add_row(r["device_id"], r.get("device_class") or "-", str(r.get("active_release")), latency,
-                      r.get("last_error") or "-", str(len(r.get("refusals") or [])), r["received"])
-    out_console.print(table)
-
-
-@fleet_app.command("enroll")
-def fleet_enroll(
-    repo: Annotated[Path, typer.Option(help="Release repository folder")],
-    device_id: Annotated[str, typer.Argument(help="The device's name, as it reports (--device-id)")],
-    out: Annotated[Path, typer.Option(help="File for the device's credential (mode 0600); copy it to the device")],
-) -> None:
-    """Issue a device's credential for its reports (the server keeps only its hash)."""
-    import os
-
-    from edgeopt.fleet import enroll
-
-    if out.exists():
-        raise ConfigError(f"{out} already exists; choose another --out")
-    token = enroll(repo, device_id)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    out_console.print(f"enrolled {device_id}; copy {out} to the device and pass it as --token-file")
+    run_serve(repo, host, port, rate, db)
 
 
 def register(app: typer.Typer) -> None:
+    from edgeopt.cli_fleet import fleet_app
+
     app.add_typer(keys_app, name="keys")
     app.add_typer(repo_app, name="repo")
     app.add_typer(fleet_app, name="fleet")

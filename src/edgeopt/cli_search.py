@@ -36,6 +36,22 @@ def _list(text: str | None, kind: type, option: str) -> tuple | None:
         raise ConfigError(f"{option} {text!r} needs comma-separated numbers, e.g. 96,128,160") from None
 
 
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text is not None else None
+
+
+def _numbers(text: str | None, count: int, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ConfigError(f"{option} {text!r} needs {count} comma-separated numbers")
+    return values
+
+
 def _backbones(values: list[str] | None) -> dict[str, str] | None:
     if not values:
         return None
@@ -49,10 +65,21 @@ def _backbones(values: list[str] | None) -> dict[str, str] | None:
 
 
 def search(
-    model: Annotated[Path, typer.Argument(help="The teacher: a folder written by 'edgeopt train', or an .onnx model (needs --data)")],
+    model: Annotated[Path, typer.Argument(help="The teacher: anything 'edgeopt optimize' takes (a folder written by 'edgeopt "
+                                          "train', a .keras / .h5 file, a SavedModel folder, a .tflite or an .onnx file; the "
+                                          "last five need --data)")],
     out: Annotated[Path, typer.Option(help="Folder for the run (results.json, report.md, variants/) and the search's state; "
                                       "run again to resume")],
-    data: Annotated[Path | None, typer.Option(help="The data folder (DIR/<class>/*.jpg), if it moved since training")] = None,
+    data: Annotated[Path | None, typer.Option(help="The photos (DIR/<class>/*.jpg): a foreign teacher's, or a train folder's "
+                                              "if they moved")] = None,
+    test_data: Annotated[Path | None, typer.Option(help="Held-out photos used whole for test (as optimize's --test-data)")] = None,
+    labels: Annotated[Path | None, typer.Option(help="A foreign teacher's output order (as optimize's --labels)")] = None,
+    input_range: Annotated[str | None, typer.Option(help="The pixel range a foreign teacher takes, e.g. -1,1 (as optimize's)")] = None,
+    input_mean: Annotated[str | None, typer.Option(help="Per-channel mean of pixel/255 (as optimize's)")] = None,
+    input_std: Annotated[str | None, typer.Option(help="Per-channel std of pixel/255 (as optimize's)")] = None,
+    channel_order: Annotated[str | None, typer.Option(help="rgb | bgr (as optimize's)")] = None,
+    resize: Annotated[str | None, typer.Option(help="squash | center-crop (as optimize's)")] = None,
+    custom_objects: Annotated[str | None, typer.Option(help="Keras custom layers: module:attr[,...] (as optimize's)")] = None,
     resolutions: Annotated[str | None, typer.Option(help="Input sides the candidates compute at [default: 96,128,160]")] = None,
     keep: Annotated[str | None, typer.Option(help="Shares of each block's expanded channels kept (structured pruning of the "
                                              "teacher) [default: 1,0.75,0.5]")] = None,
@@ -75,6 +102,9 @@ def search(
     threads: Annotated[int | None, typer.Option(min=1, help="Interpreter threads when timing (the device's cores) [default: 1]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Interleaved latency rounds [default: 11]")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="The accuracy guard's tolerance, PP [default: 1.0]")] = None,
+    guard: Annotated[str | None, typer.Option(help="The guard's rule: bounded | non-inferiority | benefit-of-doubt "
+                                              "(docs/choice.md) [default: bounded]")] = None,
+    margin: Annotated[float | None, typer.Option(help="Variants whose L differ by less than this are tied [default: 0.03]")] = None,
     target: Annotated[str | None, typer.Option(help="Runtimes the chosen variant must run on [default: the teacher's]")] = None,
     size: Annotated[str | None, typer.Option(help="S in L: file or transfer [default: file]")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with a [search] section (and [search.optimize], "
@@ -99,21 +129,29 @@ def search(
         "optimize.measure.threads": ("--threads", threads),
         "optimize.measure.rounds": ("--rounds", rounds),
         "optimize.objective.max_metric_loss": ("--max-accuracy-drop", max_accuracy_drop),
+        "optimize.objective.guard": ("--guard", guard),
+        "optimize.objective.margin": ("--margin", margin),
+        "optimize.input_range": ("--input-range", _numbers(input_range, 2, "--input-range")),
+        "optimize.input_mean": ("--input-mean", _numbers(input_mean, 3, "--input-mean")),
+        "optimize.input_std": ("--input-std", _numbers(input_std, 3, "--input-std")),
+        "optimize.channel_order": ("--channel-order", channel_order),
+        "optimize.resize": ("--resize", resize),
+        "optimize.custom_objects": ("--custom-objects", _names(custom_objects)),
         "optimize.objective.max_latency_ms": ("--max-latency-ms", max_latency_ms),
         "optimize.objective.max_file_kb": ("--max-kb", max_kb),
         "optimize.objective.max_transfer_kb": ("--max-transfer-kb", max_transfer_kb),
         "optimize.objective.size": ("--size", size),
-        "optimize.target": ("--target", tuple(t.strip() for t in target.split(",")) if target else None),
+        "optimize.target": ("--target", _names(target)),
     }, config, "search")
     from edgeopt.cli import _print_table, choose
     from edgeopt.search.runner import require_ray
     from edgeopt.search.study import run_search
 
     require_ray()
-    results = run_search(model, out, cfg, data_dir=data, force=force, progress=RichProgress())
+    results = run_search(model, out, cfg, data_dir=data, force=force, progress=RichProgress(), test_data=test_data, labels=labels)
     _print_table(results)
     out_console.print(f"wrote {out}/ (report.md, results.json, {len(results.search.trials) if results.search else 0} trials; "
                       f"run again to resume or to choose again with other budgets)")
     if device_results:
         choose(out, device_results=device_results, fleet=None, device_class=None, out=None, objective=None,
-               max_accuracy_drop=None, no_guard=False, confidence=None, force=False)
+               max_accuracy_drop=None, no_guard=False, guard=None, margin=None, confidence=None, force=False)

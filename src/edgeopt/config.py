@@ -141,11 +141,19 @@ class OptimizeConfig(Settings):
     # bits elsewhere (methods.onnx.saturating_conv_weights); True: 7-bit everywhere; False: 8-bit
     # everywhere. The file is the same whatever the build machine's CPU.
     ort_reduce_range: bool | None = None
-    # For an .onnx input model with float input: pixel range it expects, e.g. (-1.0, 1.0);
-    # or torchvision-style per-channel mean and std (of pixel/255). None: pixels 0..255.
+    # The input contract (edgeopt.contract), for a model with float input: the pixel range it
+    # expects, e.g. (-1.0, 1.0); or torchvision-style per-channel mean and std (of pixel/255).
+    # None: pixels 0..255 (right for a model that rescales them itself, which optimize detects).
     input_range: Pair | None = None
     input_mean: Triple | None = None
     input_std: Triple | None = None
+    # The channel order the model was trained on (None: rgb, or what labels.json recorded).
+    channel_order: Literal["rgb", "bgr"] | None = None
+    # How an image of another aspect ratio is fitted: "squash" (resize whole) or "center-crop"
+    # (None: squash, or what labels.json recorded).
+    resize: Literal["squash", "center-crop"] | None = None
+    # Keras custom layers a .keras / .h5 model needs: "module:attr" (a class, or a dict of them).
+    custom_objects: Names | None = None
     # Processes building variants at once: the baseline's runtime in this one, each other runtime's
     # methods (in order) in a worker, since converters and quantizers mostly use one core; with
     # LiteRT alone, its calibrated methods in the worker (methods.build); never more than the
@@ -168,7 +176,13 @@ class OptimizeConfig(Settings):
         return self
 
     def pixel_transform(self) -> PixelTransform:
-        return PixelTransform.from_options(self.input_range, self.input_mean, self.input_std)
+        return PixelTransform.from_options(self.input_range, self.input_mean, self.input_std, self.channel_order)
+
+    def given_transform(self) -> PixelTransform | None:
+        """The pixel transform the settings give; None when they give none."""
+        if self.input_range is None and self.input_mean is None and self.input_std is None and self.channel_order is None:
+            return None
+        return self.pixel_transform()
 
 
 def write_config(config: Settings, path: Path) -> None:

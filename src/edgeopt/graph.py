@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeopt.config import to_jsonable
+from edgeopt.contract import PixelContract
 from edgeopt.errors import ModelError
-from edgeopt.pixels import PixelTransform, TensorSpec, feed_instructions
+from edgeopt.pixels import PIXELS, TensorSpec, feed_instructions
 from edgeopt.results import Graph, InputContract, Tensor, WeightBytes
 from edgeopt.runtimes.base import GraphSummary
 from edgeopt.runtimes.registry import runtime_for
@@ -37,6 +38,14 @@ def render_summary(summary: GraphSummary) -> list[str]:
         lines.append(_io_line("output", spec.name, spec.shape, spec.dtype, spec.scale, spec.zero_point))
     if summary.inputs and len(summary.inputs[0].shape) == 4:
         lines.append(f"device feeds: {feed_instructions(summary.inputs[0])}")
+    if summary.format == "tflite":
+        for key, names in summary.signatures.items():
+            lines.append(f"signature {key}: inputs {', '.join(names['inputs'])} -> outputs {', '.join(names['outputs'])}")
+        if not summary.signatures:
+            lines.append("signature: none (get_signature_runner() and AI Edge Quantizer need one)")
+    if not summary.op_counts and not summary.weight_dtypes:  # not known here (the notes say why)
+        lines.extend(summary.notes)
+        return lines
     total = sum(summary.op_counts.values())
     lines.append(
         f"ops: {total} in all; quantize {summary.quantize_ops}, dequantize {summary.dequantize_ops}"
@@ -102,10 +111,17 @@ def graph_record(summary: GraphSummary) -> Graph:
     )
 
 
-def input_contract(spec: TensorSpec, transform: PixelTransform) -> InputContract:
-    """What a device feeds: the tensor, the pixel normalisation a float input expects, in words."""
+def input_contract(spec: TensorSpec, contract: PixelContract) -> InputContract:
+    """What a device feeds: the tensor, the pixel normalisation a float input expects, the channel
+    order and the resize, in words too."""
+    transform = contract.transform
     feed = feed_instructions(spec)
-    if not transform.is_identity:
+    if transform.scale != PIXELS.scale or transform.offset != PIXELS.offset:
         feed += (f"; float input normalised per channel as pixel * {list(transform.scale)} + {list(transform.offset)}"
                  " (the --input-range / --input-mean/--input-std given to optimize)")
-    return InputContract(tensor=_tensor(spec), pixel_scale=list(transform.scale), pixel_offset=list(transform.offset), feed=feed)
+    if transform.channel_order == "bgr":
+        feed += "; channels in BGR order"
+    if contract.resize == "center-crop":
+        feed += "; the image's centre cropped to the input's aspect ratio before resizing"
+    return InputContract(tensor=_tensor(spec), pixel_scale=list(transform.scale), pixel_offset=list(transform.offset),
+                         feed=feed, channel_order=transform.channel_order, resize=contract.resize)

@@ -24,6 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgeopt.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# How an image of another aspect ratio becomes the model's input: "squash" resizes it whole (what
+# edgeopt's own training does); "center-crop" cuts the largest centred part of the model's aspect
+# ratio first (what torchvision's Resize + CenterCrop and many Keras pipelines do).
+RESIZES = ("squash", "center-crop")
 # Decoded pixels allowed per image: 50 MP is above any camera a sorting line uses (and 150 MB
 # of RGB); a JPEG is measured after draft() reduced it.
 MAX_PIXELS = 50_000_000
@@ -76,8 +80,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_pixels(path: Path | str, size: tuple[int, int]) -> np.ndarray:
-    """Decode one image file to uint8 RGB pixels of size (height, width).
+def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The largest centred box of the target's aspect ratio."""
+    height, width = size
+    w, h = img.size
+    if w * height > h * width:  # wider than the target: cut the sides
+        keep = max(1, round(h * width / height))
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    keep = max(1, round(w * height / width))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
+
+
+def load_pixels(path: Path | str, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
+    """Decode one image file to uint8 RGB pixels of size (height, width), the whole image squashed
+    to that size or its centre cropped to the aspect ratio first (`resize`, one of RESIZES).
 
     Raises ImageError (a DataError) when the file is not a readable image or too large.
     """
@@ -88,6 +106,10 @@ def load_pixels(path: Path | str, size: tuple[int, int]) -> np.ndarray:
             img.load()  # decode now, so a truncated file fails here
             upright = ImageOps.exif_transpose(img)
             rgb = _to_rgb(upright)
+            if resize == "center-crop":
+                rgb = _center_crop(rgb, size)
+            elif resize != "squash":
+                raise ValueError(f"resize {resize!r} is not one of {', '.join(RESIZES)}")
     except ImageError:
         raise
     except FileNotFoundError:

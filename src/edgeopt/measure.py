@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.config import MeasureConfig
-from edgeopt.errors import ModelError
 from edgeopt.images import load_pixels
+from edgeopt.invoke import SessionTimer, Timer, TimingFailed, predict_top1
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.results import Accuracy, Latency, Predictions
 from edgeopt.runtimes.base import Session
@@ -45,18 +45,6 @@ class LatencyResult:
     spread: float  # (max - min) of round medians over the median
     round_medians_ms: tuple[float, ...]
     invocations: int
-
-
-def predict_top1(session: Session, pixels: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 class, its probability) per image."""
-    probs = session.predict(pixels)
-    if probs.shape[1] != len(classes):
-        raise ModelError(
-            f"the model outputs {probs.shape[1]} classes but the data have {len(classes)} "
-            f"({', '.join(classes)}); use the data the model was trained on"
-        )
-    predicted = probs.argmax(axis=1)
-    return predicted, probs[np.arange(len(predicted)), predicted]
 
 
 def measure_accuracy(
@@ -93,39 +81,50 @@ def measure_latency(
     progress: Progress | None = None,
 ) -> dict[str, LatencyResult]:
     """Time every session at batch 1 in interleaved rounds (see module doc)."""
+    results, _ = measure_interleaved({name: SessionTimer(s, pixels) for name, s in sessions.items()}, config, progress)
+    return results
+
+
+def measure_interleaved(
+    timers: Mapping[str, Timer], config: MeasureConfig, progress: Progress | None = None
+) -> tuple[dict[str, LatencyResult], dict[str, str]]:
+    """The latency protocol over any timers (see module doc): results, and for each timer that
+    raised TimingFailed, why (it leaves the rounds; the others go on)."""
     progress = progress or NullProgress()
-    frames = [pixels[i : i + 1] for i in range(len(pixels))]
-    for session in sessions.values():
-        for k in range(config.warmup):
-            session.predict(frames[k % len(frames)])
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    round_medians: dict[str, list[float]] = {name: [] for name in sessions}
-    clock = time.perf_counter_ns
-    progress.start("latency rounds", config.rounds * len(sessions))
+    failed: dict[str, str] = {}
+    for name, timer in timers.items():
+        try:
+            timer.warm_up(config.warmup)
+        except TimingFailed as exc:
+            failed[name] = str(exc)
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    round_medians: dict[str, list[float]] = {name: [] for name in timers}
+    progress.start("latency rounds", config.rounds * len(timers))
     for _ in range(config.rounds):
-        for name, session in sessions.items():
-            times = []
-            for k in range(config.invocations):
-                frame = frames[k % len(frames)]
-                start = clock()
-                session.predict(frame)
-                times.append((clock() - start) / 1e6)
-            samples[name].extend(times)
-            round_medians[name].append(statistics.median(times))
+        for name, timer in timers.items():
+            if name not in failed:
+                try:
+                    times = timer.time(config.invocations)
+                except TimingFailed as exc:
+                    failed[name] = str(exc)
+                else:
+                    samples[name].extend(times)
+                    round_medians[name].append(statistics.median(times))
             progress.advance(1, name)
     progress.finish()
-    results = {}
-    for name in sessions:
-        medians = round_medians[name]
-        median = statistics.median(medians)
-        results[name] = LatencyResult(
-            median_ms=median,
-            p90_ms=float(np.percentile(samples[name], 90)),
-            spread=(max(medians) - min(medians)) / median if median else 0.0,
-            round_medians_ms=tuple(medians),
-            invocations=len(samples[name]),
-        )
-    return results
+    return {name: latency_of(round_medians[name], samples[name]) for name in timers if name not in failed}, failed
+
+
+def latency_of(medians: Sequence[float], samples: Sequence[float]) -> LatencyResult:
+    """A variant's latency from its round medians and every timed invocation."""
+    median = statistics.median(medians)
+    return LatencyResult(
+        median_ms=median,
+        p90_ms=float(np.percentile(samples, 90)),
+        spread=(max(medians) - min(medians)) / median if median else 0.0,
+        round_medians_ms=tuple(medians),
+        invocations=len(samples),
+    )
 
 
 def measure_decode_ms(paths: Sequence[Path], size: tuple[int, int], limit: int = 50) -> float:

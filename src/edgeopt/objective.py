@@ -11,26 +11,29 @@ L(f) = w_s*dS + w_t*dT + w_m*dM, every term a relative change against the baseli
 The "paper" form reproduces the study's arithmetic, dM = (M - M0)/M0, which rewards a loss
 of accuracy; it exists to reproduce the study's table, not to choose models.
 
+Budgets a team states (latency, file and transfer size: Objective.max_*) are constraints applied
+before the objective: a candidate over one is not eligible, whatever its L or the guard's word, so it
+is never the winner nor part of a tie. The baseline has to fit them too.
+
 Measurement noise is part of the choice:
-- the guard: a variant is excluded when its *whole* interval of metric loss (paired, against
-  the baseline, at `confidence`) lies above the allowed loss -- clearly worse -- or when its
-  point loss is above the allowed loss and its interval lies wholly above 0 -- worse than
-  allowed: its loss is real, and more than allowed as far as the test set can tell. It is kept
-  when its point loss is above the allowed loss but its interval reaches 0 -- loss unproven: the
-  test set cannot tell that loss from none, and a few images must not throw it out;
+- the guard (edgeopt.guard): each variant's paired interval of metric loss against the baseline
+  decides whether it may be chosen, in one of three modes ("bounded" by default);
 - L carries an interval from the latency rounds and the metric interval (each against the
   baseline). Whether another candidate is measurably worse than the one with the lowest L is
   judged on their *difference*, paired wherever the figures allow it: the latency ratios of the
   same interleaved rounds, the metric on the same images. A candidate whose interval of
-  L - L_lowest reaches 0 is tied with it; a tie is broken by the better metric where it is
-  measurably better (paired, on the same images), else by the smaller file: a metric a few
-  images apart is noise too, and breaking on it would hand the choice to the latency draw. A tied
-  candidate measurably worse than the baseline (its paired interval excludes 0), or with its point
-  loss beyond the guard's tolerance (loss unproven), never wins the tie against one that is
-  neither, whatever its file size.
-  (Two separate intervals against the baseline overlap far more often than the candidates are
-  alike: a variant 1.8x slower than another in every round would be "tied" with it, and the
-  tie handed to whichever is a few images more accurate.)
+  L - L_lowest reaches below `margin` (0.03 by default: the run-to-run spread of L on the reference
+  task, docs/choice.md) is tied with it: a difference smaller than the margin is no reason to
+  choose, measurable or not. (Two separate intervals against the baseline overlap far more often
+  than the candidates are alike: a variant 1.8x slower than another in every round would be
+  "tied" with it.)
+- A tie is broken, in this order: tied candidates measurably worse than the baseline, or beyond
+  the tolerance at their point estimate, or that could lose more than twice the tolerance, are set
+  aside for those that are not; then those shown within the tolerance are preferred; then the
+  better metric where it is measurably better (paired, on the same images); then a transfer smaller
+  by more than TRANSFER_TIE; then the simpler input contract (uint8: a camera's raw bytes go in as
+  they are); then the smaller transfer. A metric a few images apart is noise, and breaking on it, or
+  on latency, would hand the choice to the draw.
 """
 
 from __future__ import annotations
@@ -41,18 +44,16 @@ from typing import Literal
 
 from pydantic import Field
 
+from edgeopt.budgets import has_budget, over_budget
 from edgeopt.errors import ConfigError
+from edgeopt.guard import EXCLUDED_BY_GUARD, GuardMode, GuardWord, in_words, judge
 from edgeopt.reasons import Decision, render_guard_rule, render_reasons
 from edgeopt.settings import Settings
+from edgeopt.ties import TRANSFER_TIE, break_tie, images_pair, rounds_pair
+
+__all__ = ["EXCLUDED_BY_GUARD", "GuardWord", "Candidate", "Choice", "Metric", "Objective", "Score", "TRANSFER_TIE", "select"]
 
 ObjectiveForm = Literal["default", "paper"]
-# The guard's word on a variant (module doc): the baseline; no guard set; a loss within the
-# tolerance; above it at its point estimate but not provably above 0 (eligible); above it at its
-# point estimate and provably above 0; its whole interval above it (both excluded).
-GuardWord = Literal[
-    "baseline", "no guard", "within tolerance", "loss unproven", "worse than allowed", "clearly worse"
-]
-EXCLUDED_BY_GUARD: tuple[GuardWord, ...] = ("clearly worse", "worse than allowed")
 
 
 class Metric(Settings):
@@ -80,10 +81,17 @@ class Objective(Settings):
     weight_size: float = Field(1.0, ge=0)
     weight_time: float = Field(1.0, ge=0)
     weight_metric: float = Field(1.0, ge=0)
-    # The guard's tolerance (display unit: percentage points for accuracy): a variant that loses
-    # clearly more than this, or more than this and measurably more than nothing, is not eligible
-    # (module doc). None: no guard.
+    # The guard's tolerance (display unit: percentage points for accuracy); which variants it
+    # leaves eligible is `guard`'s rule (edgeopt.guard). None: no guard.
     max_metric_loss: float | None = Field(1.0, ge=0)
+    # The guard's rule: "bounded" (shown within the tolerance, or within it at its point estimate and
+    # shown within twice it), "non-inferiority" (shown within only) or "benefit-of-doubt" (excluded
+    # only when shown worse, or beyond the tolerance and measurably worse than nothing).
+    guard: GuardMode = "bounded"
+    # Candidates whose L differ by less than this are tied (module doc); 0: only when their paired
+    # interval of the difference reaches 0. The default is the run-to-run spread of L between two
+    # runs of the same files on the reference task (docs/choice.md).
+    margin: float = Field(0.03, ge=0)
     # Two-sided confidence of the metric and L intervals (guard and ties); optimize also tests a
     # guarded repair at it (methods.repair).
     confidence: float = Field(0.95, ge=0.5, lt=1.0)
@@ -91,32 +99,13 @@ class Objective(Settings):
     # sends: the file compressed with zstd).
     size: Literal["file", "transfer"] = "file"
     metric: Metric = ACCURACY
-    # Budgets a team states, filters before the objective: a variant slower than this (median ms
-    # per image, on the machine whose figures are used), or whose file or transfer (zstd) is larger
-    # than this many KB (1024 bytes), is not eligible -- the baseline too. None: no budget.
+    # Budgets a team states, constraints before the objective (edgeopt.budgets): a variant slower
+    # than this (median ms per image, on the machine whose figures are used), or whose file or
+    # transfer (zstd) is larger than this many KB (1024 bytes), is not eligible -- the baseline too.
+    # None: no budget.
     max_latency_ms: float | None = Field(None, gt=0)
     max_file_kb: float | None = Field(None, gt=0)
     max_transfer_kb: float | None = Field(None, gt=0)
-
-    @property
-    def has_budget(self) -> bool:
-        return any(b is not None for b in (self.max_latency_ms, self.max_file_kb, self.max_transfer_kb))
-
-    def describe_budgets(self) -> str:
-        """"at most 2 ms per image and 500 KB of file" ("" without a budget)."""
-        parts = [f"{value:g} {unit}" for value, unit in ((self.max_latency_ms, "ms per image"), (self.max_file_kb, "KB of file"),
-                                                         (self.max_transfer_kb, "KB of transfer")) if value is not None]
-        return "at most " + " and ".join(parts) if parts else ""
-
-    def over_budget(self, latency_ms: float, file_bytes: int, transfer_bytes: int | None) -> str:
-        """Why a variant breaks a budget ("" when it fits them all)."""
-        if self.max_latency_ms is not None and latency_ms > self.max_latency_ms:
-            return f"takes {latency_ms:.2f} ms, over the latency budget of {self.max_latency_ms:g} ms"
-        if self.max_file_kb is not None and file_bytes > self.max_file_kb * 1024:
-            return f"is {file_bytes / 1024:.0f} KB, over the file budget of {self.max_file_kb:g} KB"
-        if self.max_transfer_kb is not None and (transfer_bytes or file_bytes) > self.max_transfer_kb * 1024:
-            return f"sends {(transfer_bytes or file_bytes) / 1024:.0f} KB, over the transfer budget of {self.max_transfer_kb:g} KB"
-        return ""
 
 
 @dataclass(frozen=True)
@@ -139,8 +128,15 @@ class Candidate:
     # right (in one order for every candidate): what pairs two candidates. None: not known.
     latency_ratios: tuple[float, ...] | None = None
     correct: tuple[bool, ...] | None = None
-    # Why it breaks one of the objective's budgets ("" when it fits): it is not eligible.
-    over_budget: str = ""
+    # The bytes a delivery sends (None: size_bytes), and the input tensor's dtype ("" unknown): ties.
+    transfer_bytes: float | None = None
+    # The model file's bytes, for a file budget (None: size_bytes, which is the file's unless the
+    # objective's size is "transfer").
+    file_bytes: float | None = None
+    input_dtype: str = ""
+    # Answers that differ from the baseline's: (on the test images, test images, on every image
+    # decoded, images decoded). None: not known.
+    fidelity: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,8 +159,11 @@ class Score:
     # Why an ineligible candidate was excluded; empty when eligible.
     excluded_because: str
     on_pareto_front: bool
-    # The guard's word on it (GuardWord).
+    # The guard's word on it (GuardWord), and its loss against the tolerance in words (guard.in_words).
     guard: GuardWord
+    words: str = ""
+    # Which of the objective's budgets it breaks, in words ("" when it fits them): then not eligible.
+    over_budget: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,34 +255,45 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
                      metric_loss(baseline.metric + delta_low, baseline.metric, metric)))
     loss_low, loss_high = min(losses[0], loss), max(losses[1], loss)
     limit = objective.max_metric_loss
-    unit = metric.loss_unit
-    excluded = ""
+    excluded, words = "", ""
     guard: GuardWord
     if is_baseline:
         guard = "baseline"
     elif limit is None:
         guard = "no guard"
-    elif loss_low > limit + 1e-12:
-        guard = "clearly worse"
-        sure = "" if cand.metric_delta_interval is None else f" [{loss_low:.2f}, {loss_high:.2f}]"
-        excluded = (f"loses {loss:.2f}{sure} {unit} of {metric.name}, clearly more than the allowed {limit:g} {unit}")
-    elif loss > limit + 1e-12 and loss_low > 1e-12 and cand.metric_delta_interval is not None:
-        guard = "worse than allowed"
-        excluded = (f"loses {loss:.2f} [{loss_low:.2f}, {loss_high:.2f}] {unit} of {metric.name}: more than the "
-                    f"allowed {limit:g} {unit}, and measurably more than nothing")
-    elif loss > limit + 1e-12:
-        guard = "loss unproven"
     else:
-        guard = "within tolerance"
+        guard, excluded = judge(loss, loss_low, loss_high, limit, objective.guard, metric.loss_unit, metric.name,
+                                exact=cand.metric_delta_interval is None)
+        words = _words(cand, baseline, loss_low, loss_high, limit, objective)
     if target_backends is not None and cand.backend and cand.backend not in target_backends:
         excluded = excluded or f"runs on {cand.backend}, and the target runtime is {', '.join(target_backends)}"
-    excluded = excluded or cand.over_budget
+    # The budgets are constraints: a variant over one is out before L, the guard or a tie is weighed
+    # (the guard's word on it stays, for the report).
+    over = over_budget(objective, cand.latency_ms, cand.file_bytes or cand.size_bytes, cand.transfer_bytes)
+    excluded = ", and ".join(why for why in (over, excluded) if why)
     return Score(
         name=cand.name, delta_size=d_size, delta_time=d_time, delta_metric=d_metric, L=total,
         L_low=min(L_low, total), L_high=max(L_high, total), metric_loss=loss, metric_loss_low=loss_low,
         metric_loss_high=loss_high, eligible=not excluded, excluded_because=excluded,
-        on_pareto_front=cand.name in front, guard=guard,
+        on_pareto_front=cand.name in front, guard=guard, words=words, over_budget=over,
     )
+
+
+def _words(cand: Candidate, baseline: Candidate, loss_low: float, loss_high: float, limit: float,
+           objective: Objective) -> str:
+    """guard.in_words for a candidate, with the test images that would settle it when paired."""
+    unit = objective.metric.loss_unit
+    if not images_pair(cand, baseline) or objective.metric.display_scale <= 0:
+        return in_words(loss_low, loss_high, limit, unit)
+    from edgeopt.stats import photos_to_settle
+
+    assert cand.correct is not None and baseline.correct is not None
+    lost = sum(b and not c for b, c in zip(baseline.correct, cand.correct, strict=True))
+    gained = sum(c and not b for b, c in zip(baseline.correct, cand.correct, strict=True))
+    n = len(cand.correct)
+    tolerance = limit / objective.metric.display_scale
+    to_settle = photos_to_settle(lost, gained, n, tolerance, objective.confidence) if loss_low <= limit < loss_high else None
+    return in_words(loss_low, loss_high, limit, unit, n, to_settle, settles=(lost - gained) != round(tolerance * n, 9))
 
 
 def select(
@@ -311,40 +321,22 @@ def select(
             f"no variant can be chosen for {', '.join(target_backends or ())}: "
             + "; ".join(f"{s.name} {s.excluded_because}" for s in scores)
             + ". Build variants for that runtime, or relax --max-accuracy-drop"
-            + (" or the budgets (--max-latency-ms, --max-kb, --max-transfer-kb)" if objective.has_budget else "")
+            + (" or the budgets (--max-latency-ms, --max-kb, --max-transfer-kb)" if has_budget(objective) else "")
         )
     best = eligible[0]
     tied = [best] + [s for s in eligible[1:] if _difference_low(by_name[s.name], s, by_name[best.name], best,
-                                                                  baseline, objective) <= 1e-12]
-
-    def better_metric(s: Score) -> float:
-        m = by_name[s.name].metric
-        return -m if objective.metric.higher_is_better else m
-
-    # A tied variant the test images show to lose against the baseline never wins the tie against one
-    # they do not; then, among those left, one whose point loss is beyond the tolerance (the guard kept
-    # it only because its loss is unproven) never wins against one within it: a smaller file must not
-    # buy a loss the user did not allow.
-    not_worse = [s for s in tied if not _measurably_worse(by_name[s.name], baseline, objective)] or tied
-    kept = [s for s in not_worse if s.guard != "loss unproven"] or not_worse
-    # The tie goes to the best metric only where it is measurably better: among the tied, those
-    # not measurably worse than the most accurate one stay, and of them the smaller file wins.
-    top = min(kept, key=lambda s: (better_metric(s), by_name[s.name].size_bytes))
-    leaders = [s for s in kept if s is top or not _measurably_worse(by_name[s.name], by_name[top.name], objective)]
-    winner = min(leaders, key=lambda s: (by_name[s.name].size_bytes, better_metric(s), s.L))
+                                                                  baseline, objective) <= objective.margin + 1e-12]
+    steps = break_tie(tied, by_name, baseline, objective)
+    winner, kept, shown, leaders, top = steps.winner, steps.kept, steps.shown, steps.leaders, steps.top
     set_aside = [s for s in tied if s not in kept]
-    broken_by = ""
-    if len(kept) > 1:  # what decided among the tied that were not set aside
-        broken_by = "size" if len(leaders) == len(kept) else ("metric" if len(leaders) == 1 else "metric, then size")
-    if set_aside:
-        broken_by = "set aside" + (f", then {broken_by}" if broken_by else "")
+    broken_by = ", then ".join(steps.deciders)
     # Whether each comparison the reasons speak of was paired: L against the lowest L on the same
     # rounds and images; the metric against the most accurate, and against the baseline, on the same images.
     others = tied[1:] if len(tied) > 1 else eligible[1:2]
-    paired = all(_rounds_pair(by_name[s.name], by_name[best.name]) and _images_pair(by_name[s.name], by_name[best.name])
+    paired = all(rounds_pair(by_name[s.name], by_name[best.name]) and images_pair(by_name[s.name], by_name[best.name])
                  for s in others)
-    dropped_on_same_images = all(_images_pair(by_name[s.name], by_name[top.name]) for s in kept if s not in leaders)
-    set_aside_on_same_images = all(_images_pair(by_name[s.name], baseline) for s in set_aside)
+    dropped_on_same_images = all(images_pair(by_name[s.name], by_name[top.name]) for s in shown if s not in leaders)
+    set_aside_on_same_images = all(images_pair(by_name[s.name], baseline) for s in set_aside)
     ranking = [winner] + [s for s in eligible if s is not winner] + sorted(
         (s for s in scores if not s.eligible), key=lambda s: s.L
     )
@@ -355,7 +347,7 @@ def select(
         ranking=tuple(ranking),
         reasons=tuple(render_reasons(
             Decision(winner, best, tied, broken_by, ranking, paired, dropped_on_same_images, set_aside_on_same_images,
-                     set_aside, leaders, top),
+                     set_aside, leaders, top, shown, steps.lightest, steps.simplest),
             by_name, baseline_name, objective, rule)),
         tie=tuple(s.name for s in tied) if len(tied) > 1 else (),
         tie_broken_by=broken_by,
@@ -369,7 +361,7 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
 
     w = objective
     size = w.weight_size * (sa.delta_size - sb.delta_size)
-    if _rounds_pair(a, b):
+    if rounds_pair(a, b):
         assert a.latency_ratios and b.latency_ratios
         differences = [x - y for x, y in zip(a.latency_ratios, b.latency_ratios, strict=True)]
         time_low = min(median_interval(differences, w.confidence)[0], sa.delta_time - sb.delta_time)
@@ -377,7 +369,7 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
         a_low = _interval(a.latency_ms / baseline.latency_ms, a.latency_ratio_interval)[0]
         b_high = _interval(b.latency_ms / baseline.latency_ms, b.latency_ratio_interval)[1]
         time_low = min(a_low - b_high, sa.delta_time - sb.delta_time)
-    if _images_pair(a, b):
+    if images_pair(a, b):
         import numpy as np
 
         paired = paired_difference(np.array(b.correct), np.array(a.correct), w.confidence)  # metric(a) - metric(b)
@@ -386,31 +378,6 @@ def _difference_low(a: Candidate, sa: Score, b: Candidate, sb: Score, baseline: 
     else:
         metric_low = min(_score_metric_low(sa, sb, a, b, baseline, w), sa.delta_metric - sb.delta_metric)
     return size + w.weight_time * time_low + w.weight_metric * metric_low
-
-
-def _rounds_pair(a: Candidate, b: Candidate) -> bool:
-    """Whether a and b carry latency ratios of the same interleaved rounds."""
-    return bool(a.latency_ratios and b.latency_ratios and len(a.latency_ratios) == len(b.latency_ratios))
-
-
-def _images_pair(a: Candidate, b: Candidate) -> bool:
-    """Whether a and b carry right-or-wrong answers on the same test images."""
-    return bool(a.correct and b.correct and len(a.correct) == len(b.correct))
-
-
-def _measurably_worse(a: Candidate, b: Candidate, objective: Objective) -> bool:
-    """Whether a's metric is measurably worse than b's: the paired interval of a - b (on the same
-    images) lies wholly on the worse side of 0. Unpaired figures: only an exact difference counts."""
-    if _images_pair(a, b):
-        import numpy as np
-
-        from edgeopt.stats import paired_difference
-
-        paired = paired_difference(np.array(b.correct), np.array(a.correct), objective.confidence)
-        return paired.high < 0 if objective.metric.higher_is_better else paired.low > 0
-    if a.metric_delta_interval is None and b.metric_delta_interval is None:
-        return a.metric < b.metric if objective.metric.higher_is_better else a.metric > b.metric
-    return False
 
 
 def _score_metric_low(sa: Score, sb: Score, a: Candidate, b: Candidate, baseline: Candidate, w: Objective) -> float:

@@ -6,12 +6,10 @@ data (the model's own test/train split) -> methods (build variants) -> runtimes 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,9 @@ from edgeopt import __version__ as edgeopt_version
 from edgeopt.answers_ahead import AnswersAhead
 from edgeopt.choose import decide
 from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
-from edgeopt.data.imagefolder import DecodedImages, decode_images_cached, scan_image_folder
-from edgeopt.data.split import SPLIT_FILE, Split, build_split, check_data_matches, load_split, save_split
-from edgeopt.data.synthetic import is_synthetic
+from edgeopt.contract import PixelContract, check_baseline
+from edgeopt.data.imagefolder import DecodedImages, decode_images_cached
+from edgeopt.data.split import SPLIT_FILE, Split, check_data_matches, save_split
 from edgeopt.diagnose import diagnose
 from edgeopt.errors import BackendUnavailableError, ConfigError, DataError, ModelError
 from edgeopt.evaluate import CHUNK, Predict, hopeless, race
@@ -36,96 +34,34 @@ from edgeopt.measure import (
     latency_record,
     measure_decode_ms,
     measure_latency,
+    predict_top1,
     predictions_record,
 )
 from edgeopt.methods._tfmot import require_tfmot
 from edgeopt.methods.base import Artifact, BuildContext, Method
 from edgeopt.methods.build import build_variants
-from edgeopt.methods.registry import get_method, list_methods
+from edgeopt.methods.registry import get_method, list_methods, why_not_from
 from edgeopt.outputs import check_output, staged_output
-from edgeopt.pixels import PIXELS, PixelTransform
+from edgeopt.pixels import PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
 from edgeopt.results import Data, ModelInfo, Repair, Results, Training, Variant
 from edgeopt.runtimes.base import GraphSummary, Runtime
 from edgeopt.runtimes.registry import EXTRAS, get_runtime, list_runtimes
+from edgeopt.sources.base import Source, SourceOptions
+from edgeopt.sources.onnx2tf import SETUP_COMMAND, convert_onnx, find_converter
+from edgeopt.sources.registry import load_source
 from edgeopt.train import write_labels
 
 LABELS_FILE = "labels.json"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Source:
-    """The model optimize starts from, and the images it is measured on."""
-
-    path: Path
-    kind: str  # "keras" (a train folder) or "onnx" (a file)
-    classes: tuple[str, ...]
-    image_size: tuple[int, int]
-    split: Split
-    data_root: Path
-    synthetic: bool
-    notes: tuple[str, ...] = ()
-    # Where the test split came from, for the report.
-    split_note: str = "the model's own split"
-
-
-def load_model_folder(path: Path, data_dir: Path | None) -> Source:
-    """A train output folder: model.keras with its labels and its own split."""
-    for name in ("model.keras", LABELS_FILE, SPLIT_FILE):
-        if not (path / name).is_file():
-            raise ModelError(f"{path / name} is missing; pass the folder written by 'edgeopt train'")
-    try:
-        labels = json.loads((path / LABELS_FILE).read_text())
-        classes, size = tuple(labels["classes"]), int(labels["image_size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path / LABELS_FILE} is not a valid labels file ({exc}); re-run 'edgeopt train'") from None
-    split = load_split(path / SPLIT_FILE)
-    if tuple(split.classes) != classes:
-        raise ModelError(
-            f"{path} has {len(classes)} classes in labels.json but {len(split.classes)} in split.json; "
-            "re-run 'edgeopt train'"
-        )
-    root = Path(data_dir) if data_dir else Path(split.data_root)
-    if not root.is_dir():
-        raise DataError(f"the model's data folder {root} is gone; pass it with --data DIR")
-    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    lacking = [c for c in classes if c not in folders]
-    if lacking:
-        raise DataError(
-            f"{root} has no class folder(s) {', '.join(lacking)} of this model ({', '.join(classes)}); "
-            "pass the data folder the model was trained on with --data"
-        )
-    extra = sorted(folders - set(classes))
-    if extra:
-        log.warning("%s has class folder(s) the model does not know (%s); they are not used", root, ", ".join(extra))
-    return Source(path, "keras", classes, (size, size), split, root,
-                  bool(labels.get("synthetic_data", False)) or is_synthetic(root))
-
-
-def load_onnx_source(path: Path, data_dir: Path | None, seed: int = 0) -> Source:
-    """An .onnx file from another framework: edgeopt draws a seeded 80/20 split of --data."""
-    if data_dir is None:
-        raise ConfigError(f"{path} is an ONNX model: pass --data DIR with its images (DIR/<class>/*.jpg)")
-    runtime = get_runtime("onnxruntime")
-    spec = runtime.open(path).input
-    folder = scan_image_folder(data_dir)
-    split = build_split(folder, seed=seed, val_fraction=0.0)
-    notes = (
-        "The input is an ONNX model, so only ONNX Runtime variants were built: the LiteRT variants need a "
-        "Keras model (TensorFlow's TFLite converter reads Keras or SavedModel, not ONNX).",
-        f"The test split was drawn by edgeopt (20% of each class of {data_dir}, seed {seed}); edgeopt cannot "
-        "know which images trained this model, so accuracies are optimistic if these were among them.",
-    )
-    return Source(path, "onnx", folder.classes, spec.image_size, split, folder.root, is_synthetic(folder.root), notes,
-                  split_note=f"drawn by edgeopt: 20% of each class, seed {seed}")
-
-
-def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method], list[str]]:
-    """The methods to build (baseline first) and notes on what was left out and why."""
+def resolve_methods(config: OptimizeConfig, source: Source, converted: bool = False) -> tuple[list[Method], list[str]]:
+    """The methods to build (baseline first) and notes on what was left out and why; `converted`:
+    an .onnx source has a TensorFlow conversion (sources.onnx2tf)."""
     notes = []
-    installed = list_runtimes(installed_only=True)
+    installed = list_runtimes(installed_only=True, for_building=True)
     if config.backends is None:
         backends = installed
         for name in list_runtimes():
@@ -140,12 +76,20 @@ def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method
     names = list(config.methods) if config.methods else [
         m for m in list_methods() if get_method(m).backend in backends and not get_method(m).retrains
     ]
+    if source.quantized and not config.methods:
+        names = ["as_given"]
     methods = [get_method(n) for n in names]
-    if source.kind == "onnx":
-        dropped = [m.name for m in methods if m.source == "keras"]
-        methods = [m for m in methods if m.source != "keras"]
-        if config.methods and dropped:
-            notes.append(f"Not built from an ONNX model: {', '.join(dropped)}.")
+    # What this kind of model cannot give, said once per reason: always for methods named with
+    # --methods; in a default run, not for the methods made for another kind of model, nor for the
+    # LiteRT ones of an unconverted .onnx (optimize says how to convert it).
+    dropped: dict[str, list[str]] = {}
+    for m in methods:
+        why = why_not_from(m, source.kind, source.quantized, converted)
+        quiet = m.source == "tflite" or (source.kind == "onnx" and m.source == "keras")
+        if why and (config.methods or not quiet):
+            dropped.setdefault(why, []).append(m.name)
+    methods = [m for m in methods if not why_not_from(m, source.kind, source.quantized, converted)]
+    notes += [f"Not built: {', '.join(names)} ({why})." for why, names in dropped.items()]
     if any(m.retrains for m in methods):
         require_tfmot()
     missing = sorted({m.backend for m in methods} - set(installed))
@@ -156,9 +100,18 @@ def resolve_methods(config: OptimizeConfig, source: Source) -> tuple[list[Method
     if not methods:
         raise ConfigError(
             "no method can be built for this model with these backends; for an .onnx model use the "
-            "onnxruntime backend (pip install 'edgeopt[onnx]')"
+            "onnxruntime backend (pip install 'edgeopt[onnx]'), or 'edgeopt setup onnx2tf' for LiteRT"
         )
     return methods, notes
+
+
+def load_model_source(model: Path, config: OptimizeConfig, data_dir: Path | None = None, test_data: Path | None = None,
+                      calibration_data: Path | None = None, labels: Path | None = None) -> Source:
+    """The model as optimize reads it, with optimize's settings and options (edgeopt.sources)."""
+    return load_source(Path(model), SourceOptions(
+        data_dir=data_dir, test_dir=test_data, calibration_dir=calibration_data, labels_file=labels,
+        custom_objects=tuple(config.custom_objects or ()), transform=config.given_transform(), resize=config.resize,
+    ))
 
 
 def optimize(
@@ -168,48 +121,56 @@ def optimize(
     force: bool = False,
     data_dir: Path | None = None,
     progress: Progress | None = None,
+    test_data: Path | None = None,
+    calibration_data: Path | None = None,
+    labels: Path | None = None,
     more_methods: Sequence[Method] = (),
 ) -> Results:
-    """Build, measure, score and choose; write variants/, results.json, report.md, the plot,
+    """Build, measure, score and choose; write variants/, results.json, report.md, report.html, the plot,
     selected.<ext> and labels.json to `out`. Returns the results as written.
 
-    `model` is a folder written by `edgeopt train`, or an .onnx file (then `data_dir` is needed).
+    `model` is any kind edgeopt.sources accepts, detected from its content: a folder written by
+    `edgeopt train`, a .keras / .h5 file, a SavedModel folder, a .tflite or an .onnx file (the
+    foreign kinds need `data_dir` or `test_data`). `labels` gives their output order.
     `more_methods` are built after the configured ones, e.g. a search's candidates (edgeopt.search).
     """
     progress = progress or NullProgress()
     started = time.perf_counter()
-    model = Path(model)
-    if model.is_file() and model.suffix.lower() == ".onnx":
-        source = load_onnx_source(model, data_dir)
-    elif model.is_dir():
-        source = load_model_folder(model, data_dir)
-    else:
-        raise ModelError(f"{model} is neither a folder written by 'edgeopt train' nor an .onnx file")
-    reads = (source.path, source.data_root)
+    source = load_model_source(model, config, data_dir, test_data, calibration_data, labels)
+    reads = tuple(p for p in (source.path, source.data_root, source.test_root,
+                              source.calibration[0] if source.calibration else None) if p is not None)
     check_output(out, force, reads)
-    methods, method_notes = resolve_methods(config, source)
+    onnx2tf = find_converter() if source.kind == "onnx" else None
+    methods, method_notes = resolve_methods(config, source, converted=onnx2tf is not None)
+    if source.kind == "onnx" and onnx2tf is None:
+        method_notes.append(f"The LiteRT variants (the study's f0..f4) were not built: converting ONNX to TensorFlow "
+                            f"needs onnx2tf in an environment of its own; create it once with '{SETUP_COMMAND}'.")
     methods += list(more_methods)
     runtimes = {m.backend: get_runtime(m.backend) for m in methods}
     split, root, size = source.split, source.data_root, source.image_size
+    test_root = source.test_root or root
+    resize = source.contract.resize
 
-    check_data_matches(split, root, split.test)
+    check_data_matches(split, test_root, split.test)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    test = decode_images_cached(root, split.test, size, strict=config.strict)
+    test = decode_images_cached(test_root, split.test, size, strict=config.strict, resize=resize)
     if len(test.labels) == 0:
-        raise DataError(f"none of the {len(split.test)} test images in {root} could be read")
+        raise DataError(f"none of the {len(split.test)} test images in {test_root} could be read")
     train_items = _sample(split.train_all, config.measure.train_images, split.seed)
-    train = decode_images_cached(root, train_items, size, strict=config.strict) if train_items else None
-    # Calibration draws from the train part only (never validation or test), whatever is evaluated.
-    calibration_items = _sample(split.train, config.representative_samples, split.seed + 1)
-    calibration = decode_images_cached(root, calibration_items, size, strict=config.strict)
-    holdout = decode_images_cached(root, _holdout_items(split, calibration_items), size, strict=config.strict) if any(
-        m.guarded for m in methods) else None
+    train = decode_images_cached(root, train_items, size, strict=config.strict, resize=resize) if train_items else None
+    # Calibration draws from the train part only (never validation or test), whatever is evaluated,
+    # or from --calibration-data.
+    calibration_root, calibration_pool = source.calibration or (root, split.train)
+    calibration_items = _sample(calibration_pool, config.representative_samples, split.seed + 1)
+    calibration = decode_images_cached(calibration_root, calibration_items, size, strict=config.strict, resize=resize)
+    holdout = decode_images_cached(root, _holdout_items(split, calibration_items), size, strict=config.strict,
+                                   resize=resize) if any(m.guarded for m in methods) else None
     # The retraining methods fine-tune on the whole train part (never validation or test).
-    fine_tune = decode_images_cached(root, split.train, size, strict=config.strict) if any(
+    fine_tune = decode_images_cached(root, split.train, size, strict=config.strict, resize=resize) if any(
         m.retrains for m in methods) else None
     timings["decode_s"] = time.perf_counter() - t
-    transform = config.pixel_transform() if source.kind == "onnx" else PIXELS
+    transform = source.contract.transform
 
     with staged_output(out, force, reads, command="optimize") as staging:
         variants_dir = staging / "variants"
@@ -229,7 +190,28 @@ def optimize(
             train_pixels=fine_tune.pixels if fine_tune is not None else None,
             train_labels=fine_tune.labels if fine_tune is not None else None,
             retrain=config.retrain,
+            source_kind=source.kind,
+            custom_objects=source.custom_objects,
         )
+        if onnx2tf is not None:
+            t = time.perf_counter()
+            progress.start("converting ONNX to TensorFlow (onnx2tf)", 1)
+            spec = source.model_input
+            ctx.converted, why = convert_onnx(onnx2tf, source.path, staging / "work" / "onnx2tf", ctx.log_path,
+                                              nhwc_input=spec.name if spec is not None and spec.layout == "NHWC" else None)
+            progress.finish("converted with onnx2tf" if ctx.converted else "onnx2tf could not convert the model")
+            timings["convert_s"] = time.perf_counter() - t
+            if ctx.converted is None:
+                dropped = [m.name for m in methods if m.source == "keras"]
+                methods = [m for m in methods if m.source != "keras"]
+                method_notes.append(f"The LiteRT variants ({', '.join(dropped)}) were not built: {why}. The ONNX "
+                                    "Runtime variants were.")
+                runtimes = {m.backend: get_runtime(m.backend) for m in methods}
+                if not methods:
+                    raise ModelError(f"{source.path}: {why}; and no ONNX Runtime method was asked for")
+            else:
+                method_notes.append("The LiteRT variants were built from the ONNX model converted to TensorFlow by "
+                                    f"onnx2tf ({onnx2tf.version}, in its own environment {onnx2tf.python.parent.parent}).")
         progress.start("building variants", len(methods))
         t = time.perf_counter()
         # What the evaluation will ask, in its order: the baseline's test answers, the others' (the
@@ -243,7 +225,10 @@ def optimize(
             is_built=lambda name: name in ctx.built,
         )
         try:
-            built = build_variants(methods, ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step)
+            # The baseline is built first here and checked against chance before this process builds more.
+            built = build_variants(methods, ctx, variants_dir, progress, config.build_processes, meanwhile=ahead.step,
+                                   check_baseline=lambda artifact: _check_baseline(
+                                       methods[0], artifact, runtimes, transform, test, source, config, ahead))
         finally:
             ahead.close()
         artifacts, build_seconds = built.artifacts, built.seconds
@@ -263,7 +248,7 @@ def optimize(
         base_graph = graphs[methods[0].name]
         variants = [
             _variant(m, artifacts[m.name], build_seconds[m.name], accuracy[m.name], latency.get(m.name), threads,
-                     graphs[m.name], transform, runtimes[m.backend].version(),
+                     graphs[m.name], source.contract, runtimes[m.backend].version(),
                      describe_change(graphs[m.name], base_graph) if i else "baseline", stopped.get(m.name, ""))
             for i, m in enumerate(methods)
         ]
@@ -277,14 +262,16 @@ def optimize(
                     "would cost accuracy instead. The same file is exact on a VNNI CPU. ort_reduce_range overrides it."
                 )
         measure = {**config.measure.to_jsonable(), "accuracy_threads": eval_threads,
-                   "decode_ms_median": measure_decode_ms([root / p for p in test.paths], size)}
+                   "decode_ms_median": measure_decode_ms([test_root / p for p in test.paths], size)}
         results = Results(
             kind="optimize",
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             edgeopt_version=edgeopt_version,
-            model=ModelInfo(source=str(source.path), kind=source.kind, classes=list(source.classes), image_size=size[0]),
+            model=ModelInfo(source=str(source.path), kind=source.results_kind, classes=list(source.classes),  # type: ignore[arg-type]
+                            image_size=size[0]),
             data=Data(
-                root=str(root), synthetic=source.synthetic, test_items=[(p, int(c)) for p, c in zip(test.paths, test.labels, strict=True)],
+                root=str(test_root), synthetic=source.synthetic,
+                test_items=[(p, int(c)) for p, c in zip(test.paths, test.labels, strict=True)],
                 train_images=int(len(train.labels)) if train is not None else 0, train_total=len(split.train_all),
                 skipped_images=len(test.skipped) + (len(train.skipped) if train is not None else 0),
                 split_note=source.split_note,
@@ -293,14 +280,19 @@ def optimize(
             measure=measure,
             representative_samples=int(len(calibration.labels)),
             variants=variants,
-            notes=list(source.notes) + method_notes,
+            notes=list(source.notes) + method_notes + (
+                [f"Built with AI Edge Quantizer from the float .tflite: {', '.join(m.name for m in methods)}."]
+                if source.kind == "tflite" and not source.quantized else []) + (
+                ["The .tflite is already quantized (integer input), so nothing else was built: it is measured as "
+                 "given. Bring its float model to get the study's variants."] if source.quantized else []),
         )
         results = decide(results, config.objective, config.target)
         results = results.model_copy(update={"diagnostics": diagnose(results)})
         selected = results.selected
         shutil.copyfile(staging / selected.file, staging / f"selected{Path(selected.file).suffix}")
-        write_labels(staging / LABELS_FILE, source.classes, size[0], source.synthetic, transform)
-        if source.kind == "onnx":
+        write_labels(staging / LABELS_FILE, source.classes, size[0], source.synthetic, transform, resize,
+                     source.labels_note)
+        if source.kind != "train":
             save_split(split, staging / SPLIT_FILE)
         write_config(config, staging / "optimize_config.json")
         if ctx.work_dir is not None and ctx.work_dir.exists():
@@ -309,6 +301,17 @@ def optimize(
         results = results.model_copy(update={"timings": timings})
         write_report(results, staging)
     return results
+
+
+def _check_baseline(method: Method, artifact: Artifact, runtimes: dict[str, Runtime], transform: PixelTransform,
+                    test: DecodedImages, source: Source, config: OptimizeConfig, ahead: AnswersAhead) -> None:
+    """The baseline's test answers (kept for the evaluation), refused when under twice chance."""
+    session = runtimes[method.backend].open(artifact.path, accuracy_threads(config.measure.threads), transform)
+    predicted, confidence = predict_top1(session, test.pixels, source.classes)
+    ahead.give(method.name, "test", predicted, confidence)
+    present = len(set(test.labels.tolist()))
+    check_baseline(float(np.mean(predicted == test.labels)), len(test.labels), max(2, present), source.contract,
+                   source.labels_note)
 
 
 # Invocations per variant in the short latency pass that finds hopeless variants.
@@ -413,14 +416,14 @@ def _measure(
 
 def _variant(
     method: Method, artifact: Artifact, build_s: float, accuracy: dict[str, AccuracyResult], latency: LatencyResult | None,
-    threads: int, graph: GraphSummary, transform: PixelTransform, runtime: str, change: str, stopped: str = "",
+    threads: int, graph: GraphSummary, contract: PixelContract, runtime: str, change: str, stopped: str = "",
 ) -> Variant:
     test, train = accuracy.get("test"), accuracy.get("train")
     return Variant(
         name=method.name, paper_label=method.paper_label, backend=method.backend, summary=method.summary,
         file=f"variants/{artifact.path.name}", sha256=artifact.sha256, size_bytes=artifact.size_bytes, change_vs_baseline=change,
         transfer_bytes=artifact.transfer_bytes,
-        build_seconds=build_s, runtime=runtime, graph=graph_record(graph), input=input_contract(graph.inputs[0], transform),
+        build_seconds=build_s, runtime=runtime, graph=graph_record(graph), input=input_contract(graph.inputs[0], contract),
         test=accuracy_record(test) if test is not None else None,
         train=accuracy_record(train) if train is not None else None,
         latency=latency_record(latency, threads) if latency is not None else None, stopped_early=stopped,

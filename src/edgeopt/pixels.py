@@ -18,14 +18,20 @@ from typing import Any
 
 import numpy as np
 
+CHANNEL_ORDERS = ("rgb", "bgr")
+
 
 @dataclass(frozen=True)
 class PixelTransform:
     """What a float-input model takes, as a per-channel affine map of pixel values 0..255:
-    x_c = pixel_c * scale_c + offset_c. The identity for every model edgeopt makes."""
+    x_c = pixel_c * scale_c + offset_c, the channels in `channel_order` (scale and offset are
+    given in the model's channel order). The identity for every model edgeopt makes."""
 
     scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # "bgr" for a model trained on OpenCV-decoded images (Caffe-era weights): the channels are
+    # reversed before anything else, whatever the input's dtype.
+    channel_order: str = "rgb"
 
     @classmethod
     def from_range(cls, low: float, high: float) -> PixelTransform:
@@ -45,18 +51,24 @@ class PixelTransform:
 
     @classmethod
     def from_options(
-        cls, input_range: tuple[float, ...] | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+        cls, input_range: tuple[float, ...] | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+        channel_order: str | None = None,
     ) -> PixelTransform:
-        """From --input-range or --input-mean/--input-std (at most one of the two); identity without."""
+        """From --input-range or --input-mean/--input-std (at most one of the two) and
+        --channel-order; identity without."""
         if input_range is not None and (mean is not None or std is not None):
             raise ValueError("give either --input-range or --input-mean/--input-std, not both")
+        if channel_order is not None and channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"--channel-order {channel_order!r} must be one of {', '.join(CHANNEL_ORDERS)}")
         if input_range is not None:
-            return cls.from_range(input_range[0], input_range[1])
-        if mean is not None or std is not None:
+            affine = cls.from_range(input_range[0], input_range[1])
+        elif mean is not None or std is not None:
             if mean is None or std is None:
                 raise ValueError("--input-mean and --input-std go together")
-            return cls.from_mean_std(mean, std)
-        return cls()
+            affine = cls.from_mean_std(mean, std)
+        else:
+            affine = cls()
+        return cls(affine.scale, affine.offset, channel_order or "rgb")
 
     @property
     def is_identity(self) -> bool:
@@ -106,6 +118,8 @@ def takes_quantized_pixels(spec: TensorSpec) -> bool:
 
 def encode_pixels(pixels: np.ndarray, spec: TensorSpec, transform: PixelTransform = PIXELS) -> np.ndarray:
     """Turn uint8 pixels (N, H, W, 3) into what the model's input tensor takes (see module doc)."""
+    if transform.channel_order == "bgr":
+        pixels = pixels[..., ::-1]
     if spec.dtype in ("float32", "float16"):
         x = pixels.astype(np.float32)
         if not transform.is_identity:
@@ -115,7 +129,7 @@ def encode_pixels(pixels: np.ndarray, spec: TensorSpec, transform: PixelTransfor
         raise ValueError(f"input dtype {spec.dtype} is not supported")
     elif takes_quantized_pixels(spec):
         if spec.dtype == "uint8" and spec.scale == 1.0 and spec.zero_point == 0:
-            x = pixels  # the identity: the device's bytes go in as they are
+            x = np.ascontiguousarray(pixels)  # the identity: the device's bytes go in as they are
         else:
             info = np.iinfo(np.dtype(spec.dtype))
             q = np.round(pixels.astype(np.float32) / spec.scale + spec.zero_point)

@@ -44,6 +44,20 @@ class InputContract(Record):
     pixel_offset: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     # One sentence for a person: what to feed.
     feed: str = ""
+    # The channel order the model takes ("rgb" or "bgr") and how an image is fitted to its input
+    # ("squash" or "center-crop"): edgeopt.contract. Written only when not the default, so that a
+    # device on an older edgeopt still reads the results of a model fed as edgeopt's own are.
+    channel_order: str = "rgb"
+    resize: str = "squash"
+
+    @model_serializer(mode="wrap")
+    def _leave_out_defaults(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in (("channel_order", "rgb"), ("resize", "squash")):
+                if data.get(key) == default:
+                    del data[key]
+        return data
 
 
 class WeightBytes(Record):
@@ -92,6 +106,22 @@ class Paired(PairedClass):
     per_class: dict[str, PairedClass] = Field(default_factory=dict)
 
 
+class Fidelity(Record):
+    """Answers that differ from the baseline's (float32's), which needs no labels: on the test images,
+    and on every image evaluated (the test images and the train sample), with the exact interval of
+    the share changed. A variant cannot lose more accuracy on a set of images than the share of their
+    answers it changes. The train images favour the variant (the model was fitted to them, and answers
+    there are surer): the test images' share is the one to judge by."""
+
+    changed: int
+    images: int
+    test_changed: int
+    test_images: int
+    low: float  # of changed / images, at `confidence`
+    high: float
+    confidence: float
+
+
 class Latency(Record):
     median_ms: float
     p90_ms: float
@@ -131,6 +161,16 @@ class Verdict(Record):
     excluded_because: str
     pareto: bool
     guard: GuardWord
+    # The budgets it breaks, in words (edgeopt.budgets; "" when it fits them or none was set:
+    # then left out of the file, which older readers know without it).
+    over_budget: str = ""
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_budget(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("over_budget") == "":
+            del data["over_budget"]
+        return data
 
     @field_validator("guard", mode="before")
     @classmethod
@@ -218,18 +258,24 @@ class Variant(Record):
     training: Training | None = None
     # Racing: images evaluated, and why evaluation stopped before the whole test split ("" when it did not).
     stopped_early: str = ""
+    # Answers that differ from the baseline's (None for the baseline, for a results file written before
+    # issue 29, and left out of the file then).
+    fidelity: Fidelity | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_no_training(self, handler: Any) -> Any:
         data = handler(self)
-        if isinstance(data, dict) and data.get("training", 0) is None:
-            del data["training"]
+        if isinstance(data, dict):
+            for key in ("training", "fidelity"):
+                if key in data and data[key] is None:
+                    del data[key]
         return data
 
 
 class ModelInfo(Record):
     source: str
-    kind: Literal["keras", "onnx", "release"]
+    # "keras" is a folder written by `edgeopt train` or a .keras file (edgeopt.sources)
+    kind: Literal["keras", "h5", "savedmodel", "tflite", "onnx", "release"]
     classes: list[str]
     image_size: int
 

@@ -282,22 +282,28 @@ def train(
 
 
 def write_labels(path: Path, classes: tuple[str, ...], image_size: int, synthetic: bool,
-                 transform: PixelTransform = PIXELS) -> None:
+                 transform: PixelTransform = PIXELS, resize: str = "squash", labels_note: str = "") -> None:
     """labels.json: the classes, and the input contract every variant of the model shares
-    (camera pixels 0..255, mapped per channel to what a float input expects)."""
-    path.write_text(json.dumps({
-        "classes": list(classes),
-        "image_size": image_size,
-        "input": {
-            "pixels": "RGB 0..255",
-            "pixel_scale": list(transform.scale),
-            "pixel_offset": list(transform.offset),
-            "note": "the model scales pixels itself" if transform.is_identity else
-                    "a float input takes pixel * pixel_scale + pixel_offset per channel (set by optimize's "
-                    "--input-range or --input-mean/--input-std); edgeopt's classify and device apply it",
-        },
-        "synthetic_data": synthetic,
-    }, indent=1))
+    (edgeopt.contract: camera pixels 0..255, mapped per channel to what a float input expects, in
+    the channel order it expects, the image fitted by `resize`)."""
+    contract: dict[str, object] = {
+        "pixels": "RGB 0..255",
+        "pixel_scale": list(transform.scale),
+        "pixel_offset": list(transform.offset),
+        "note": "the model scales pixels itself" if transform.is_identity else
+                "a float input takes pixel * pixel_scale + pixel_offset per channel (set by optimize's "
+                "--input-range or --input-mean/--input-std), channels in channel_order; edgeopt's classify and "
+                "device apply it",
+    }
+    if transform.channel_order != "rgb":
+        contract["channel_order"] = transform.channel_order
+    if resize != "squash":
+        contract["resize"] = resize
+    labels: dict[str, object] = {"classes": list(classes), "image_size": image_size, "input": contract,
+                                 "synthetic_data": synthetic}
+    if labels_note:
+        labels["labels_from"] = labels_note
+    path.write_text(json.dumps(labels, indent=1))
 
 
 def load_keras_model(folder: Path) -> Any:

@@ -99,8 +99,8 @@ def cache_dir() -> Path:
     return Path(base) / "decoded"
 
 
-def _cache_key(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, int]) -> str | None:
-    """A key that changes when any file, its label, the folder or the size changes."""
+def _cache_key(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, int], resize: str = "squash") -> str | None:
+    """A key that changes when any file, its label, the folder, the size or the resize changes."""
     import hashlib
     import json
 
@@ -111,16 +111,17 @@ def _cache_key(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, in
         except OSError:
             return None
         listing.append((path, int(label), stat.st_size, stat.st_mtime_ns))
-    text = json.dumps([str(root.resolve()), list(size), listing])
+    text = json.dumps([str(root.resolve()), list(size), listing] + ([resize] if resize != "squash" else []))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def decode_images_cached(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, int], strict: bool = False) -> DecodedImages:
+def decode_images_cached(root: Path, items: Sequence[tuple[str, int]], size: tuple[int, int], strict: bool = False,
+                         resize: str = "squash") -> DecodedImages:
     """decode_images, reusing an earlier decode of exactly these files at this size (a second
     optimize on the same data does not decode again)."""
     import json
 
-    key = _cache_key(Path(root), items, size)
+    key = _cache_key(Path(root), items, size, resize)
     folder = cache_dir()
     path = folder / f"{key}.npz" if key else None
     if path is not None and path.is_file():
@@ -135,7 +136,7 @@ def decode_images_cached(root: Path, items: Sequence[tuple[str, int]], size: tup
         except (OSError, ValueError, KeyError):
             with contextlib.suppress(OSError):  # unreadable: decoded again below
                 path.unlink(missing_ok=True)
-    decoded = decode_images(root, items, size, strict)
+    decoded = decode_images(root, items, size, strict, resize)
     if path is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -163,14 +164,16 @@ def decode_images(
     items: Sequence[tuple[str, int]],
     size: tuple[int, int],
     strict: bool = False,
+    resize: str = "squash",
 ) -> DecodedImages:
-    """Decode the listed images in parallel. Unreadable ones are skipped and counted.
+    """Decode the listed images in parallel (images.load_pixels: `resize`). Unreadable ones are
+    skipped and counted.
 
     With strict=True the first unreadable image is an error instead.
     """
     def one(item: tuple[str, int]) -> np.ndarray | str:
         try:
-            return load_pixels(root / item[0], size)
+            return load_pixels(root / item[0], size, resize)
         except ImageError as exc:
             return str(exc)
 

@@ -28,12 +28,25 @@ import os
 import shutil
 import socket
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeopt.device.fetch import BoundedFetcher, Incomplete, Limits, RangeRefused, SlowRetrieval, download_target, wall_clock
-from edgeopt.device.smoke import SmokeLimits, SmokeTestFailed, smoke_test
+from edgeopt.device.fetch import (
+    BoundedFetcher,
+    EncodedAnswer,
+    Incomplete,
+    Limits,
+    RangeRefused,
+    SlowRetrieval,
+    deadline,
+    device_client,
+    download_target,
+    paced,
+)
+from edgeopt.device.health import record_install, report_fields
+from edgeopt.device.smoke import MalformedRelease, SmokeLimits, SmokeTestFailed, smoke_test
 from edgeopt.device.state import RELEASE_RECORD, DeviceState, file_matches
 from edgeopt.errors import ConfigError
 
@@ -80,12 +93,13 @@ class AgentConfig:
     # The repository's base URL: it serves metadata/ and targets/ (any static web server).
     server: str
     state: Path
-    # The trust anchor: the repository's metadata/1.root.json (or a later root.json), copied to the device.
+    # The trust anchor: the repository's newest root, N.root.json ('edgeopt repo trust-anchor'), copied to the device.
     root: Path
     channel: str = "stable"
     device_id: str = field(default_factory=socket.gethostname)
-    # The credential 'edgeopt device enroll' issued, for reports; None: reports are not sent.
-    token_file: Path | None = None
+    # The device's private key (from 'edgeopt fleet enroll --out' or 'edgeopt device keygen'), which
+    # signs its reports and uploads; None: reports are not sent.
+    key_file: Path | None = None
     # A name for devices that should measure alike (fleet benchmarks); None: derived from the profile.
     device_class: str | None = None
     # Seconds between checks, and the longest back-off after faults.
@@ -99,7 +113,8 @@ class AgentConfig:
     failures_to_reject: int = 2
 
 
-OutcomeKind = Literal["up-to-date", "no-release", "activated", "refused", "retry", "unreachable", "rolled-back", "skipped"]
+OutcomeKind = Literal["up-to-date", "no-release", "activated", "refused", "retry", "unreachable", "rolled-back", "skipped",
+                      "held"]
 
 
 @dataclass(frozen=True)
@@ -117,9 +132,14 @@ class Outcome:
         return self.message
 
 
+def _custom(target: Any) -> dict[str, Any]:
+    """A target's signed custom data; {} when it is not a JSON object (the checks then refuse the release)."""
+    return target.custom if isinstance(target.custom, dict) else {}
+
+
 def _model_sha256(target: Any) -> str:
     """The sha256 of the model itself: the target's, or the signed uncompressed one of a zstd target."""
-    custom = target.custom or {}
+    custom = _custom(target)
     plain = custom.get("uncompressed") if custom.get("compression") else None
     return str(plain.get("sha256", "")) if isinstance(plain, dict) else str(target.hashes.get("sha256", ""))
 
@@ -138,17 +158,13 @@ class Refused(Exception):
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
-        import httpx
-
         self.config = config
         self.state = DeviceState(config.state)
         if not Path(config.root).is_file():
-            raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's metadata/1.root.json to the device")
+            raise ConfigError(f"trusted root {config.root} does not exist; copy the repository's newest root to the device "
+                              "(edgeopt repo trust-anchor REPO --out root.json)")
         self.base = config.server.rstrip("/")
-        # One connection per request: a device polls rarely, and a pooled connection the server
-        # closed meanwhile would only turn into a spurious failure.
-        self.client = httpx.Client(timeout=config.limits.timeout_s, follow_redirects=False,
-                                   limits=httpx.Limits(max_keepalive_connections=0))
+        self.client = device_client(self.base, config.limits)
         self.last_error: str | None = None
         self.last_latency_ms: float | None = None
         self.refusals: collections.deque[dict[str, str]] = collections.deque(maxlen=10)
@@ -177,11 +193,11 @@ class Agent:
 
         channel = self.config.channel
         try:
-            with wall_clock(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
+            with deadline(self.config.limits.deadline(METADATA_BUDGET_BYTES), "metadata"):
                 updater = self._updater()
                 updater.refresh()
                 model = updater.get_targetinfo(f"{channel}/model")
-                labels_path = str((model.custom or {}).get("labels", "")) if model is not None else ""
+                labels_path = str(_custom(model).get("labels", "")) if model is not None else ""
                 if model is not None and labels_path != f"{channel}/labels.json":
                     raise Refused(f"release names labels {labels_path!r}, not {channel}/labels.json", permanent=True)
                 labels = updater.get_targetinfo(labels_path) if model is not None else None
@@ -191,6 +207,8 @@ class Agent:
             raise Refused(f"metadata rollback refused ({exc})") from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Refused(f"metadata longer than allowed ({exc})") from None
+        except EncodedAnswer as exc:
+            raise Refused(f"metadata refused ({exc})") from None
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
         except exceptions.DownloadHTTPError as exc:
@@ -204,6 +222,13 @@ class Agent:
     # --- one check --------------------------------------------------------------------------
     def check_once(self) -> Outcome:
         """Look for the channel's current release and activate it if it passes every check."""
+        try:
+            return self._check()
+        except OSError as exc:  # the device's own storage (full, read-only, failing): metadata or a release
+            self.state.clean_staging(keep=None)  # a partial download gives its space back; the next check starts again
+            return self._fail("retry", f"will retry: the device could not write its files: {exc}")
+
+    def _check(self) -> Outcome:
         recovered = self.state.recover()
         if recovered:
             self.state.log("recovered", active=recovered)
@@ -220,7 +245,7 @@ class Agent:
         if model is None or labels is None:
             return Outcome("no-release", f"no release on channel {self.config.channel} yet")
         sha = model.hashes.get("sha256", "")  # what is downloaded: identifies the release
-        number = (model.custom or {}).get("release")
+        number = _custom(model).get("release")
         release = number if isinstance(number, int) and 1 <= number <= MAX_RELEASE else 0
         active = self.state.record_of("active")
         if (active is not None and active["model"]["sha256"] == _model_sha256(model)
@@ -234,9 +259,16 @@ class Agent:
         if not release:
             return self._refused(sha, f"release number {number!r} is not a whole number from 1 to {MAX_RELEASE}",
                                  permanent=True)
+        from edgeopt.rollout.policy import held_back
+
+        held = held_back(self.config.device_id, model, has_model=active is not None)
+        if held:  # a staged rollout whose signed share does not reach this device yet
+            return Outcome("held", held, release)
         try:
             return self._install(updater, model, labels, release)
         except Refused as exc:
+            if exc.permanent:
+                record_install(self.state.root, release, "refused", detail=str(exc))
             return self._refused(sha, f"release {release}: {exc}", permanent=exc.permanent, release=release)
         except Retry as exc:
             return self._fail("retry", f"will retry: release {release}: {exc}", release)
@@ -265,7 +297,7 @@ class Agent:
 
     def _install(self, updater: Any, model: Any, labels: Any, release: int) -> Outcome:
         sha = model.hashes["sha256"]
-        custom = model.custom or {}
+        custom = _custom(model)
         fmt = str(custom.get("format", ""))
         if fmt not in MODEL_FORMATS:
             raise Refused(f"its model format {fmt!r} is not one of {', '.join(MODEL_FORMATS)}", permanent=True)
@@ -301,7 +333,10 @@ class Agent:
             (staging / RELEASE_RECORD).write_text(json.dumps(record, indent=1))
             try:
                 smoke_test(staging, record, self.state.root / "samples", self.config.smoke)
+            except MalformedRelease as exc:  # its own signed files say so: no second try needed
+                raise Refused(str(exc), permanent=True) from None
             except SmokeTestFailed as exc:
+                record_install(self.state.root, release, "smoke-test-failed", detail=str(exc))
                 raise self._count(sha, "smoke", f"smoke test failed: {exc}") from None
             fault_point("staged")
             os.replace(staging, folder)
@@ -322,6 +357,7 @@ class Agent:
                 (self.state.root / "active").unlink()
             error = self._count(sha, "smoke", f"post-switch check failed: {exc}")
             self.state.log("rolled-back", release=release, to=old["release"] if old else None, reason=str(exc))
+            record_install(self.state.root, release, "rolled-back", detail=str(exc))
             if isinstance(error, Refused):
                 self.state.reject(sha, str(error))
             self.last_error = f"rolled back release {release}: {exc}"
@@ -329,6 +365,7 @@ class Agent:
             self.report()
             return Outcome("rolled-back", f"rolled back release {release}: {exc}", release)
         self.state.clear_failures(sha)
+        record_install(self.state.root, release, "activated")
         self.last_latency_ms = check["latency_ms"]
         self.last_error = None
         removed = self.state.prune(self.config.keep_releases)
@@ -350,12 +387,12 @@ class Agent:
         url = f"{self.base}/targets/{folder}/{entry['sha256']}.{name}"
         try:
             limits = self.config.limits
-            with wall_clock(limits.deadline(entry["length"]) + limits.timeout_s, url):
+            with deadline(limits.deadline(entry["length"]) + limits.timeout_s, url):
                 download_target(self.client, url, part, entry["length"], limits,
                                 on_first_chunk=lambda: fault_point("download"))
         except SlowRetrieval as exc:
             raise Retry(f"slow retrieval: {exc}") from None
-        except (RangeRefused, Incomplete) as exc:
+        except (RangeRefused, Incomplete, EncodedAnswer) as exc:
             raise Retry(str(exc)) from None
         except exceptions.DownloadLengthMismatchError as exc:
             raise Retry(f"{entry['file']}: {exc}") from None
@@ -436,7 +473,7 @@ class Agent:
 
     def _download_signed(self, updater: Any, info: Any, destination: Path) -> str:
         limits = self.config.limits
-        with wall_clock(limits.deadline(info.length) + limits.timeout_s, info.path):
+        with deadline(limits.deadline(info.length) + limits.timeout_s, info.path):
             return str(updater.download_target(info, str(destination)))
 
     def _run_job(self, work: Path, job: dict[str, Any], job_sha: str) -> None:
@@ -451,10 +488,9 @@ class Agent:
         results = bench_run(work, MeasureConfig(threads=self.config.smoke.threads, rounds=3, invocations=20),
                             images=self.state.root / "samples", device_class=self.profile()["device_class"],
                             source_sha256=job["results_sha256"])
-        token_file = self.config.token_file
         kept = ""
-        if token_file is not None:
-            status = self._post("/bench", results.to_json(), Path(token_file).read_text().strip())
+        if self.config.key_file is not None:
+            status = self._post("/bench", results.to_json())
             if status in (404, 405, 501):  # a static server: the results stay on the device
                 kept = str(self.state.root / "bench" / f"{job_sha[:16]}.json")
                 Path(kept).parent.mkdir(exist_ok=True)
@@ -466,11 +502,18 @@ class Agent:
                        **({"kept": kept, "reason": "the server has no /bench"} if kept else {}))
         shutil.rmtree(work, ignore_errors=True)
 
-    def _post(self, path: str, body: str, token: str) -> int:
-        """POST to the release side within REPORT_S, answer included; its status (the body is not read)."""
-        with wall_clock(REPORT_S, f"POST {path}"), self.client.stream(
-                "POST", f"{self.base}{path}", params={"device": self.config.device_id}, content=body,
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as response:
+    def _post(self, path: str, body: str) -> int:
+        """POST to the release side, signed with the device's key, within REPORT_S, answer included,
+        at the minimum rate from the answer's first byte; its status (the body is not read)."""
+        from edgeopt.fleet.auth import load_device_key, sign_request
+
+        if self.config.key_file is None:
+            raise ConfigError("no --key-file: the device cannot sign what it sends")
+        data = body.encode()
+        signed = sign_request(load_device_key(self.config.key_file), self.config.device_id, "POST", path, data, time.time())
+        with deadline(REPORT_S, f"POST {path}"), paced(self.config.limits, None, f"POST {path}"), self.client.stream(
+                "POST", f"{self.base}{path}", content=data,
+                headers={**signed, "Content-Type": "application/json"}) as response:
             return int(response.status_code)
 
     # --- reports ------------------------------------------------------------------------------
@@ -484,10 +527,9 @@ class Agent:
 
     def report(self) -> None:
         """Tell the release side (best effort: a static server has no /status; the next check reports again)."""
-        token_file = self.config.token_file
-        if token_file is None:
+        if self.config.key_file is None:
             return
-        from edgeopt.fleet import DeviceReport
+        from edgeopt.fleet.report import DeviceReport
 
         active = self.state.record_of("active")
         report = DeviceReport(
@@ -495,18 +537,25 @@ class Agent:
             active_release=active["release"] if active else None, active_sha256=active["model"]["sha256"] if active else None,
             latency_ms=self.last_latency_ms, last_error=(self.last_error or None) and self.last_error[:500],
             refusals=list(self.refusals), device_class=self.profile()["device_class"], profile=self.profile(),
+            **report_fields(self.state.root, active, self.state.record_of("previous")),
         )
         try:
-            self._post("/status", report.model_dump_json(), Path(token_file).read_text().strip())
+            status = self._post("/status", report.model_dump_json())
         except Exception:  # reporting is best effort; the next check reports again
-            pass
+            return
+        if status in (401, 413, 400):  # refused: a clock off by minutes, a revoked key, ... -- say so locally
+            self.state.log("report-refused", status=status)
 
     def run(self, max_checks: int | None = None) -> None:
         """Check forever (or max_checks times), backing off while the repository is unreachable or faulty."""
         delay = self.config.interval_s
         checks = 0
         while max_checks is None or checks < max_checks:
-            outcome = self.check_once()
+            try:
+                outcome = self.check_once()
+            except Exception as exc:  # a bug must not end the device's updates: logged, then retried with back-off
+                self.state.log("internal-error", error=traceback.format_exc()[-3000:])
+                outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
             checks += 1
             if max_checks is not None and checks >= max_checks:
                 break

@@ -2,7 +2,10 @@
 
 The same interleaved latency protocol as optimize, the accuracy check on the run's test images
 (when the device has them) or on labelled samples the user ships, with the device's runtime --
-and what does not load, and why. The output is a results file (kind "device-bench") that
+and what does not run, and why. Each variant is measured in a process of its own
+(device.variant_worker), so a runtime that crashes on one variant costs that variant's row, not
+the benchmark; a runtime that cannot run even a tiny model is refused before anything is measured,
+with its fix (runtimes.health). The output is a results file (kind "device-bench") that
 `edgeopt choose` reads to choose for this device. Needs no TensorFlow and no scipy: one
 inference runtime, numpy and Pillow.
 """
@@ -10,27 +13,25 @@ inference runtime, numpy and Pillow.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgeopt import __version__
 from edgeopt.config import MeasureConfig
+from edgeopt.contract import PixelContract, contract_from_dict
 from edgeopt.data.imagefolder import decode_images, scan_image_folder
+from edgeopt.device.variant_worker import InProcess, LatencyTimer, VariantRefused, Worker
 from edgeopt.errors import DataError, ModelError
 from edgeopt.machine import accuracy_threads, describe_machine
 from edgeopt.machine import device_class as device_class_of
-from edgeopt.measure import (
-    accuracy_record,
-    latency_record,
-    measure_accuracy,
-    measure_latency,
-    predictions_record,
-)
+from edgeopt.measure import accuracy_of, accuracy_record, latency_record, measure_interleaved, predictions_record
 from edgeopt.methods.base import sha256_of
-from edgeopt.pixels import PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.results import RESULTS_FILE, Data, Results, Variant, load_results
-from edgeopt.runtimes.base import Session
+from edgeopt.runtimes.health import RuntimeHealth, require_healthy
 from edgeopt.runtimes.registry import RUNTIMES
 
 
@@ -53,19 +54,17 @@ def _images(run: Results, images: Path | None) -> tuple[Path, list[tuple[str, in
     )
 
 
-def _open(v: Variant, run_dir: Path, threads: int, transform: PixelTransform) -> tuple[Session | None, str]:
+def _unrunnable(v: Variant, run_dir: Path) -> str:
+    """Why a variant cannot even be tried here, or ""."""
     runtime = RUNTIMES.get(v.backend)
     if runtime is None or not runtime.available():
-        return None, f"no {v.backend} runtime is installed on this device"
+        return f"no {v.backend} runtime is installed on this device"
     path = run_dir / v.file
     if not path.is_file():
-        return None, f"{v.file} is missing from {run_dir}"
+        return f"{v.file} is missing from {run_dir}"
     if sha256_of(path) != v.sha256:
-        return None, f"{v.file} differs from the file the run measured (sha256); copy the run again"
-    try:
-        return runtime.open(path, threads, transform), ""
-    except ModelError as exc:
-        return None, str(exc).removeprefix(f"{path} ")
+        return f"{v.file} differs from the file the run measured (sha256); copy the run again"
+    return ""
 
 
 def _is_float(v: Variant) -> bool:
@@ -74,43 +73,62 @@ def _is_float(v: Variant) -> bool:
 
 def bench_run(
     run_dir: Path, measure: MeasureConfig, images: Path | None = None, progress: Progress | None = None,
-    device_class: str | None = None, source_sha256: str | None = None,
+    device_class: str | None = None, source_sha256: str | None = None, isolate: bool = True,
 ) -> Results:
     """Every variant of an optimize run, measured on this machine with its runtime(s).
 
     `device_class` names devices that should measure alike (fleet benchmarks pool them);
-    `source_sha256` identifies the run when its results.json was trimmed to the job's candidates."""
+    `source_sha256` identifies the run when its results.json was trimmed to the job's candidates;
+    `isolate` False measures in this process (see device.variant_worker)."""
     progress = progress or NullProgress()
     run_dir = Path(run_dir)
     run = load_results(run_dir)
     started = time.perf_counter()
+    machine = _profile(device_class, require_healthy({v.backend for v in run.variants}))  # a broken runtime: exit 2
     root, items, note = _images(run, images)
-    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size))
+    contract = contract_of_run(run)
+    decoded = decode_images(root, items, (run.model.image_size, run.model.image_size), resize=contract.resize)
     if len(decoded.labels) == 0:
         raise DataError(f"none of the {len(items)} images in {root} could be read")
-    scale, offset = _contract(run)
-    transform = PixelTransform((scale[0], scale[1], scale[2]), (offset[0], offset[1], offset[2]))
+    transform = contract.transform
     eval_threads = accuracy_threads(measure.threads)
-    opened: dict[str, Session] = {}
     errors: dict[str, str] = {}
     accuracy = {}
-    progress.start("checking accuracy on this device", len(run.variants))
-    for v in run.variants:
-        session, error = _open(v, run_dir, eval_threads, transform)
-        if session is None:
-            errors[v.name] = error
-        else:
-            accuracy[v.name] = measure_accuracy(session, decoded.pixels, decoded.labels, run.model.classes)
-            opened[v.name] = runtime_session(v, run_dir, measure.threads, transform)
-        progress.advance(1, v.name)
-    progress.finish(f"checked {len(decoded.labels)} images; {len(errors)} variant(s) do not load here")
-    # the baseline first: the run's, or (when it does not load here) the first float variant that does
-    order = [v for v in run.variants if v.name in opened]
-    if not order:
-        raise ModelError(f"no variant of {run_dir} loads on this device: " + "; ".join(f"{k}: {e}" for k, e in errors.items()))
-    if order[0].name != run.variants[0].name:
-        order.sort(key=lambda v: not _is_float(v))
-    latency = measure_latency({v.name: opened[v.name] for v in order}, decoded.pixels[:16], measure, progress)
+    workers: dict[str, Worker | InProcess] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
+            pixels = Path(tmp) / "pixels.npy"  # each worker maps it instead of receiving a copy
+            np.save(pixels, decoded.pixels)
+            progress.start("checking accuracy on this device", len(run.variants))
+            for v in run.variants:
+                errors[v.name] = _unrunnable(v, run_dir)
+                if not errors[v.name]:
+                    workers[v.name] = (Worker if isolate else InProcess)(RUNTIMES[v.backend].version(), v.name)
+                    try:
+                        workers[v.name].call("load", v.backend, str(run_dir / v.file), eval_threads, transform.scale, transform.offset,
+                                            transform.channel_order)
+                        predicted, confidence = workers[v.name].call("accuracy", str(pixels), run.model.classes)
+                        accuracy[v.name] = accuracy_of(predicted, confidence, decoded.labels, run.model.classes)
+                        workers[v.name].call("release")
+                        workers[v.name].call("latency_session", measure.threads, decoded.pixels[:16])
+                    except VariantRefused as exc:
+                        errors[v.name] = str(exc).removeprefix(f"{run_dir / v.file} ")
+                        workers.pop(v.name).stop()
+                progress.advance(1, v.name)
+            errors = {name: why for name, why in errors.items() if why}
+            progress.finish(f"checked {len(decoded.labels)} images; {len(errors)} variant(s) do not run here")
+        order = _order(run, workers, run_dir, errors)
+        latency, failed = measure_interleaved({v.name: LatencyTimer(workers[v.name]) for v in order}, measure, progress)
+        for v in order:
+            try:
+                workers[v.name].call("finish")
+            except VariantRefused as exc:
+                failed.setdefault(v.name, str(exc))
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    errors.update(failed)
+    order = _order(run, workers, run_dir, errors)
     variants = []
     for v in [*order, *(v for v in run.variants if v.name in errors)]:
         base = dict(name=v.name, paper_label=v.paper_label, backend=v.backend, summary=v.summary, file=v.file,
@@ -131,20 +149,27 @@ def bench_run(
         data=Data(root=str(root), synthetic=run.data.synthetic, test_items=[(p, int(c)) for p, c in zip(
             decoded.paths, decoded.labels, strict=True)], train_images=0, train_total=0,
             skipped_images=len(decoded.skipped), split_note=note),
-        machine=_profile(device_class), measure={**measure.to_jsonable(), "accuracy_threads": eval_threads},
+        machine=machine, measure={**measure.to_jsonable(), "accuracy_threads": eval_threads},
         variants=variants, notes=notes, timings={"total_s": time.perf_counter() - started},
         source_results_sha256=source_sha256 or hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest(),
     )
 
 
-def _profile(device_class: str | None) -> dict[str, object]:
+def _order(run: Results, workers: dict[str, Worker | InProcess], run_dir: Path, errors: dict[str, str]) -> list[Variant]:
+    """The variants measured, the baseline first: the run's, or (when it does not run here) the
+    first float variant that does."""
+    order = [v for v in run.variants if v.name in workers and v.name not in errors]
+    if not order:
+        raise ModelError(f"no variant of {run_dir} runs on this device: " + "; ".join(f"{k}: {e}" for k, e in errors.items()))
+    if order[0].name != run.variants[0].name:
+        order.sort(key=lambda v: not _is_float(v))
+    return order
+
+
+def _profile(device_class: str | None, health: dict[str, RuntimeHealth]) -> dict[str, object]:
     profile = describe_machine()
-    return {**profile, "device_class": device_class or device_class_of(profile)}
-
-
-def runtime_session(v: Variant, run_dir: Path, threads: int, transform: PixelTransform) -> Session:
-    """A second session at the device's thread count, for latency (accuracy used every core)."""
-    return RUNTIMES[v.backend].open(run_dir / v.file, threads, transform)
+    return {**profile, "device_class": device_class or device_class_of(profile),
+            "runtime_health": {name: h.to_jsonable() for name, h in health.items()}}
 
 
 def _runtime_name(backend: str) -> str:
@@ -152,6 +177,7 @@ def _runtime_name(backend: str) -> str:
     return runtime.version() if runtime is not None and runtime.available() else f"{backend} (not installed)"
 
 
-def _contract(run: Results) -> tuple[list[float], list[float]]:
-    contract = next((v.input for v in run.variants if v.input is not None), None)
-    return (contract.pixel_scale, contract.pixel_offset) if contract else ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+def contract_of_run(run: Results) -> PixelContract:
+    """The input contract the run measured its variants with (edgeopt.contract)."""
+    record = next((v.input for v in run.variants if v.input is not None), None)
+    return contract_from_dict(record.model_dump() if record is not None else None)

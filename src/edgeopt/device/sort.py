@@ -20,7 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgeopt.device.smoke import transform_of
+import numpy as np
+
+from edgeopt.device.health import HealthRecorder, count_start
+from edgeopt.device.smoke import contract_of, read_classes
 from edgeopt.device.state import RELEASE_RECORD
 from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
 
@@ -40,8 +43,10 @@ class ActiveModel:
         self.threads = threads
         self.target: str | None = None
         self.session: Any = None
+        self.resize = "squash"
         self.classes: list[str] = []
         self.release: int | None = None
+        self.sha256 = ""
 
     def refresh(self) -> bool:
         """Load the active release if it changed; False while there is none."""
@@ -55,9 +60,15 @@ class ActiveModel:
             folder = self.link.parent / target
             record = json.loads((folder / RELEASE_RECORD).read_text())
             model = folder / record["model"]["file"]
-            self.session = runtime_for(model).open(model, self.threads, transform_of(record))
-            self.classes = json.loads((folder / record["labels"]["file"]).read_text())["classes"]
+            contract = contract_of(record)
+            self.session = runtime_for(model).open(model, self.threads, contract.transform)
+            self.resize = contract.resize
+            # one inference before the first frame: a runtime's first call sets itself up, and that
+            # time would otherwise count as the model's latency in service
+            self.session.predict(np.zeros((1, *self.session.input.image_size, 3), np.uint8))
+            self.classes = read_classes(folder / record["labels"]["file"])
             self.release = int(record["release"])
+            self.sha256 = str(record["model"]["sha256"])
             self.target = target
         return True
 
@@ -94,6 +105,8 @@ def sort_frames(
     model = ActiveModel(state, threads)
     done = Remembered(Path(state) / SORTED_FILE, watch)
     rejected = watch / REJECTED_DIR
+    health = HealthRecorder(Path(state))  # in-service latency and confidence per model, for the agent's reports
+    count_start(Path(state), "sort")
     count = 0
 
     def emit(line: dict[str, Any]) -> None:
@@ -106,13 +119,14 @@ def sort_frames(
             key=lambda p: (p.stat().st_mtime_ns, p.name),
         )
         if not frames or not model.refresh():
+            health.flush(time.time())
             time.sleep(poll_s)
             continue
         handled = 0
         for frame in frames:
             model.refresh()  # between frames: pick up a newly activated release
             try:
-                pixels = load_pixels(frame, model.session.input.image_size)
+                pixels = load_pixels(frame, model.session.input.image_size, model.resize)
             except ImageError as exc:
                 try:
                     if time.time() - frame.stat().st_mtime < SETTLE_S:
@@ -129,6 +143,7 @@ def sort_frames(
             probs = model.session.predict(pixels[None])[0]
             latency = (time.perf_counter() - start) * 1000
             best = int(probs.argmax())
+            health.record(model.sha256, model.release or 0, latency, float(probs[best]), time.time())
             emit({"file": frame.name, "class": model.classes[best], "confidence": round(float(probs[best]), 4),
                   "model_release": model.release, "latency_ms": round(latency, 3)})
             done.add(frame.name)
@@ -136,4 +151,5 @@ def sort_frames(
             count += 1
         if not handled:
             time.sleep(poll_s)
+    health.flush(time.time())
     return count

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -162,11 +163,16 @@ class DeviceState:
         return attempts
 
     def log(self, event: str, **fields: Any) -> None:
-        """One JSON line in agent.log; past LOG_MAX_BYTES it becomes agent.log.1 (one generation kept)."""
-        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
+        """One JSON line in agent.log; past LOG_MAX_BYTES it becomes agent.log.1 (one generation kept).
+        On a full or failing disk the line goes to stderr instead (the service's journal): a log
+        that cannot be written never ends the agent."""
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields})
         path = self.root / "agent.log"
         with contextlib.suppress(OSError):
             if path.stat().st_size > LOG_MAX_BYTES:
                 os.replace(path, path.with_name("agent.log.1"))
-        with open(path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        try:
+            with open(path, "a") as f:
+                f.write(line + "\n")
+        except OSError as exc:
+            print(f"{line} (agent.log not written: {exc})", file=sys.stderr, flush=True)

@@ -40,7 +40,7 @@ class BuildContext:
     never modify it.
     """
 
-    # The train output folder (with model.keras) or an .onnx file.
+    # The model file or folder optimize was given (edgeopt.sources).
     source: Path
     # Train-split pixels for calibration, uint8 (N, H, W, 3).
     representative: np.ndarray
@@ -74,6 +74,13 @@ class BuildContext:
     train_labels: np.ndarray | None = None
     # How they fine-tune (None: RetrainConfig's defaults).
     retrain: RetrainConfig | None = None
+    # What `source` is (edgeopt.sources.registry): "train", "keras", "h5", "savedmodel", "tflite", "onnx".
+    source_kind: str = "train"
+    # Keras custom layers to load the source with ("module:attr").
+    custom_objects: tuple[str, ...] = ()
+    # An .onnx source converted to a TensorFlow SavedModel (sources.onnx2tf), from which the LiteRT
+    # methods build; None when there is none.
+    converted: Path | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
@@ -147,6 +154,10 @@ def build_artifact(method: Method, ctx: BuildContext, out_dir: Path) -> Artifact
     tmp = out_dir / f".{method.name}.partial{method.suffix}"
     try:
         metadata = method.build(ctx, tmp) or {}
+        if method.suffix == ".tflite":
+            from edgeopt.methods.signature import add_signature
+
+            add_signature(tmp)  # every .tflite edgeopt writes has one (get_signature_runner, AI Edge Quantizer)
         os.replace(tmp, final)
     finally:
         if tmp.exists():

@@ -27,7 +27,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -41,6 +40,8 @@ from edgeopt.machine import usable_cores
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.repair import NoGuardedVariant
 from edgeopt.progress import Progress
+from edgeopt.worker_process import die_with as _die_with
+from edgeopt.worker_process import how_it_ended as _how_it_ended
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,13 @@ class Built:
 
 
 def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, progress: Progress,
-                   processes: int = 1, meanwhile: Callable[[], bool] | None = None) -> Built:
+                   processes: int = 1, meanwhile: Callable[[], bool] | None = None,
+                   check_baseline: Callable[[Artifact], None] | None = None) -> Built:
     """Build every method into out_dir, the first method's chain (chains_of) in this process and,
     with `processes` > 1, each other chain (up to processes - 1 of them) in a worker of its own.
     While this process waits for a worker, it calls `meanwhile` (a short piece of other work a
-    call, False when none is left) between looks at the worker."""
+    call, False when none is left) between looks at the worker. `check_baseline` is called with the
+    first method's artifact as soon as it is built (here, first); what it raises stops the build."""
     if getattr(sys, "frozen", False) or not sys.executable:  # no interpreter to start a worker with
         processes = 1
     cores = usable_cores()
@@ -92,8 +95,11 @@ def build_variants(methods: list[Method], ctx: BuildContext, out_dir: Path, prog
         progress.advance(1, f"{outcome.name}: {outcome.label}" if outcome.not_built else outcome.name)
 
     def build_here(method: Method) -> None:
-        done(_build_one(method, ctx, out_dir))
+        outcome = _build_one(method, ctx, out_dir)
+        done(outcome)
         interrupts.raise_if_received()  # a Ctrl-C that a converter swallowed stops the build here
+        if check_baseline is not None and method is methods[0] and outcome.artifact is not None:
+            check_baseline(outcome.artifact)
 
     workers: list[_Worker] = []
     try:
@@ -245,16 +251,6 @@ class _Worker:
         self._conn.close()
 
 
-def _how_it_ended(code: int) -> str:
-    """A process's exit status in words: a negative status is the signal that killed it."""
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"ended (exit code {code})"
-
-
 def run_build_worker() -> None:
     """The worker's main: read the job from stdin, send each method's outcome down the pipe
     whose descriptor is argv[1]; die with the parent (argv[2])."""
@@ -292,21 +288,3 @@ def _portable(exc: BaseException) -> BaseException:
             pass
     text = "".join(traceback.format_exception(exc))
     return RuntimeError(f"a build worker failed:\n{text}")
-
-
-def _die_with(parent: int) -> None:
-    """Linux kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere, and in case
-    the parent died before that was set, a thread watches for it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt._tf import import_tensorflow
+from edgeopt.errors import ModelError
 from edgeopt.methods import repair
 from edgeopt.methods.base import BuildContext, Method
 from edgeopt.quiet import captured_output
@@ -40,9 +41,20 @@ def concrete_function_of(model: Any) -> Any:
 
 
 def _concrete_function(ctx: BuildContext) -> Any:
+    """The source's inference function: a Keras model's, a SavedModel's serving signature, or that of
+    the SavedModel an .onnx source was converted to."""
+    from edgeopt.sources.tensorflow import inference_function
+
     def make() -> Any:
-        model = source_keras_model(ctx)
-        return model, concrete_function_of(model)
+        if ctx.source_kind == "onnx":
+            if ctx.converted is None:
+                raise ModelError(f"{ctx.source} is an ONNX model that was not converted to TensorFlow; the LiteRT "
+                                 "methods need 'edgeopt setup onnx2tf' first")
+            return inference_function("savedmodel", ctx.converted)
+        if ctx.source_kind == "train":
+            model = source_keras_model(ctx)
+            return model, concrete_function_of(model)
+        return inference_function(ctx.source_kind, ctx.source, ctx.custom_objects)
 
     return ctx.cached("keras_concrete_function", make)[1]
 
@@ -70,6 +82,11 @@ def _converter(ctx: BuildContext, mode: str) -> Any:
 
 
 def _convert(ctx: BuildContext, out: Path, mode: str) -> None:
+    if ctx.source_kind == "tflite":  # no converter re-reads a .tflite: LiteRT's own quantizer
+        from edgeopt.methods.aeq import quantize_tflite
+
+        quantize_tflite(ctx, out, mode)
+        return
     if mode in ("int8", "int8_uint8io"):
         out.write_bytes(_quantized(ctx, uint8_io=mode == "int8_uint8io"))
         return

@@ -51,15 +51,38 @@ def export_keras_to_onnx(model_dir: Path, out: Path, log_path: Path | None = Non
     return out
 
 
+def export_function_to_onnx(kind: str, source: Path, out: Path, custom_objects: tuple[str, ...] = (),
+                            log_path: Path | None = None) -> Path:
+    """Export a .keras, .h5 or SavedModel source's inference function (edgeopt.sources.tensorflow)
+    to a float32 ONNX file with a free batch size, as Keras's own ONNX export does (tf2onnx)."""
+    from edgeopt._tf import import_tensorflow
+    from edgeopt.sources.tensorflow import inference_function
+
+    _require_onnx()
+    tf = import_tensorflow()  # first: it quiets TensorFlow's logging before tf2onnx imports it
+    import tf2onnx
+    _, concrete = inference_function(kind, source, custom_objects)
+    spec = concrete.structured_input_signature[0][0]
+    signature = [tf.TensorSpec([None, *spec.shape[1:]], spec.dtype, name="pixels")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with captured_output(log_path):
+        tf2onnx.convert.from_function(tf.function(lambda pixels: concrete(pixels)), input_signature=signature, opset=17,
+                                      output_path=str(out))
+    return out
+
+
 def _float_onnx(ctx: BuildContext) -> Path:
     """The float32 ONNX model every ORT method starts from (exported once per run)."""
 
     def make() -> Path:
-        if ctx.source.suffix.lower() == ".onnx":
+        if ctx.source_kind == "onnx" or ctx.source.suffix.lower() == ".onnx":
             return ctx.source
         if ctx.work_dir is None:
             raise ModelError("an ONNX export needs a work folder")
-        return export_keras_to_onnx(ctx.source, ctx.work_dir / "exported.onnx", ctx.log_path)
+        if ctx.source_kind == "train":
+            return export_keras_to_onnx(ctx.source, ctx.work_dir / "exported.onnx", ctx.log_path)
+        return export_function_to_onnx(ctx.source_kind, ctx.source, ctx.work_dir / "exported.onnx", ctx.custom_objects,
+                                       ctx.log_path)
 
     return ctx.cached("onnx_float", make)
 

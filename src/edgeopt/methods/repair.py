@@ -15,7 +15,7 @@ looks for the fewest ops in float (more cost size and speed) among k = 0, 1, 2, 
 quarter of the ranked ops. Keeping more ops in float changes fewer answers, up to noise, so after
 k = 0 it tries the largest k: when even that misses the target, the repair cannot reach it and the
 search ends there. It keeps the largest k only if that changes *significantly* fewer answers than
-k = 0 (the exact paired test of stats.paired_difference on the same images: the two-sided interval
+k = 0 (the exact paired test of stats.conditional_difference on the same images: the two-sided interval
 of the difference at the run's confidence lies above zero, a one-sided test at half its error
 rate), and else builds no guarded variant: it would be its sibling again, or
 a slower copy of it whose gain is noise. Trying the k between would only pick among noise: on the
@@ -47,7 +47,7 @@ import numpy as np
 from edgeopt.errors import ConfigError
 from edgeopt.methods.base import BuildContext, sha256_of
 from edgeopt.pixels import PixelTransform
-from edgeopt.stats import PairedDifference, paired_difference
+from edgeopt.stats import PairedDifference, conditional_difference
 
 # Largest share of the ranked ops the search may leave in float: beyond that the "int8" model is
 # mostly float and loses its point.
@@ -224,7 +224,7 @@ def search(
 
     def agreement_gain(answers: np.ndarray) -> PairedDifference:
         """Agreement with the float model, k = 0 against `answers`, on the same images."""
-        return paired_difference(predicted[0] == reference, answers == reference, confidence)
+        return conditional_difference(predicted[0] == reference, answers == reference, confidence)
 
     def largest_misses_target() -> bool:
         """meets_target for the largest k, after k = 0 missed it, negated; with the sibling built (so

@@ -1,7 +1,8 @@
 """The release repository: The Update Framework's metadata (python-tuf's Metadata API) over plain
 static files, so any web server (or a CDN, or S3) can serve it.
 
-    REPO/metadata/1.root.json, root.json      root (every version kept: devices walk the chain)
+    REPO/metadata/N.root.json, root.json      root (every version kept: devices walk the chain; the
+                                              newest is the trust anchor for new devices)
     REPO/metadata/N.targets.json              delegates each channel to the channel's own key
     REPO/metadata/N.<channel>.json            the channel's current release: <channel>/model and
                                               <channel>/labels.json, with the model's input
@@ -47,7 +48,7 @@ EXPIRY = {"root": dt.timedelta(days=365), "targets": dt.timedelta(days=365), "ch
 # their offline keys are in --keys; otherwise it warns, every day from then on).
 RENEW_BEFORE = {"root": dt.timedelta(days=60), "targets": dt.timedelta(days=60), "channel": dt.timedelta(days=30),
                 "snapshot": dt.timedelta(days=3), "timestamp": dt.timedelta(hours=12)}
-# Releases kept on the server per channel (their target files); older ones are pruned.
+# Models kept on the server per channel (their target files); older ones are pruned.
 KEEP_RELEASES = 5
 # Release numbers a device accepts (labels for people; the model's hash decides what is new).
 MAX_RELEASE = 2**31 - 1
@@ -257,17 +258,25 @@ class Repository:
                 "length": model_target.length, "uncompressed_length": model.stat().st_size}
 
     def _prune(self, channel: str) -> None:
-        """Keep the target files of the last KEEP_RELEASES versions of the channel."""
-        keep: set[str] = set()
-        newest = self._latest_version(channel)
+        """Keep the target files of the channel's last KEEP_RELEASES models, however many metadata
+        versions ago they were published (a staged rollout re-signs the channel at every stage, and
+        a halt publishes the model before it again)."""
         from tuf.api.metadata import Metadata, Targets
 
-        for version in range(max(1, newest - KEEP_RELEASES + 1), newest + 1):
+        keep: set[str] = set()
+        models: set[str] = set()
+        for version in range(self._latest_version(channel), 0, -1):
             path = self.metadata / f"{version}.{channel}.json"
-            if path.is_file():
-                role: Metadata[Targets] = Metadata.from_file(str(path))
-                for target in role.signed.targets.values():
-                    keep.add(f"{target.hashes['sha256']}.{target.path.rsplit('/', 1)[1]}")
+            if not path.is_file():
+                continue
+            role: Metadata[Targets] = Metadata.from_file(str(path))
+            model = role.signed.targets.get(f"{channel}/model")
+            if model is not None and model.hashes["sha256"] not in models:
+                if len(models) == KEEP_RELEASES:
+                    break
+                models.add(model.hashes["sha256"])
+            for target in role.signed.targets.values():
+                keep.add(f"{target.hashes['sha256']}.{target.path.rsplit('/', 1)[1]}")
         folder = self.path / TARGETS / channel
         for file in folder.iterdir() if folder.is_dir() else []:
             if file.name not in keep and not file.name.startswith("."):
@@ -408,6 +417,13 @@ class Repository:
         """(role, version, expires) of every role."""
         roles = ["root", "targets", *self.channels(), "snapshot", "timestamp"]
         return [(r, (md := self.load(r)).signed.version, md.signed.expires.isoformat()) for r in roles]
+
+    def trust_anchor(self) -> Path:
+        """The newest root, N.root.json: what a new device must trust. An older root would still
+        accept a chain signed from a root key that a rotation retired."""
+        if not self.exists():
+            raise ConfigError(f"{self.path} is not a release repository; create it with 'edgeopt repo init {self.path} --keys KEYS'")
+        return self.metadata / f"{self._latest_version('root')}.root.json"
 
     def current_release(self, channel: str) -> dict[str, Any] | None:
         target = self.load(channel).signed.targets.get(f"{channel}/model")

@@ -6,35 +6,44 @@ and authenticated device reports.
 GET  /metadata/<N.role.json | root.json | timestamp.json>   TUF metadata, nothing else
 GET  /targets/<channel>/<sha256>.<name>, /targets/jobs/<job>/<sha256>.<name>
      target files under their hash, with ETag and single-range Range support
-POST /status   a device's report (fleet.DeviceReport, at most 16 KB), authenticated by the
-               credential 'edgeopt device enroll' issued; kept in fleet/status.json (latest per
-               device) and fleet/reports.jsonl (all, rotated at 10 MB)
-POST /bench    a device's benchmark of a fleet job (a results file, at most 4 MB), authenticated
+POST /status   a device's report (fleet.DeviceReport, at most 16 KB), signed with the device's key
+               (fleet/auth.py); kept in the fleet database (history, and each device's latest)
+POST /bench    a device's benchmark of a fleet job (a results file, at most 4 MB), signed likewise;
+               kept in fleet/bench/<device>/<run sha256>.json
+GET  /fleet.json   every device's latest state (or one page of them) and each channel's rollout, for an
+                   operator's token (Authorization: Bearer) or a signed-in operator's session
+GET  /fleet        the fleet page, for operators who signed in at /fleet/login (fleet/page.py)
+
+A signed request is checked from its headers -- enrollment, freshness, signature, nonce -- before
+a byte of its body is read; then at most the endpoint's cap is read and checked against its
+signed sha256.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
+import datetime as dt
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edgeopt.fleet import MAX_BENCH_BYTES, MAX_REPORT_BYTES, DeviceReport, authenticated
+from edgeopt.fleet import auth
+from edgeopt.fleet.page import fleet_routes
+from edgeopt.fleet.report import MAX_BENCH_BYTES, MAX_REPORT_BYTES, DeviceReport
+from edgeopt.fleet.store import FleetStore, open_store
 from edgeopt.release.repository import FLEET, METADATA, TARGETS
 
 CHUNK = 16 * 1024
-MAX_LOG_BYTES = 10 * 1024 * 1024
 _METADATA_NAME = re.compile(r"^(\d+\.)?[a-z][a-z0-9-]*\.json$")
 _TARGET_PATH = re.compile(r"^([a-z][a-z0-9-]{0,31}|jobs/[A-Za-z0-9][A-Za-z0-9._-]{0,63})/[0-9a-f]{64}\.[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -63,9 +72,37 @@ async def _body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def create_app(repo: Path, rate_kbps: float | None = None) -> Starlette:
+class TooLarge(Exception):
+    """A request body over its endpoint's cap (declared or read): 413, not read further."""
+
+
+async def _signed_body(request: Request, store: FleetStore, endpoint: str, limit: int, now: float) -> tuple[auth.SignedHeaders, bytes]:
+    """The body of a request signed by an enrolled device, read only once the headers prove it:
+    Unauthenticated (or TooLarge) before anything past the headers is read."""
+    signed = auth.read_signed_headers(request.headers)
+    auth.check_fresh(signed, now)
+    public_key, replayed = await run_in_threadpool(store.credentials, signed.device_id, signed.nonce)
+    if public_key is None:
+        raise auth.Unauthenticated(f"device {signed.device_id} is not enrolled (or was revoked); enroll it with "
+                                   "'edgeopt fleet enroll'")
+    auth.check_signature(public_key, signed, request.method, endpoint)
+    if replayed:
+        raise auth.Replayed(signed.device_id)
+    body = await _body(request, limit)
+    if body is None:
+        raise TooLarge
+    auth.check_body(signed, body)
+    return signed, body
+
+
+def create_app(repo: Path, rate_kbps: float | None = None, db: str | None = None,
+               clock: Callable[[], float] = time.time, page_refresh_s: float = 10.0) -> Starlette:
+    """The server of one repository; device reports go to the fleet database `db` (a URL; default
+    REPO/fleet/fleet.db), opened (and migrated) here. `clock` is the time source of the freshness check,
+    the operators' sessions and the fleet page; the page polls /fleet.json every `page_refresh_s`."""
     repo = Path(repo).resolve()
     lock = threading.Lock()
+    store = open_store(repo, db)
 
     async def stream(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
         with open(path, "rb") as f:
@@ -113,74 +150,73 @@ def create_app(repo: Path, rate_kbps: float | None = None) -> Starlette:
 
         return get
 
-    def credential(request: Request) -> str | None:
-        value = request.headers.get("authorization", "")
-        return value[7:].strip() if value.lower().startswith("bearer ") else None
+    def refused(exc: Exception, limit: int) -> JSONResponse:
+        if isinstance(exc, TooLarge):
+            return JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)
+        return JSONResponse({"error": str(exc)}, status_code=401)
 
     async def post_status(request: Request) -> Response:
-        body = await _body(request, MAX_REPORT_BYTES)
-        if body is None:
-            return JSONResponse({"error": f"report larger than {MAX_REPORT_BYTES} bytes"}, status_code=413)
+        now = clock()
+        try:
+            signed, body = await _signed_body(request, store, "/status", MAX_REPORT_BYTES, now)
+        except (auth.Unauthenticated, TooLarge) as exc:
+            return refused(exc, MAX_REPORT_BYTES)
         try:
             report = DeviceReport.model_validate_json(body)
         except ValidationError as exc:
             return JSONResponse({"error": f"not a device report: {exc.errors()[0]['msg']}"}, status_code=400)
-        if not authenticated(repo, report.device_id, credential(request)):
-            return JSONResponse({"error": "unknown device or wrong credential"}, status_code=401)
-        entry = {**report.model_dump(), "received": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        fleet = repo / FLEET
-        with lock:
-            fleet.mkdir(exist_ok=True)
-            status_file = fleet / "status.json"
-            status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-            status[report.device_id] = entry
-            tmp = status_file.with_name(".status.json.tmp")
-            tmp.write_text(json.dumps(status, indent=1))
-            os.replace(tmp, status_file)
-            log = fleet / "reports.jsonl"
-            if log.is_file() and log.stat().st_size > MAX_LOG_BYTES:
-                os.replace(log, fleet / "reports.1.jsonl")
-            with open(log, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+        if report.device_id != signed.device_id:
+            return JSONResponse({"error": f"the report names {report.device_id} but is signed by {signed.device_id}"},
+                                status_code=401)
+        received = dt.datetime.fromtimestamp(now, dt.UTC)
+        try:
+            await run_in_threadpool(store.record_report, report, received, (signed.nonce, signed.time_s))
+        except auth.Replayed as exc:
+            return refused(exc, MAX_REPORT_BYTES)
         return JSONResponse({"ok": True})
 
     async def post_bench(request: Request) -> Response:
         from edgeopt.results import Results
 
-        body = await _body(request, MAX_BENCH_BYTES)
-        if body is None:
-            return JSONResponse({"error": f"benchmark larger than {MAX_BENCH_BYTES} bytes"}, status_code=413)
-        device_id = request.query_params.get("device", "")
-        if not authenticated(repo, device_id, credential(request)):
-            return JSONResponse({"error": "unknown device or wrong credential"}, status_code=401)
+        now = clock()
+        try:
+            signed, body = await _signed_body(request, store, "/bench", MAX_BENCH_BYTES, now)
+        except (auth.Unauthenticated, TooLarge) as exc:
+            return refused(exc, MAX_BENCH_BYTES)
         try:
             results = Results.model_validate_json(body)
         except ValidationError as exc:
             return JSONResponse({"error": f"not a device benchmark: {exc.errors()[0]['msg']}"}, status_code=400)
         if results.kind != "device-bench" or not re.fullmatch(r"[0-9a-f]{64}", results.source_results_sha256):
             return JSONResponse({"error": "not a device benchmark"}, status_code=400)
-        folder = repo / FLEET / "bench" / device_id
+        try:
+            await run_in_threadpool(store.use_nonce, signed.device_id, signed.nonce, signed.time_s,
+                                    dt.datetime.fromtimestamp(now, dt.UTC))
+        except auth.Replayed as exc:
+            return refused(exc, MAX_BENCH_BYTES)
+        folder = repo / FLEET / "bench" / signed.device_id
         with lock:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{results.source_results_sha256}.json").write_bytes(body)
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/status", post_status, methods=["POST"]),
         Route("/bench", post_bench, methods=["POST"]),
+        *fleet_routes(store, repo, clock, page_refresh_s),
         Route(f"/{METADATA}/{{path:path}}", serve(METADATA), methods=["GET"]),
         Route(f"/{TARGETS}/{{path:path}}", serve(TARGETS), methods=["GET"]),
     ])
+    app.state.store = store
+    return app
 
 
-def serve(repo: Path, host: str = "127.0.0.1", port: int = 8080, rate_kbps: float | None = None) -> None:
+def serve(repo: Path, host: str = "127.0.0.1", port: int = 8080, rate_kbps: float | None = None,
+          db: str | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(repo, rate_kbps), host=host, port=port, log_level="warning")
-
-
-def fleet_status(repo: Path) -> list[dict[str, Any]]:
-    status_file = Path(repo) / FLEET / "status.json"
-    if not status_file.is_file():
-        return []
-    return sorted(json.loads(status_file.read_text()).values(), key=lambda r: r["device_id"])
+    app = create_app(repo, rate_kbps, db)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        app.state.store.close()

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edgeopt.errors import ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec
 
 
@@ -30,6 +31,8 @@ class GraphSummary:
     notes: tuple[str, ...] = field(default=())
     # Versions of each op in the file (TFLite opcode versions; ONNX: "opset:<domain>").
     op_versions: dict[str, list[int]] = field(default_factory=dict)
+    # A .tflite file's SignatureDefs: {key: {"inputs": [names], "outputs": [names]}}.
+    signatures: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def quantize_ops(self) -> int:
@@ -38,6 +41,10 @@ class GraphSummary:
     @property
     def dequantize_ops(self) -> int:
         return sum(n for op, n in self.op_counts.items() if op in ("DEQUANTIZE", "DequantizeLinear"))
+
+
+class UnsupportedOpError(ModelError):
+    """The file is a valid model, but this runtime lacks one of its ops (or an op version)."""
 
 
 class Session(Protocol):

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ConfigError, ModelError
+from edgeopt.errors import BackendUnavailableError, ConfigError, ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, to_probabilities
 from edgeopt.quiet import captured_output
-from edgeopt.runtimes.base import GraphSummary, importable
+from edgeopt.runtimes.base import GraphSummary, UnsupportedOpError, importable
+from edgeopt.runtimes.health import unusable
 
 # Images per invoke when evaluating accuracy (latency is always measured at batch 1).
 EVAL_BATCH = 16
@@ -36,17 +37,27 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
 INTERPRETERS = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"))
 
 
-def _interpreter_module() -> tuple[Any, str]:
-    import importlib
-
+def _installed() -> tuple[str, str]:
+    """(module, distribution) of the interpreter package that runs .tflite files here, without
+    importing it (a broken one fails there: see runtimes.health)."""
     for module, dist in INTERPRETERS:
         if importable(module):
-            return importlib.import_module(f"{module}.interpreter"), dist
+            return module, dist
     raise ModelError("no TFLite interpreter is installed; pip install 'edgeopt[litert]' (or [tflite-runtime])")
 
 
-class UnsupportedOpError(ModelError):
-    """The file is a valid model, but this runtime lacks one of its ops (or an op version)."""
+def _interpreter_module() -> tuple[Any, str]:
+    import importlib
+
+    module, dist = _installed()
+    try:
+        return importlib.import_module(f"{module}.interpreter"), dist
+    except (ImportError, SystemError) as exc:
+        raise _broken(dist, exc) from None
+
+
+def _broken(dist: str, exc: BaseException) -> BackendUnavailableError:
+    return unusable(f"{dist} {metadata.version(dist)}", exc, "litert")
 
 
 # "Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'" (older runtimes)
@@ -65,6 +76,8 @@ def _interpreter(path: Path, threads: int, delegates: bool = True) -> Any:
             return Interpreter(
                 model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
             )
+        except (ImportError, SystemError) as exc:  # built for another numpy, say
+            raise _broken(dist, exc) from None
         except (ValueError, RuntimeError) as exc:
             missing = _MISSING_OP.search(str(exc))
             if missing:
@@ -127,7 +140,7 @@ class LiteRTRuntime:
         return any(importable(module) for module, _ in INTERPRETERS)
 
     def version(self) -> str:
-        _, dist = _interpreter_module()
+        _, dist = _installed()
         return f"{dist} {metadata.version(dist)}"
 
     def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> LiteRTSession:
@@ -168,7 +181,17 @@ class LiteRTRuntime:
             op_counts=dict(Counter(op["op_name"] for op in ops).most_common()),
             weight_dtypes={k: (weights[k], weight_bytes[k]) for k in sorted(weights)},
             hybrid_ops=hybrid,
+            signatures=_signatures(interp),
         )
+
+
+def _signatures(interp: Any) -> dict[str, dict[str, list[str]]]:
+    """The SignatureDefs the interpreter reports (an old runtime may not know them: none)."""
+    try:
+        found = interp.get_signature_list()
+    except (AttributeError, ValueError, RuntimeError):
+        return {}
+    return {str(k): {"inputs": list(v.get("inputs", [])), "outputs": list(v.get("outputs", []))} for k, v in found.items()}
 
 
 def tflite_op_versions(path: Path) -> dict[str, list[int]]:

@@ -1,7 +1,10 @@
-"""ONNX Runtime (CPU execution provider), the optional second backend: pip install 'edgeopt[onnx]'."""
+"""ONNX Runtime (CPU execution provider), the optional second backend: a device runs its variants
+with onnxruntime alone (pip install 'edgeopt[ort]'); building them, and the op counts of `inspect`,
+need the onnx package too (pip install 'edgeopt[onnx]')."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -11,9 +14,12 @@ import numpy as np
 
 from edgeopt.errors import ConfigError, ModelError
 from edgeopt.pixels import PIXELS, PixelTransform, TensorSpec, decode_output, encode_pixels, image_layout, to_probabilities
-from edgeopt.runtimes.base import GraphSummary, importable
+from edgeopt.runtimes.base import GraphSummary, UnsupportedOpError, importable
+from edgeopt.runtimes.health import unusable
 from edgeopt.runtimes.litert import EVAL_BATCH
 
+# The onnx release the [onnx] extra pins, for a device that wants `inspect`'s graph details.
+ONNX_VERSION = "1.23.2"
 _ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
@@ -25,8 +31,19 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(name=node.name, shape=shape, dtype=dtype, layout=image_layout(shape))
 
 
+# "Could not find an implementation for ConvInteger(10) node with name 'Conv__339_quant'"
+_MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
+
+
+def _package() -> str:
+    return f"onnxruntime {metadata.version('onnxruntime')}"
+
+
 def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except (ImportError, SystemError) as exc:  # built for another numpy, say
+        raise unusable(_package(), exc, "ort") from None
 
     if not path.is_file():
         raise ModelError(f"{path} does not exist; pass an .onnx file")
@@ -38,6 +55,12 @@ def _session(path: Path, threads: int) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        missing = _MISSING_KERNEL.search(str(exc))
+        if missing:
+            raise UnsupportedOpError(
+                f"{path} needs op {missing.group(1)}, which {_package()} does not implement for the CPU "
+                f"(opset {missing.group(2)}); use a newer runtime or another variant"
+            ) from None
         raise ModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}); pass an .onnx file") from None
 
 
@@ -70,10 +93,10 @@ class OnnxRuntime:
     suffixes: tuple[str, ...] = (".onnx",)
 
     def available(self) -> bool:
-        return importable("onnx", "onnxruntime")
+        return importable("onnxruntime")
 
     def version(self) -> str:
-        return f"onnxruntime {metadata.version('onnxruntime')}"
+        return _package()
 
     def open(self, path: Path, threads: int = 1, transform: PixelTransform = PIXELS) -> OrtSession:
         if threads < 1:
@@ -81,12 +104,22 @@ class OnnxRuntime:
         return OrtSession(path, threads, transform)
 
     def describe(self, path: Path) -> GraphSummary:
-        """The graph as stored: op histogram, I/O, initializer dtypes; QDQ scales of the input."""
-        import onnx
-        from onnx import helper, numpy_helper
-
+        """The graph as stored: op histogram, I/O, initializer dtypes; QDQ scales of the input.
+        Without the onnx package (a device's install), only what onnxruntime tells: I/O."""
         if not path.is_file():
             raise ModelError(f"{path} does not exist; pass an .onnx file")
+        try:
+            import onnx
+            from onnx import helper, numpy_helper
+        except ImportError:
+            session = _session(path, 1)
+            return GraphSummary(
+                path=path, format="onnx", size_bytes=path.stat().st_size,
+                inputs=tuple(_spec(i) for i in session.get_inputs()), outputs=tuple(_spec(o) for o in session.get_outputs()),
+                op_counts={}, weight_dtypes={},
+                notes=(f"op counts, weight dtypes and opsets need the onnx package, not installed here "
+                       f"(pip install onnx=={ONNX_VERSION})",),
+            )
         try:
             model = onnx.load(str(path))
         except Exception as exc:

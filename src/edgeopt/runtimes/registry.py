@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeopt.errors import BackendUnavailableError, ModelError
-from edgeopt.runtimes.base import Runtime
+from edgeopt.runtimes.base import Runtime, importable
 from edgeopt.runtimes.litert import LiteRTRuntime
 from edgeopt.runtimes.onnxruntime import OnnxRuntime
 
@@ -13,12 +13,17 @@ RUNTIMES: dict[str, Runtime] = {
     "litert": LiteRTRuntime(),
     "onnxruntime": OnnxRuntime(),
 }
-# What `pip install` names the extra that brings each optional backend.
+# What `pip install` names the extra that brings each optional backend (on the build machine).
 EXTRAS = {"onnxruntime": "onnx"}
+# What building a runtime's variants needs besides the runtime, which alone runs them (a device).
+BUILD_MODULES = {"onnxruntime": ("onnx",)}
 
 
-def list_runtimes(installed_only: bool = False) -> list[str]:
-    return [name for name, r in RUNTIMES.items() if not installed_only or r.available()]
+def list_runtimes(installed_only: bool = False, for_building: bool = False) -> list[str]:
+    """Runtime names; with `installed_only`, those that can run models here (and, with
+    `for_building`, also build their variants)."""
+    return [name for name, r in RUNTIMES.items()
+            if not installed_only or (r.available() and (not for_building or importable(*BUILD_MODULES.get(name, ()))))]
 
 
 def get_runtime(name: str) -> Runtime:

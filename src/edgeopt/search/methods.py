@@ -34,7 +34,9 @@ def build_from_student(method_name: str, candidate: str, student_dir: str, ctx: 
     caches (model, calibration) and work folder, and its own earlier variants as `built`; the
     calibration and held-out images are the run's."""
     own: BuildContext = ctx.cached(f"search:{candidate}", lambda: replace(
-        ctx, source=Path(student_dir), built={}, _cache={},
+        # the student is a folder with its model.keras, as `edgeopt train` writes (sources kind "train"),
+        # whatever the teacher's kind
+        ctx, source=Path(student_dir), source_kind="train", custom_objects=(), converted=None, built={}, _cache={},
         work_dir=ctx.work_dir / candidate if ctx.work_dir is not None else None,
     ))
     prefix = f"{candidate}."

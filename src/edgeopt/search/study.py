@@ -27,7 +27,7 @@ from edgeopt.data.imagefolder import decode_images_cached
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.methods.registry import get_method
 from edgeopt.outputs import MARKER, check_output, mark_output
-from edgeopt.pixels import PIXELS, PixelTransform
+from edgeopt.pixels import PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
 from edgeopt.results import RESULTS_FILE, Results, Search, Trial, load_results
@@ -36,35 +36,42 @@ from edgeopt.search.distill import MODEL_FILE, TrialData, search_split
 from edgeopt.search.ledger import Ledger, check_fingerprint, state_dir, student_dir, write_fingerprint
 from edgeopt.search.methods import candidate_method
 from edgeopt.search.space import CANDIDATE_METHODS, Candidate, SearchConfig, candidates, check_resolutions
+from edgeopt.sources.base import Source
 
 ANSWERS_FILE = "teacher_answers.npz"
 # A foreign (ONNX) teacher's candidates are built for its runtime.
 ORT_CANDIDATE_METHODS = ("ort_fp32", "ort_int8_static", "ort_fp16")
+# The teachers Keras loads (edgeopt.sources kinds): their weights can start a candidate, when the
+# network is edgeopt's MobileNetV2 classifier.
+KERAS_KINDS = ("train", "keras", "h5")
+# The teachers TensorFlow converts: they get the study's f0..f4, as the candidates do.
+TENSORFLOW_KINDS = (*KERAS_KINDS, "savedmodel")
 
 
-def load_teacher(model: Path, data_dir: Path | None) -> Any:
-    """The teacher as optimize loads it (edgeopt.pipeline's loaders): its split, classes, input."""
-    from edgeopt import pipeline
+def load_teacher(model: Path, config: SearchConfig, data_dir: Path | None = None, test_data: Path | None = None,
+                 labels: Path | None = None) -> Source:
+    """The teacher as optimize loads it (edgeopt.sources, detected from its content): its split,
+    classes, input contract."""
+    from edgeopt.pipeline import load_model_source
 
-    model = Path(model)
-    if model.is_file() and model.suffix.lower() == ".onnx":
-        return pipeline.load_onnx_source(model, data_dir)
-    if model.is_dir():
-        return pipeline.load_model_folder(model, data_dir)
-    raise ModelError(f"{model} is neither a folder written by 'edgeopt train' nor an .onnx file")
+    return load_model_source(Path(model), config.optimize, data_dir, test_data, labels=labels)
 
 
 def _sha256(path: Path) -> str:
+    """A model file's sha256; of a folder (a train folder, a SavedModel), of every file in it."""
     from edgeopt.methods.base import sha256_of
 
-    return sha256_of(path / MODEL_FILE if path.is_dir() else path)
+    if not path.is_dir():
+        return sha256_of(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256("".join(f"{p.relative_to(path)}:{sha256_of(p)}\n" for p in files).encode()).hexdigest()
 
 
-def _fingerprint(source: Any, config: SearchConfig, train: tuple, val: tuple) -> dict[str, Any]:
+def _fingerprint(source: Source, config: SearchConfig, train: tuple, val: tuple) -> dict[str, Any]:
     items = hashlib.sha256(json.dumps([list(train), list(val)]).encode()).hexdigest()
     return {"teacher_sha256": _sha256(Path(source.path)), "data_root": str(Path(source.data_root).resolve()),
             "train_validation_items_sha256": items, "distill": config.distill.to_jsonable(),
-            "input_transform": list(config.optimize.pixel_transform().scale + config.optimize.pixel_transform().offset)}
+            "input": source.contract.to_dict()}
 
 
 def _prepare_output(out: Path, force: bool, reads: tuple[Path, ...], fingerprint: dict[str, Any]) -> bool:
@@ -82,15 +89,38 @@ def _prepare_output(out: Path, force: bool, reads: tuple[Path, ...], fingerprint
     return False
 
 
-def _teacher_predict(source: Any, config: SearchConfig) -> Callable[[np.ndarray], np.ndarray]:
-    if source.kind == "keras":
-        from edgeopt.train import load_keras_model
+def _keras_teacher(source: Source) -> Any:
+    from edgeopt.sources.tensorflow import load_keras
 
-        keras_model = load_keras_model(Path(source.path))
-        return lambda pixels: np.asarray(keras_model.predict(pixels.astype(np.float32), batch_size=32, verbose=0))
+    path = Path(source.path)
+    return load_keras(path / MODEL_FILE if source.kind == "train" else path, source.custom_objects)
+
+
+def _teacher_predict(source: Source, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 pixels -> the teacher's probabilities, fed as its input contract says."""
+    from edgeopt.pixels import TensorSpec, encode_pixels, to_probabilities
+
+    transform = source.contract.transform
+    spec = source.model_input or TensorSpec("pixels", (-1, *source.image_size, 3), "float32")
+    if source.kind in KERAS_KINDS:
+        keras_model = _keras_teacher(source)
+        return lambda pixels: to_probabilities(np.asarray(
+            keras_model.predict(encode_pixels(pixels, spec, transform), batch_size=32, verbose=0), np.float32))
+    if source.kind == "savedmodel":
+        from edgeopt.sources.tensorflow import inference_function
+
+        _keep, function = inference_function("savedmodel", Path(source.path), source.custom_objects)
+
+        def predict(pixels: np.ndarray) -> np.ndarray:
+            chunks = [np.asarray(function(encode_pixels(pixels[i:i + 32], spec, transform)), np.float32)
+                      for i in range(0, len(pixels), 32)]
+            return to_probabilities(np.concatenate(chunks) if chunks else np.zeros((0, len(source.classes)), np.float32))
+
+        predict.keep = _keep  # type: ignore[attr-defined]  # the SavedModel lives as long as its function
+        return predict
     from edgeopt.runtimes.registry import get_runtime
 
-    session = get_runtime("onnxruntime").open(Path(source.path), 2, config.optimize.pixel_transform())
+    session = get_runtime("onnxruntime" if source.kind == "onnx" else "litert").open(Path(source.path), threads, transform)
     return session.predict
 
 
@@ -115,7 +145,7 @@ def _answers(out: Path, predict: Callable[[np.ndarray], np.ndarray], train: np.n
     return answers[0], answers[1], answers[2]
 
 
-def _starting_points(source: Any, config: SearchConfig, train_pixels: np.ndarray) -> tuple[
+def _starting_points(source: Source, config: SearchConfig, train_pixels: np.ndarray) -> tuple[
         float | None, dict[str, dict[str, list[np.ndarray]]], dict[str, np.ndarray] | None]:
     """The teacher's width (None: not a MobileNetV2 edgeopt can start from), the starting weights
     by init and, when a candidate prunes, the teacher's channels ranked on train images."""
@@ -123,10 +153,8 @@ def _starting_points(source: Any, config: SearchConfig, train_pixels: np.ndarray
 
     weights: dict[str, dict[str, list[np.ndarray]]] = {}
     alpha, ranking = None, None
-    if source.kind == "keras":
-        from edgeopt.train import load_keras_model
-
-        teacher = load_keras_model(Path(source.path))
+    if source.kind in KERAS_KINDS:
+        teacher = _keras_teacher(source)
         alpha = trunk_alpha(teacher)
         if alpha is not None:
             weights["teacher"] = weights_of(teacher)
@@ -140,7 +168,7 @@ def _starting_points(source: Any, config: SearchConfig, train_pixels: np.ndarray
     return alpha, weights, ranking
 
 
-def _candidate_methods(config: SearchConfig, source: Any) -> list[str]:
+def _candidate_methods(config: SearchConfig, source: Source) -> list[str]:
     names = list(config.candidate_methods)
     if source.kind == "onnx" and names == list(CANDIDATE_METHODS):
         names = list(ORT_CANDIDATE_METHODS)
@@ -169,7 +197,7 @@ def _publish(staging: Path, out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _search_record(source: Any, space: list[Candidate], trials: dict[str, Trial], config: SearchConfig, validation: str,
+def _search_record(source: Source, space: list[Candidate], trials: dict[str, Trial], config: SearchConfig, validation: str,
                    ray: str, seconds: dict[str, float], baseline: str) -> Search:
     d = config.distill
     scheduler = (f"ASHA on the validation loss: every candidate trains {config.grace_epochs} epoch(s), then at each rung only "
@@ -180,29 +208,33 @@ def _search_record(source: Any, space: list[Candidate], trials: dict[str, Trial]
 
 
 def run_search(model: Path, out: Path, config: SearchConfig, data_dir: Path | None = None, force: bool = False,
-               progress: Progress | None = None, now: Callable[[], float] = time.monotonic) -> Results:
+               progress: Progress | None = None, now: Callable[[], float] = time.monotonic, test_data: Path | None = None,
+               labels: Path | None = None) -> Results:
     """Train the candidates, then build, measure and choose among them and the teacher's own
-    variants; write the run to `out` (module doc). Returns the results as written."""
+    variants; write the run to `out` (module doc). Returns the results as written. `data_dir`,
+    `test_data` and `labels` are optimize's (a foreign teacher's images and class order)."""
     from edgeopt.pipeline import optimize
 
     progress = progress or NullProgress()
     started = now()
     deadline = started + config.time_budget_s if config.time_budget_s else None
     out = Path(out)
-    source = load_teacher(model, data_dir)
+    source = load_teacher(model, config, data_dir, test_data, labels)
     size = source.image_size[0]
     if source.image_size[0] != source.image_size[1]:
         raise ModelError(f"{model} takes {source.image_size[1]}x{source.image_size[0]} images; search needs a square input")
     check_resolutions(config, size)  # before any work
     train_items, val_items, validation = search_split(source.split, config.distill.val_fraction, config.distill.seed)
-    resumed = _prepare_output(out, force, (Path(source.path), Path(source.data_root)), _fingerprint(source, config, train_items, val_items))
+    reads = tuple(Path(p) for p in (source.path, source.data_root, source.test_root) if p is not None)
+    resumed = _prepare_output(out, force, reads, _fingerprint(source, config, train_items, val_items))
     root = Path(source.data_root)
-    train = decode_images_cached(root, train_items, (size, size))
-    val = decode_images_cached(root, val_items, (size, size))
+    resize = source.contract.resize
+    train = decode_images_cached(root, train_items, (size, size), resize=resize)
+    val = decode_images_cached(root, val_items, (size, size), resize=resize)
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise DataError(f"no readable train or validation images in {root}; check the files")
-    transform: PixelTransform = config.optimize.pixel_transform() if source.kind == "onnx" else PIXELS
-    teacher_train, teacher_mirrored, teacher_val = _answers(out, _teacher_predict(source, config), train.pixels, val.pixels, progress)
+    transform: PixelTransform = source.contract.transform
+    teacher_train, teacher_mirrored, teacher_val = _answers(out, _teacher_predict(source), train.pixels, val.pixels, progress)
     alpha, weights, ranking = _starting_points(source, config, train.pixels)
     space = candidates(config, size, alpha)
     ledger = Ledger(out)
@@ -225,7 +257,7 @@ def run_search(model: Path, out: Path, config: SearchConfig, data_dir: Path | No
     built = [c for c in space if trials.get(c.name) is not None and trials[c.name].status == "completed"
              and (student_dir(out, c) / MODEL_FILE).is_file()]
     t = now()
-    teacher_methods = config.optimize.methods or (CANDIDATE_METHODS if source.kind == "keras" else None)
+    teacher_methods = config.optimize.methods or (CANDIDATE_METHODS if source.kind in TENSORFLOW_KINDS else None)
     opt_config = config.optimize.replaced(methods=teacher_methods)
     if not pending and _measured_already(out, opt_config, trials):
         progress.finish("every candidate was trained and measured by an earlier run: choosing again from its measurements")
@@ -234,7 +266,8 @@ def run_search(model: Path, out: Path, config: SearchConfig, data_dir: Path | No
     staging = out / ".run"
     if staging.exists():
         shutil.rmtree(staging)
-    results = optimize(Path(model), staging, opt_config, force=True, data_dir=data_dir, progress=progress, more_methods=more)
+    results = optimize(Path(model), staging, opt_config, force=True, data_dir=data_dir, progress=progress, test_data=test_data,
+                       labels=labels, more_methods=more)
     seconds = {"trials_this_run_s": trials_s, "final_s": now() - t, "total_this_run_s": now() - started,
                "trials_all_runs_s": sum(tr.seconds for tr in trials.values())}
     notes = [
