@@ -267,3 +267,45 @@ def test_choose_again_under_another_guard_and_margin(capsys, tiny_optimized, tmp
 
 def run_choose(capsys, run_dir, tmp_path, *flags):
     return run(capsys, "choose", run_dir, "--device-results", tmp_path / "device.json", "--out", tmp_path / "choice", *flags)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--w-time", "inf"], "--w-time inf: Input should be a finite number (got inf)"),
+    (["--w-size", "nan"], "--w-size nan: Input should be a finite number (got nan)"),
+    (["--w-accuracy", "-inf"], "--w-accuracy -inf: Input should be a finite number"),
+    (["--max-accuracy-drop", "inf"], "--max-accuracy-drop inf: Input should be a finite number"),
+    (["--confidence", "nan"], "--confidence nan: Input should be a finite number"),
+    (["--methods", "f0_float32,pruned_int8", "--sparsity", "nan"], "--sparsity nan: Input should be a finite number"),
+    (["--input-range", "-inf,1"], "--input-range '-inf,1' needs 2 comma-separated finite numbers"),
+    (["--input-mean", "0.5,nan,0.5", "--input-std", "1,1,1"], "--input-mean '0.5,nan,0.5' needs 3 comma-separated finite"),
+    (["--input-range", "1,-1"], "--input-range 1.0,-1.0: the low end must be below the high end"),
+    (["--target", "foo"], "--target foo: unknown runtime 'foo'; use one of: litert, onnxruntime"),
+    (["--backends", "litert,tflite"], "--backends litert,tflite: unknown runtime 'tflite'; use one of: litert, onnxruntime"),
+])
+def test_every_number_must_be_finite_and_in_range_and_the_error_names_the_flag(capsys, tmp_path, tiny_model, args, fragment):
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "optimize", tiny_model, "--out", out, *args)
+    assert_one_line_error(code, err, fragment)
+    assert not out.exists() and not list(tmp_path.iterdir())  # refused before any work
+
+
+@pytest.mark.parametrize("name, text", [
+    ("c.toml", "[optimize.objective]\nweight_time = inf\n"),
+    ("c.toml", "[optimize.objective]\nconfidence = nan\n"),
+    ("c.json", '{"optimize": {"objective": {"weight_size": Infinity}}}'),
+    ("c.json", '{"optimize": {"objective": {"metric": {"display_scale": NaN}}}}'),
+    ("c.json", '{"optimize": {"repair_target_pp": 1e400}}'),
+    ("c.toml", "[train]\nalpha = nan\n"),
+])
+def test_a_config_file_cannot_smuggle_in_infinity_or_nan(capsys, tmp_path, name, text):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    command = "train" if "[train]" in text else "optimize"
+    code, _, err = run(capsys, command, tmp_path / "nowhere", "--out", tmp_path / "o", "--config", cfg)
+    assert_one_line_error(code, err, "Input should be a finite number")
+    assert str(cfg) in err
+
+
+def test_classify_refuses_a_non_finite_input_range(capsys, tmp_path):
+    code, _, err = run(capsys, "classify", tmp_path / "m.tflite", tmp_path / "x.jpg", "--input-range", "0,inf")
+    assert_one_line_error(code, err, "--input-range '0,inf' needs 2 comma-separated finite numbers")

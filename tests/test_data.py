@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 
 import numpy as np
@@ -12,7 +13,7 @@ from edgeopt.data.imagefolder import decode_images, scan_image_folder
 from edgeopt.data.split import build_split, load_split, save_split
 from edgeopt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic, is_synthetic
 from edgeopt.errors import DataError
-from edgeopt.images import load_pixels
+from edgeopt.images import IMAGE_KINDS, IMAGE_SUFFIXES, load_pixels
 from tests.conftest import SYNTHETIC_PER_CLASS, write_image
 
 
@@ -119,3 +120,38 @@ def test_images_in_subfolders_of_a_class_are_left_out_and_said(tmp_path, caplog)
     folder = scan_image_folder(tmp_path)
     assert [p for p, _ in folder.items] == ["bottles/c.jpg", "cans/a.jpg"]
     assert "ignored 1 image(s) in subfolders" in caplog.text and "cans/old/b.jpg" in caplog.text
+
+
+# What cameras and export tools write; each must be used in a data folder, not silently left out.
+PHOTO_KINDS = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "JPG", "WebP", "TIFF")
+
+
+def test_every_kind_of_image_the_decoder_reads_is_used_and_counted_in_a_data_folder(tmp_path, caplog):
+    assert {f".{kind.lower()}" for kind in PHOTO_KINDS} <= set(IMAGE_SUFFIXES)
+    for i, kind in enumerate(PHOTO_KINDS):
+        write_image(tmp_path / "cans" / f"can{i}.{kind}", seed=i)
+        write_image(tmp_path / "bottles" / f"bottle{i}.{kind}", seed=100 + i)
+    (tmp_path / "cans" / "notes.txt").write_text("taken on the line, Tuesday")
+    (tmp_path / "cans" / "iphone.heic").write_bytes(b"not a kind edgeopt reads")
+    folder = scan_image_folder(tmp_path)
+    assert folder.count_per_class() == {"bottles": len(PHOTO_KINDS), "cans": len(PHOTO_KINDS)}
+    decoded = decode_images(tmp_path, folder.items, (8, 8), strict=True)
+    assert decoded.pixels.shape == (2 * len(PHOTO_KINDS), 8, 8, 3) and not decoded.skipped
+    # what is left out is said, with the kinds that would be used
+    assert "ignored 2 file(s)" in caplog.text and "cans/iphone.heic" in caplog.text and IMAGE_KINDS in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"add images ({IMAGE_KINDS})")):
+        scan_image_folder(tmp_path)
+
+
+def test_a_truncated_image_in_a_data_folder_is_skipped_and_counted_or_stops_strict(tmp_path, caplog):
+    from tests.test_images import jpeg_claiming
+
+    write_image(tmp_path / "c" / "good.jpg", size=(64, 64))
+    jpeg_claiming(tmp_path / "c" / "claims.jpg", (7000, 7000))
+    items = [("c/good.jpg", 0), ("c/claims.jpg", 0)]
+    decoded = decode_images(tmp_path, items, (8, 8))
+    assert decoded.paths == ("c/good.jpg",) and [s[0] for s in decoded.skipped] == ["c/claims.jpg"]
+    assert "skipped 1 unreadable image(s)" in caplog.text and "truncated" in caplog.text
+    with pytest.raises(DataError, match="claims.jpg is not a readable image: truncated.*drop --strict"):
+        decode_images(tmp_path, items, (8, 8), strict=True)

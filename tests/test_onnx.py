@@ -14,10 +14,11 @@ from edgeopt.config import MeasureConfig, OptimizeConfig  # noqa: E402
 from edgeopt.data.imagefolder import decode_images  # noqa: E402
 from edgeopt.data.split import load_split  # noqa: E402
 from edgeopt.diagnose import diagnose  # noqa: E402
-from edgeopt.errors import BackendUnavailableError, ConfigError  # noqa: E402
+from edgeopt.errors import BackendUnavailableError, ConfigError, ModelError  # noqa: E402
 from edgeopt.graph import describe_model  # noqa: E402
 from edgeopt.methods.base import BuildContext, build_artifact  # noqa: E402
 from edgeopt.methods.registry import get_method, list_methods  # noqa: E402
+from edgeopt.objective import EXCLUDED_BY_GUARD  # noqa: E402
 from edgeopt.pipeline import optimize  # noqa: E402
 from edgeopt.runtimes import registry as runtime_registry  # noqa: E402
 from edgeopt.runtimes.registry import get_runtime  # noqa: E402
@@ -50,9 +51,13 @@ def test_optimize_ranks_both_runtimes_in_one_table(tiny_optimized):
     assert sorted(results.choice.ranking) == sorted(names)
     # measured in the same table, not chosen: the default target is the baseline's runtime
     assert results.choice.target == ["litert"] and results.selected.backend == "litert"
-    for name in built:
+    for name in built:  # excluded for their runtime, unless the accuracy guard excluded them first
         v = results.variant(name)
-        assert v.score.excluded_because.endswith("the target runtime is litert") if v.score else v.stopped_early
+        if v.score is None:
+            assert v.stopped_early
+        else:
+            assert not v.score.eligible
+            assert v.score.excluded_because.endswith("the target runtime is litert") or v.score.guard in EXCLUDED_BY_GUARD
 
 
 def test_exported_onnx_matches_the_tflite_float_model(tiny_optimized, test_pixels):
@@ -190,6 +195,38 @@ def test_an_onnx_model_is_a_valid_input_without_keras(tiny_optimized, synthetic_
     assert (out / "selected.onnx").is_file() and (out / "split.json").is_file()
     labels = json.loads((out / "labels.json").read_text())["classes"]
     assert labels == sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if optimize decodes an image or builds a variant."""
+    from edgeopt import pipeline
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the settings were checked")
+
+    for name in ("decode_images_cached", "build_variants"):
+        monkeypatch.setattr(pipeline, name, work)
+
+
+def test_an_onnx_model_with_another_class_count_than_the_data_is_refused_before_any_work(
+        tiny_optimized, synthetic_dir, tmp_path, no_work):
+    import shutil
+
+    data = tmp_path / "three"
+    for name in sorted(p.name for p in synthetic_dir.iterdir() if p.is_dir())[:3]:
+        shutil.copytree(synthetic_dir / name, data / name)
+    model = _file(tiny_optimized, "ort_fp32")
+    with pytest.raises(ModelError, match=rf"{model} outputs 5 class scores but there are 3 classes \(the sorted class folder names"):
+        optimize(model, tmp_path / "o", TINY_OPTIMIZE, data_dir=data)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_guarded_method_without_held_out_images_is_refused_before_any_work(tiny_optimized, synthetic_dir, tmp_path,
+                                                                            no_work):
+    config = TINY_OPTIMIZE.replaced(representative_samples=100_000)  # every train image goes to calibration
+    with pytest.raises(ConfigError, match="ort_int8_guarded cannot be built: .* lower --representative-samples"):
+        optimize(_file(tiny_optimized, "ort_fp32"), tmp_path / "o", config, data_dir=synthetic_dir)
 
 
 def test_an_onnx_model_needs_its_images(tiny_optimized, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -81,9 +82,17 @@ def test_existing_output_is_refused_and_force_replaces_only_what_edgeopt_wrote(t
         optimize(tiny_model, out, TWO_METHODS, force=True)
     assert (out / "keep.txt").read_text() == "mine"
     optimize(tiny_model, tmp_path / "opt2", TWO_METHODS)
-    (tmp_path / "opt2" / "stale.txt").write_text("from an older run")
+    (tmp_path / "opt2" / "notes.txt").write_text("added by the user after the run")
+    (tmp_path / "opt2" / "data" / "cans").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match=r"holds 2 file\(s\) edgeopt did not write there \(data/, notes.txt\)"):
+        optimize(tiny_model, tmp_path / "opt2", TWO_METHODS, force=True)
+    assert (tmp_path / "opt2" / "notes.txt").is_file() and (tmp_path / "opt2" / "data" / "cans").is_dir()
+    (tmp_path / "opt2" / "notes.txt").unlink()
+    (tmp_path / "opt2" / "data" / "cans").rmdir()
+    (tmp_path / "opt2" / "data").rmdir()
+    (tmp_path / "opt2" / "report.md").write_text("edited")  # edgeopt's own file: replaced
     optimize(tiny_model, tmp_path / "opt2", TWO_METHODS, force=True)
-    assert not (tmp_path / "opt2" / "stale.txt").exists() and (tmp_path / "opt2" / "results.json").is_file()
+    assert "edited" not in (tmp_path / "opt2" / "report.md").read_text() and (tmp_path / "opt2" / "results.json").is_file()
 
 
 def test_force_never_replaces_the_model_being_read_or_a_folder_holding_it(tiny_model, tmp_path):
@@ -122,6 +131,22 @@ def test_interruption_leaves_no_output_and_no_partial_files(tiny_model, tmp_path
     assert build_workers(os.getpid()) == []
 
 
+def test_an_error_about_a_variant_names_it_under_the_out_the_user_gave(tiny_model, tmp_path, monkeypatch):
+    real = litert_methods._convert
+
+    def broken(ctx, path, mode):
+        if mode != "float16":
+            return real(ctx, path, mode)
+        path.write_bytes(b"not a flatbuffer")  # a converter that wrote garbage
+
+    monkeypatch.setattr(litert_methods, "_convert", broken)
+    out = tmp_path / "opt"
+    with pytest.raises(ModelError) as err:
+        optimize(tiny_model, out, TWO_METHODS)
+    assert str(err.value).startswith(f"{out / 'variants' / 'f4_float16.tflite'} is not a valid .tflite model")
+    assert ".partial" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
 def test_model_folder_problems_are_clear_errors(tiny_model, tmp_path):
     with pytest.raises(ModelError, match="written by 'edgeopt train'"):
         optimize(tmp_path / "nothing", tmp_path / "o", TINY_OPTIMIZE)
@@ -155,6 +180,42 @@ def test_a_model_whose_class_count_differs_from_the_data_is_refused(tiny_model, 
     config = TINY_OPTIMIZE.__class__(methods=("f0_float32",), measure=TINY_OPTIMIZE.measure)
     with pytest.raises(ModelError, match="outputs 5 classes but the data have 4"):
         optimize(m, tmp_path / "o", config)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if optimize decodes an image or builds a variant."""
+    from edgeopt import pipeline
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the settings were checked")
+
+    for name in ("decode_images_cached", "build_variants"):
+        monkeypatch.setattr(pipeline, name, work)
+
+
+def test_a_class_count_that_differs_from_the_data_is_refused_before_any_work(tiny_model, tmp_path, no_work):
+    def four_classes(split, labels):
+        for doc in (split, labels):
+            doc["classes"] = doc["classes"][:4]
+        split["test"] = [item for item in split["test"] if item[1] < 4]
+
+    m = _edited_copy(tiny_model, tmp_path, four_classes)
+    with pytest.raises(ModelError, match=rf"{m / 'model.keras'} outputs 5 classes but the data have 4"):
+        optimize(m, tmp_path / "o", TINY_OPTIMIZE)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("target, fragment", [
+    (("foo",), "unknown runtime 'foo'; use one of: litert, onnxruntime"),
+    (("onnxruntime",), "--target onnxruntime: none of the methods to build runs on onnxruntime (they run on litert)"),
+])
+def test_a_target_nothing_builds_for_is_refused_before_any_work(tiny_model, tmp_path, no_work, target, fragment):
+    from pydantic import ValidationError
+
+    with pytest.raises((ConfigError, ValidationError), match=re.escape(fragment)):
+        optimize(tiny_model, tmp_path / "o", TINY_OPTIMIZE.replaced(target=target, backends=("litert",)))
     assert not (tmp_path / "o").exists()
 
 

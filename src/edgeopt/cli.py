@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ from edgeopt.console import (
     err_console,
     out_console,
 )
-from edgeopt.errors import ConfigError, EdgeoptError
+from edgeopt.errors import ConfigError, EdgeoptError, is_disk_full
 from edgeopt.settings import build_settings, describe_errors, read_config_file
 
 if TYPE_CHECKING:
@@ -103,8 +104,8 @@ def _numbers(text: str | None, count: int, option: str) -> tuple[float, ...] | N
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count:
-        raise ConfigError(f"{option} {text!r} needs {count} comma-separated numbers")
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {text!r} needs {count} comma-separated finite numbers")
     return values
 
 
@@ -460,6 +461,16 @@ def _interrupted(signum: int | None) -> int:
     return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
+def _bug() -> int:
+    """Anything that is not the user's: the traceback, and said to be a bug (called in an except)."""
+    traceback.print_exc()
+    err_console.print(
+        "internal error: this is a bug in edgeopt, not something you did; please report it with the "
+        "traceback above", highlight=False, markup=False,
+    )
+    return EXIT_BUG
+
+
 def main(argv: list[str] | None = None) -> int:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
@@ -481,17 +492,19 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         err_console.print(f"error: {exc.format_message()}{hint}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_USAGE
+    except OSError as exc:
+        if not is_disk_full(exc):
+            return _bug()
+        # a full disk outside an output folder (those say their --out themselves)
+        err_console.print(f"error: disk full writing {exc.filename or 'a file'}: free space and run the command again",
+                          highlight=False, markup=False, soft_wrap=True)
+        return EXIT_USAGE
     except (KeyboardInterrupt, typer.Abort):
         return _interrupted(signal.SIGINT)
     except interrupts.Terminated:
         return _interrupted(signal.SIGTERM)
     except Exception:
-        traceback.print_exc()
-        err_console.print(
-            "internal error: this is a bug in edgeopt, not something you did; please report it with the "
-            "traceback above", highlight=False, markup=False,
-        )
-        return EXIT_BUG
+        return _bug()
     finally:
         interrupts.restore(previous)
     if interrupts.received() is not None or code == EXIT_INTERRUPTED:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
 from edgeopt.objective import Objective
 from edgeopt.pixels import PixelTransform
@@ -133,7 +133,7 @@ class OptimizeConfig(Settings):
     # (LiteRT) or 16-bit (ONNX Runtime) until they change at most this share; when even the most ops
     # tried miss it, they are built only if those change significantly fewer answers than none (at
     # objective.confidence), else not at all (methods.repair).
-    repair_target_pp: float = Field(1.0, ge=0)
+    repair_target_pp: float = Field(1.0, ge=0, le=100)
     # ONNX Runtime static calibration: MinMax, Entropy or Percentile.
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     # ONNX Runtime static int8 weights: None (default) gives 7-bit weights only to the convs fed by
@@ -168,6 +168,23 @@ class OptimizeConfig(Settings):
     target: Names | None = None
     strict: bool = False
 
+    @field_validator("backends", "target")
+    @classmethod
+    def _known_runtimes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from edgeopt.runtimes.registry import list_runtimes
+
+        unknown = [name for name in value or () if name not in list_runtimes()]
+        if unknown:
+            raise ValueError(f"unknown runtime {unknown[0]!r}; use one of: {', '.join(list_runtimes())}")
+        return value
+
+    @field_validator("input_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("the low end must be below the high end, e.g. -1,1")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> OptimizeConfig:
         if self.methods is not None and not self.methods:
@@ -189,7 +206,7 @@ def write_config(config: Settings, path: Path) -> None:
     """The resolved config, beside the outputs it made."""
     import json
 
-    path.write_text(json.dumps(config.to_jsonable(), indent=1))
+    path.write_text(json.dumps(config.to_jsonable(), indent=1, allow_nan=False))  # JSON has no Infinity
 
 
 def to_jsonable(value: Any) -> Any:

@@ -42,7 +42,7 @@ def run_demo(out: Path, threads: int = 1, force: bool = False, progress: Progres
     check_output(out, force)
     # With --force an old demo is replaced stage by stage, each only once its new one is whole.
     out.mkdir(parents=True, exist_ok=True)
-    mark_output(out, "demo")
+    mark_output(out, "demo", outputs=("data", "model", "optimized"))
     data = out / "data"
     with staged_output(data, force=True, command="demo") as staging:
         progress.start("generating SYNTHETIC images", 1)

@@ -6,6 +6,8 @@ is a bug in edgeopt and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class EdgeoptError(Exception):
     """A problem the user can fix; the message says how."""
@@ -29,3 +31,12 @@ class ConfigError(EdgeoptError):
 
 class BackendUnavailableError(EdgeoptError):
     """An optional runtime or converter is not installed."""
+
+
+class DiskFullError(EdgeoptError):
+    """The disk (or the user's quota) filled while a command wrote its output."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSError of a write that found no space left (ENOSPC) or no quota (EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

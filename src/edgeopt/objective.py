@@ -64,7 +64,7 @@ class Metric(Settings):
     higher_is_better: bool = True
     # Multiplier from the stored value to the unit a person reads: 100 turns a fraction into
     # percent, so a loss of 0.006 reads as 0.6 percentage points.
-    display_scale: float = 100.0
+    display_scale: float = Field(100.0, gt=0)
     # The unit of a loss after display_scale: "pp" for accuracy.
     loss_unit: str = "pp"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt import __version__ as edgeopt_version
+from edgeopt import preflight
 from edgeopt.answers_ahead import AnswersAhead
 from edgeopt.choose import decide
 from edgeopt.config import MeasureConfig, OptimizeConfig, write_config
@@ -150,6 +151,14 @@ def optimize(
     split, root, size = source.split, source.data_root, source.image_size
     test_root = source.test_root or root
     resize = source.contract.resize
+    # Every setting against this model and its data, before any work.
+    preflight.check_target(config.target, methods)
+    preflight.check_classes(source.path, source.kind, source.classes, root)
+    # Calibration draws from the train part only (never validation or test), whatever is evaluated,
+    # or from --calibration-data.
+    calibration_root, calibration_pool = source.calibration or (root, split.train)
+    calibration_items = _sample(calibration_pool, config.representative_samples, split.seed + 1)
+    preflight.check_holdout(methods, len(_holdout_items(split, calibration_items)), config.representative_samples)
 
     check_data_matches(split, test_root, split.test)
     timings: dict[str, float] = {}
@@ -159,10 +168,6 @@ def optimize(
         raise DataError(f"none of the {len(split.test)} test images in {test_root} could be read")
     train_items = _sample(split.train_all, config.measure.train_images, split.seed)
     train = decode_images_cached(root, train_items, size, strict=config.strict, resize=resize) if train_items else None
-    # Calibration draws from the train part only (never validation or test), whatever is evaluated,
-    # or from --calibration-data.
-    calibration_root, calibration_pool = source.calibration or (root, split.train)
-    calibration_items = _sample(calibration_pool, config.representative_samples, split.seed + 1)
     calibration = decode_images_cached(calibration_root, calibration_items, size, strict=config.strict, resize=resize)
     holdout = decode_images_cached(root, _holdout_items(split, calibration_items), size, strict=config.strict,
                                    resize=resize) if any(m.guarded for m in methods) else None

@@ -1,7 +1,8 @@
 """Typed, frozen settings validated by pydantic, and the one way a bad value is reported.
 
 Every config object (train, measure, optimize, the objective) is a `Settings`: strict types (2.5
-is not an int, "no" is not a bool), unknown keys refused, ranges checked, and every error names
+is not an int, "no" is not a bool), every number finite (inf and nan are refused wherever they
+come from: a flag, TOML's inf, JSON's Infinity), unknown keys refused, ranges checked, and every error names
 the key and where the value came from (a config file and its section, or a command-line flag).
 """
 
@@ -27,7 +28,7 @@ class Settings(BaseModel):
     `build_settings` (which names each bad key's source); built in code, a bad value raises
     pydantic's ValidationError (the CLI reports that in one line too)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     def to_jsonable(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -111,7 +112,8 @@ def build_settings(
         if not isinstance(node, dict):  # the file has a non-table there: validation names it
             continue
         node[leaf] = value
-        from_flags[tuple(dotted.split("."))] = f"{flag} {value}"
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value  # as typed: a,b
+        from_flags[tuple(dotted.split("."))] = f"{flag} {shown}"
 
     def where(loc: tuple[Any, ...]) -> str:
         for length in range(len(loc), 0, -1):

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import DataError
-from edgeopt.images import IMAGE_SUFFIXES, ImageError, load_pixels
+from edgeopt.images import IMAGE_KINDS, IMAGE_SUFFIXES, ImageError, load_pixels
 from edgeopt.machine import usable_cores
 
 log = logging.getLogger(__name__)
 
-_LAYOUT_HINT = "expected <folder>/<class>/*.jpg (jpg, jpeg, png, bmp)"
+_LAYOUT_HINT = f"expected <folder>/<class>/*.jpg ({IMAGE_KINDS})"
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,11 @@ def scan_image_folder(root: Path | str) -> ImageFolder:
     items: list[tuple[str, int]] = []
     empty: list[str] = []
     nested: list[str] = []
+    other: list[str] = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(f for f in class_dir.iterdir() if f.is_file() and _is_image_name(f))
+        other += sorted(f.relative_to(root).as_posix() for f in class_dir.iterdir()
+                        if f.is_file() and not f.name.startswith(".") and not _is_image_name(f))
         nested += [
             f.relative_to(root).as_posix() for sub in class_dir.iterdir() if sub.is_dir() and not sub.name.startswith(".")
             for f in sub.rglob("*") if f.is_file() and _is_image_name(f)
@@ -76,10 +79,15 @@ def scan_image_folder(root: Path | str) -> ImageFolder:
             "ignored %d image(s) in subfolders of class folders in %s, e.g. %s; a class's images go "
             "directly in <folder>/<class>/", len(nested), root, nested[0],
         )
+    if other:
+        log.warning(
+            "ignored %d file(s) in class folders of %s that are not images edgeopt reads (%s), e.g. %s; "
+            "convert them to one of those kinds to use them", len(other), root, IMAGE_KINDS, other[0],
+        )
     if empty:
         raise DataError(
             f"class folder(s) {', '.join(empty)} in {root} hold no images; add images "
-            f"(jpg, jpeg, png, bmp) or remove the folder(s)"
+            f"({IMAGE_KINDS}) or remove the folder(s)"
         )
     if len(class_dirs) < 2:
         raise DataError(

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from edgeopt import interrupts
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, is_disk_full
 from edgeopt.machine import usable_cores
 from edgeopt.methods.base import Artifact, BuildContext, Method, build_artifact
 from edgeopt.methods.repair import NoGuardedVariant
@@ -279,9 +279,9 @@ def run_build_worker() -> None:
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """A user's problem (an EdgeoptError) as itself, so that the CLI prints its one line; anything
-    else is a bug, sent as a RuntimeError that carries the worker's traceback."""
-    if isinstance(exc, EdgeoptError):
+    """A user's problem (an EdgeoptError, a full disk) as itself, so that the CLI prints its one
+    line; anything else is a bug, sent as a RuntimeError that carries the worker's traceback."""
+    if isinstance(exc, EdgeoptError) or is_disk_full(exc):
         try:
             return pickle.loads(pickle.dumps(exc))
         except Exception:  # any pickling failure: fall back to the traceback
