@@ -176,3 +176,36 @@ def test_a_resolution_above_the_teachers_is_one_line_and_exit_2_before_any_work(
 
     assert main(["search", str(tiny_model), "--out", str(tmp_path / "s"), "--resolutions", "32,64"]) == 2
     assert not (tmp_path / "s").exists()
+
+
+def test_a_search_output_keeps_its_users_files_and_force_starts_it_over(tmp_path):
+    from edgeopt.outputs import MARKER, check_output
+    from edgeopt.search.study import _mark, _prepare_output
+
+    out = tmp_path / "s"
+    fingerprint = {"teacher_sha256": "a"}
+    assert _prepare_output(out, False, (), fingerprint) is False
+    (state_dir(out) / "students" / "r96_a1.0").mkdir(parents=True)  # what trials write while it runs
+    (state_dir(out) / "students" / "r96_a1.0" / ".model.keras.tmp-7.keras").write_text("cut by a kill")
+    assert _prepare_output(out, False, (), fingerprint) is True  # resumed
+    (out / "notes.txt").write_text("mine")
+    for force in (False, True):
+        with pytest.raises(OutputExistsError, match=r"holds 1 file\(s\) edgeopt did not write there \(notes.txt\)"):
+            _prepare_output(out, force, (), fingerprint)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    assert _prepare_output(out, True, (), fingerprint) is False  # --force: started over
+    assert not (state_dir(out) / "students").exists() and (out / MARKER).is_file()
+    (out / "results.json").write_text("{}")  # a finished run's files, listed in the marker when published
+    _mark(out)
+    check_output(out, force=True)  # so any command's --force may replace it
+    with pytest.raises(ConfigError, match="which this command reads"):
+        _prepare_output(out, False, (out / "teacher",), fingerprint)
+
+
+def test_a_target_no_variant_runs_on_is_refused_before_the_first_trial(tiny_model, tmp_path):
+    from edgeopt.cli import main
+
+    assert main(["search", str(tiny_model), "--out", str(tmp_path / "s"), "--resolutions", "32",
+                 "--target", "onnxruntime"]) == 2
+    assert not (tmp_path / "s").exists()

@@ -23,22 +23,25 @@ from typing import Any
 import numpy as np
 
 from edgeopt.choose import decide
+from edgeopt.config import OptimizeConfig
 from edgeopt.data.imagefolder import decode_images_cached
-from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.errors import ConfigError, DataError, ModelError, OutputExistsError
 from edgeopt.methods.registry import get_method
-from edgeopt.outputs import MARKER, check_output, mark_output
+from edgeopt.outputs import MARKER, check_output, check_reads, foreign_files, mark_output
 from edgeopt.pixels import PixelTransform
 from edgeopt.progress import NullProgress, Progress
 from edgeopt.report import write_report
 from edgeopt.results import RESULTS_FILE, Results, Search, Trial, load_results
 from edgeopt.runtimes.registry import list_runtimes
 from edgeopt.search.distill import MODEL_FILE, TrialData, search_split
-from edgeopt.search.ledger import Ledger, check_fingerprint, state_dir, student_dir, write_fingerprint
+from edgeopt.search.ledger import STATE_DIR, Ledger, check_fingerprint, state_dir, student_dir, write_fingerprint
 from edgeopt.search.methods import candidate_method
 from edgeopt.search.space import CANDIDATE_METHODS, Candidate, SearchConfig, candidates, check_resolutions
 from edgeopt.sources.base import Source
 
 ANSWERS_FILE = "teacher_answers.npz"
+# Where the final optimize run is staged inside OUT before its files join the search's state.
+RUN_DIR = ".run"
 # A foreign (ONNX) teacher's candidates are built for its runtime.
 ORT_CANDIDATE_METHODS = ("ort_fp32", "ort_int8_static", "ort_fp16")
 # The teachers Keras loads (edgeopt.sources kinds): their weights can start a candidate, when the
@@ -75,18 +78,44 @@ def _fingerprint(source: Source, config: SearchConfig, train: tuple, val: tuple)
 
 
 def _prepare_output(out: Path, force: bool, reads: tuple[Path, ...], fingerprint: dict[str, Any]) -> bool:
-    """Create OUT, or resume the search it holds (True). --force starts over in a folder edgeopt wrote."""
-    check_output(out, force=True, reads=reads) if (out / MARKER).is_file() else check_output(out, force, reads)
-    if not force and (out / MARKER).is_file() and state_dir(out).is_dir():
-        return check_fingerprint(out, fingerprint)  # refuses a search of something else
-    if out.exists():
+    """Create OUT, or resume the search it holds (True). --force starts over in a folder edgeopt
+    wrote. A file the user put in OUT is never removed: the search refuses, naming it."""
+    check_reads(out, reads)
+    if _is_search_output(out):
+        _refuse_user_files(out)
+        if not force and state_dir(out).is_dir():
+            return check_fingerprint(out, fingerprint)  # refuses a search of something else
         if not force:
-            check_output(out, force, reads)  # refuses, saying how
+            raise OutputExistsError(f"{out} already exists; choose another --out or pass --force to replace it")
+        shutil.rmtree(out)
+    elif out.exists() or out.is_symlink():
+        check_output(out, force, reads)  # refuses, saying how; or replaces an output edgeopt wrote, with --force
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    mark_output(out, "search")
     write_fingerprint(out, fingerprint)
+    _mark(out)
     return False
+
+
+def _is_search_output(out: Path) -> bool:
+    try:
+        return out.is_dir() and json.loads((out / MARKER).read_text()).get("command") == "search"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _mark(out: Path) -> None:
+    """OUT's marker lists every file in it (outputs.MARKER), so that --force of any command may
+    replace it; the state folder, which trials write to while it runs, is the search's own."""
+    mark_output(out, "search", [p.relative_to(out).as_posix() for p in out.rglob("*") if p.name != MARKER])
+
+
+def _refuse_user_files(out: Path) -> None:
+    """What the marker does not list, outside the search's own state and its run being staged, is the user's."""
+    theirs = [f for f in foreign_files(out) if f.split("/")[0] != STATE_DIR and not f.startswith((RUN_DIR, f".{RUN_DIR}."))]
+    if theirs:
+        raise OutputExistsError(f"{out} holds {len(theirs)} file(s) edgeopt did not write there ({', '.join(theirs[:3])}"
+                                f"{' and more' if len(theirs) > 3 else ''}); move them out of it, or choose another --out")
 
 
 def _keras_teacher(source: Source) -> Any:
@@ -168,6 +197,19 @@ def _starting_points(source: Source, config: SearchConfig, train_pixels: np.ndar
     return alpha, weights, ranking
 
 
+def _preflight(source: Source, opt_config: OptimizeConfig, config: SearchConfig) -> None:
+    """What optimize would refuse at the end of the search, refused before the first trial: a
+    target no method builds for, a teacher whose output does not match the classes of its data."""
+    from edgeopt import preflight
+    from edgeopt.pipeline import resolve_methods
+    from edgeopt.sources.onnx2tf import find_converter
+
+    preflight.check_classes(Path(source.path), source.kind, source.classes, Path(source.data_root))
+    converted = source.kind == "onnx" and find_converter() is not None
+    methods, _ = resolve_methods(opt_config, source, converted=converted)
+    preflight.check_target(opt_config.target, [*methods, *(get_method(n) for n in _candidate_methods(config, source))])
+
+
 def _candidate_methods(config: SearchConfig, source: Source) -> list[str]:
     names = list(config.candidate_methods)
     if source.kind == "onnx" and names == list(CANDIDATE_METHODS):
@@ -187,14 +229,16 @@ def describe(candidate: Candidate, teacher_size: int) -> str:
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Move a finished optimize run into OUT beside OUT/search (the run's old files go first)."""
+    """Move a finished optimize run into OUT beside OUT/search (the run's old files go first:
+    _refuse_user_files checked that OUT holds no one else's), then list them in OUT's marker."""
     for entry in out.iterdir():
-        if entry.name not in ("search", MARKER, staging.name):
+        if entry.name not in (STATE_DIR, MARKER, staging.name):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     for entry in staging.iterdir():
         if entry.name != MARKER:
             os.replace(entry, out / entry.name)
     shutil.rmtree(staging, ignore_errors=True)
+    _mark(out)
 
 
 def _search_record(source: Source, space: list[Candidate], trials: dict[str, Trial], config: SearchConfig, validation: str,
@@ -223,7 +267,10 @@ def run_search(model: Path, out: Path, config: SearchConfig, data_dir: Path | No
     size = source.image_size[0]
     if source.image_size[0] != source.image_size[1]:
         raise ModelError(f"{model} takes {source.image_size[1]}x{source.image_size[0]} images; search needs a square input")
-    check_resolutions(config, size)  # before any work
+    check_resolutions(config, size)  # before any work, as optimize checks its settings (edgeopt.preflight)
+    opt_config = config.optimize.replaced(
+        methods=config.optimize.methods or (CANDIDATE_METHODS if source.kind in TENSORFLOW_KINDS else None))
+    _preflight(source, opt_config, config)
     train_items, val_items, validation = search_split(source.split, config.distill.val_fraction, config.distill.seed)
     reads = tuple(Path(p) for p in (source.path, source.data_root, source.test_root) if p is not None)
     resumed = _prepare_output(out, force, reads, _fingerprint(source, config, train_items, val_items))
@@ -257,13 +304,11 @@ def run_search(model: Path, out: Path, config: SearchConfig, data_dir: Path | No
     built = [c for c in space if trials.get(c.name) is not None and trials[c.name].status == "completed"
              and (student_dir(out, c) / MODEL_FILE).is_file()]
     t = now()
-    teacher_methods = config.optimize.methods or (CANDIDATE_METHODS if source.kind in TENSORFLOW_KINDS else None)
-    opt_config = config.optimize.replaced(methods=teacher_methods)
     if not pending and _measured_already(out, opt_config, trials):
         progress.finish("every candidate was trained and measured by an earlier run: choosing again from its measurements")
         return rechoose(out, config)
     more = [candidate_method(m, c.name, student_dir(out, c), describe(c, size)) for c in built for m in _candidate_methods(config, source)]
-    staging = out / ".run"
+    staging = out / RUN_DIR
     if staging.exists():
         shutil.rmtree(staging)
     results = optimize(Path(model), staging, opt_config, force=True, data_dir=data_dir, progress=progress, test_data=test_data,
@@ -305,6 +350,9 @@ def rechoose(out: Path, config: SearchConfig) -> Results:
     results = load_results(out / RESULTS_FILE)
     results = decide(results.model_copy(update={"choice": None}), config.optimize.objective, config.optimize.target)
     selected = results.selected
+    for old in out.glob("selected.*"):  # the one chosen before may be of another format
+        old.unlink()
     shutil.copyfile(out / selected.file, out / f"selected{Path(selected.file).suffix}")
     write_report(results, out)
+    _mark(out)
     return results
