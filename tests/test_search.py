@@ -209,3 +209,23 @@ def test_a_target_no_variant_runs_on_is_refused_before_the_first_trial(tiny_mode
     assert main(["search", str(tiny_model), "--out", str(tmp_path / "s"), "--resolutions", "32",
                  "--target", "onnxruntime"]) == 2
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_bgr_teachers_student_takes_bgr_and_its_backbone_still_sees_rgb(tiny_model):
+    """A teacher trained on OpenCV's BGR: the student takes what the teacher takes (channels
+    reversed, then the affine map), and a backbone's RGB filters are turned to match."""
+    from edgeopt.pixels import PIXELS, PixelTransform
+    from edgeopt.search.distill import _fed
+    from edgeopt.search.student import build_student, weights_of
+    from edgeopt.train import load_keras_model
+
+    weights = weights_of(load_keras_model(tiny_model))  # as a backbone file of alpha 0.35 would give them
+    bgr = PixelTransform((2 / 255,) * 3, (-1.0,) * 3, "bgr")
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 48, 48, 3)).astype(np.uint8)
+    fed = _fed(pixels, bgr)
+    np.testing.assert_allclose(fed, pixels[..., ::-1].astype(np.float32) * (2 / 255) - 1.0, atol=1e-6)
+    rgb_student = build_student(Candidate(48, 0.35, 1.0, "backbone"), 48, 5, weights, {}, PIXELS)
+    bgr_student = build_student(Candidate(48, 0.35, 1.0, "backbone"), 48, 5, weights, {}, bgr)
+    np.testing.assert_allclose(bgr_student.predict(fed, verbose=0), rgb_student.predict(pixels.astype(np.float32), verbose=0),
+                               atol=1e-5)

@@ -106,7 +106,9 @@ def _dataset(data: TrialData, config: DistillConfig) -> Any:
         target = tf.where(mirror, mirrored, soft)
         x = tf.image.random_brightness(x, 0.08 * 255.0)
         x = tf.clip_by_value(tf.image.random_contrast(x, 0.9, 1.1), 0.0, 255.0)
-        if not data.transform.is_identity:  # the student takes what the teacher takes
+        if data.transform.channel_order == "bgr":  # the student takes what the teacher takes (pixels.encode_pixels)
+            x = x[..., ::-1]
+        if not data.transform.is_identity:
             x = x * tf.constant(data.transform.scale) + tf.constant(data.transform.offset)
         return x, tf.concat([target, hard], axis=-1)
 
@@ -114,8 +116,9 @@ def _dataset(data: TrialData, config: DistillConfig) -> Any:
 
 
 def _fed(pixels: np.ndarray, transform: PixelTransform) -> np.ndarray:
-    x = pixels.astype(np.float32)
-    return x if transform.is_identity else x * np.array(transform.scale, np.float32) + np.array(transform.offset, np.float32)
+    from edgeopt.pixels import TensorSpec, encode_pixels
+
+    return encode_pixels(pixels, TensorSpec("pixels", (-1, *pixels.shape[1:]), "float32"), transform)
 
 
 def fit_candidate(

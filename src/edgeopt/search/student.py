@@ -179,7 +179,7 @@ def build_student(candidate: Candidate, input_size: int, num_classes: int, weigh
     last = len(kept[LAST_CONV]) if LAST_CONV in kept else (make_divisible(1280 * candidate.alpha) if candidate.alpha > 1 else 1280)
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
     x = inputs
-    if not transform.is_identity:  # back to camera pixels: the student's trunk takes what edgeopt's own models take
+    if not transform.is_identity:  # back to pixel values (in the teacher's channel order), as edgeopt's own models take
         x = layers.Normalization(axis=-1, mean=list(transform.offset), variance=[s * s for s in transform.scale],
                                  name="to_pixels")(x)
     if candidate.resolution != input_size:
@@ -193,6 +193,8 @@ def build_student(candidate: Candidate, input_size: int, num_classes: int, weigh
     for layer in model.layers:
         if layer.name in weights and layer.get_weights():
             arrays = _sliced(layer.name, weights[layer.name], kept)
+            if layer.name == "Conv1" and candidate.init == "backbone" and transform.channel_order == "bgr":
+                arrays = [arrays[0][:, :, ::-1, :]]  # the backbone's RGB filters, for the teacher's BGR input
             if [a.shape for a in arrays] != [w.shape for w in layer.get_weights()]:
                 if layer.name == "probabilities":
                     continue  # another task's head: a new one is trained
