@@ -1,19 +1,16 @@
-"""edgeopt.search without Ray: the space, the ledger, the budgets, the split, the student network."""
+"""edgeopt.search without Ray: the space, the ledger, the split, the student network, its output folder
+(the budgets: test_budgets.py)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from edgeopt.choose import decide
 from edgeopt.data.split import Split
 from edgeopt.errors import ConfigError, OutputExistsError
-from edgeopt.objective import Candidate as Scored
-from edgeopt.objective import Objective, select
 from edgeopt.search.distill import search_split, soften
 from edgeopt.search.ledger import Ledger, check_fingerprint, state_dir, trial_record, write_fingerprint
 from edgeopt.search.space import Candidate, SearchConfig, candidates
@@ -103,42 +100,6 @@ def test_a_search_of_another_teacher_is_not_resumed(tmp_path):
     assert check_fingerprint(tmp_path, {"teacher_sha256": "a", "distill": {"epochs": 6}}) is True
     with pytest.raises(OutputExistsError, match=r"differs in: distill.*--force to start it over"):
         check_fingerprint(tmp_path, {"teacher_sha256": "a", "distill": {"epochs": 8}})
-
-
-def _scored(name: str, ms: float, kb: float, acc: float = 0.9) -> Scored:
-    return Scored(name=name, size_bytes=kb * 1024, latency_ms=ms, metric=acc)
-
-
-def test_a_variant_over_a_budget_is_not_eligible_whatever_its_L():
-    objective = Objective(max_latency_ms=2.0, max_file_kb=1000)
-    cands = [_scored("f0", 5.0, 8000), _scored("fast_big", 1.0, 2000), _scored("slow_small", 3.0, 500),
-             _scored("fits", 1.8, 900, acc=0.89)]
-    choice = select(cands, "f0", objective)
-    assert choice.selected == "fits"
-    assert "over the file budget of 1000 KB" in choice.score_of("fast_big").excluded_because
-    assert "over the latency budget of 2 ms" in choice.score_of("slow_small").excluded_because
-    assert not choice.score_of("f0").eligible  # the baseline too
-
-
-def test_when_nothing_fits_the_budgets_the_refusal_says_which_to_relax():
-    objective = Objective(max_latency_ms=0.5)
-    cands = [_scored("f0", 5.0, 8000)]
-    with pytest.raises(ConfigError, match=r"over the latency budget.*--max-latency-ms"):
-        select(cands, "f0", objective)
-
-
-def test_budgets_travel_in_the_results_so_choose_applies_them_again(tiny_optimized):
-    _, results = tiny_optimized
-    litert = sorted((v for v in results.variants if v.backend == "litert" and v.latency), key=lambda v: v.latency.median_ms)
-    slowest = litert[-1]
-    budget = Objective(max_latency_ms=(litert[-2].latency.median_ms + slowest.latency.median_ms) / 2)
-    again = decide(results.model_copy(update={"choice": None}), budget)
-    assert again.choice.objective["max_latency_ms"] == budget.max_latency_ms  # `choose` rebuilds the objective from it
-    assert again.selected.latency.median_ms <= budget.max_latency_ms
-    verdict = again.variant(slowest.name).score
-    assert not verdict.eligible and "over the latency budget" in verdict.excluded_because
-    assert any(r.startswith("Budgets (at most") and slowest.name in r for r in again.choice.reasons)
-    json.loads(again.to_json())  # a valid results file
 
 
 @pytest.mark.slow

@@ -318,7 +318,7 @@ def select(
     eligible = sorted((s for s in scores if s.eligible), key=lambda s: (s.L, by_name[s.name].size_bytes))
     if not eligible:
         raise ConfigError(
-            f"no variant can be chosen for {', '.join(target_backends or ())}: "
+            "no variant can be chosen" + (f" for {', '.join(target_backends)}" if target_backends else "") + ": "
             + "; ".join(f"{s.name} {s.excluded_because}" for s in scores)
             + ". Build variants for that runtime, or relax --max-accuracy-drop"
             + (" or the budgets (--max-latency-ms, --max-kb, --max-transfer-kb)" if has_budget(objective) else "")
