@@ -193,6 +193,9 @@ def render_search_png(results: Results, path: Path) -> None:
         curves.plot(epochs, accs, marker="o", markersize=3, color=colour, label=f"{t.name} ({t.status})")
         if t.status != "completed":
             curves.scatter([epochs[-1]], [accs[-1]], marker="x", s=60, color=colour, zorder=3)
+    from matplotlib.ticker import MaxNLocator
+
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation accuracy, % (train split)")
     curves.set_title("the trials (x: stopped before the last epoch)", fontsize=10)
@@ -236,10 +239,12 @@ def search_figure(results: Results) -> go.Figure:
     if limit is not None:
         fig.add_trace(go.Scatter(x=list(xs), y=[-limit, -limit], mode="lines", name=f"allowed loss ({limit:g} pp)",
                                  line={"color": "#c0392b", "dash": "dot", "width": 1}, hoverinfo="skip"), row=1, col=1)
+    drawn = set()
     for group in groups(results):
         members = [sp for sp in points if sp.group == group]
         if not members:
             continue
+        drawn.add(group)
         colour = colour_of(group, results)
         fig.add_trace(go.Scatter(
             x=[sp.point.latency_ms for sp in members], y=[sp.point.delta_pp for sp in members], mode="markers",
@@ -249,12 +254,13 @@ def search_figure(results: Results) -> go.Figure:
             error_x=_errors([(sp.point.latency_ms, sp.point.latency_interval_ms) for sp in members]),
             error_y=_errors([(sp.point.delta_pp, sp.point.delta_interval_pp) for sp in members]),
         ), row=1, col=1)
-        trial = next((t for t in results.search.trials if t.name == group), None)
-        if trial is not None and trial.history:
+    for trial in results.search.trials:  # every trial's curve, also of those stopped before any variant was built
+        if trial.history:
             epochs, accs = _curve(trial)
-            fig.add_trace(go.Scatter(x=epochs, y=accs, mode="lines+markers", name=group, legendgroup=group, showlegend=False,
-                                     line={"color": colour}, hovertemplate=f"{group} ({trial.status})<br>epoch %{{x}}: %{{y:.1f}}%"
-                                     "<extra></extra>"), row=1, col=2)
+            fig.add_trace(go.Scatter(
+                x=epochs, y=accs, mode="lines+markers", name=trial.name, legendgroup=trial.name,
+                showlegend=trial.name not in drawn, line={"color": colour_of(trial.name, results)},
+                hovertemplate=f"{trial.name} ({trial.status})<br>epoch %{{x}}: %{{y:.1f}}%<extra></extra>"), row=1, col=2)
     chosen = next((sp.point for sp in points if sp.point.chosen), None)
     if chosen is not None:
         fig.add_trace(go.Scatter(x=[chosen.latency_ms], y=[chosen.delta_pp], mode="markers", name=f"chosen: {chosen.name}",
