@@ -115,7 +115,7 @@ def rollout(devices: int, bad: str | None, stages: tuple[int, ...], soak_s: floa
         if d.previous is not None:
             windows[d.previous] = _window(d, d.previous, d.previous_frames, bad)
         active = OLD if d.active == AGAIN else d.active
-        evidence[d.name] = Evidence(d.name, t, active, d.install, windows)
+        evidence[d.name] = Evidence(d.name, t, active, d.install, windows, sha if active == NEW else "0" * 64, d.previous)
 
     def activate(d: Device, release: int, t: float) -> None:
         d.previous, d.previous_frames = d.active, int(min(500, frame_rate * (t - d.since)))

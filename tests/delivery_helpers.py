@@ -1,20 +1,48 @@
 """Loopback servers for the delivery tests: the real update server in a thread, Python's plain
 static file server, and a hostile server that tampers with what it sends. Everything binds to
-127.0.0.1 and stops by itself."""
+127.0.0.1 and stops by itself. And a simulated clock for the agent's loop."""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import random
 import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from edgeopt.device.poll import LoopConfig, run_agent
+from edgeopt.device.schedule import PollPolicy
 from edgeopt.release.server import create_app
+
+
+class Clock:
+    """Simulated time for run_agent's clock and sleep: it starts now (TUF checks expiry against the
+    real date) and moves only when slept, so no test waits for a back-off."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
+def run_loop(agent: Any, max_checks: int, clock: Clock | None = None, **policy: Any) -> Clock:
+    """The loop `edgeopt device run` runs, for `max_checks` checks on a simulated clock; returns the clock."""
+    clock = clock or Clock()
+    config = LoopConfig(policy=PollPolicy(**{"interval_s": 60.0, "backoff_base_s": 1.0, **policy}), report_every_s=1e9)
+    run_agent(agent, config, clock=clock, sleep=clock.sleep, rng=random.Random(0), max_checks=max_checks)
+    return clock
 
 
 def free_port() -> int:

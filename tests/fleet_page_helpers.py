@@ -8,6 +8,7 @@ The models are a few random bytes: what is published is never run here."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import secrets
 from pathlib import Path
@@ -24,6 +25,7 @@ from edgeopt.rollout.policy import PPM, Criteria
 from tests.delivery_helpers import ServerThread
 
 STAGES = (10_000, 50_000, 250_000, PPM)
+STABLE_2_SEED = 375668
 SOAK_S = 3600.0
 
 
@@ -54,8 +56,9 @@ class PageFleet:
         # the rollout's bounds are loose enough that the devices below leave it waiting (soaking), not halted
         criteria = Criteria(max_failure_rate=0.5, min_reports=2, min_frames=50, max_confidence_drop=0.3,
                             max_low_confidence_rise=0.5)
-        rollouts.start(self.keys, "stable", self._model("stable-2"), labels, {"format": "onnx"}, STAGES, (SOAK_S,),
-                       criteria, now=now - 600)
+        stable_2 = self._model("stable-2")
+        self.stable_2_sha = hashlib.sha256(stable_2.read_bytes()).hexdigest()
+        rollouts.start(self.keys, "stable", stable_2, labels, {"format": "onnx"}, STAGES, (SOAK_S,), criteria, now=now - 600)
         rollouts.start(self.keys, "beta", self._model("beta-2"), labels, {"format": "onnx"}, STAGES, (SOAK_S,),
                        Criteria(), now=now - 7200)
         rollouts.abort(self.keys, "beta", now - 3600, "belt 3 jams on glass")
@@ -73,7 +76,10 @@ class PageFleet:
     def _model(self, name: str) -> Path:
         path = self.tmp / "models" / f"{name}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(256))
+        # stable-2's bytes are fixed: drawn so that sorter-1, -2 and -3 fall in its first 1 % (the server counts
+        # only the devices it places in the stage); any other model is random
+        seed = hashlib.sha256(f"stable-2/{STABLE_2_SEED}".encode()).digest()
+        path.write_bytes(seed * 8 if name == "stable-2" else secrets.token_bytes(256))
         return path
 
     def serve(self, **options: Any) -> ServerThread:
@@ -94,7 +100,7 @@ class PageFleet:
         self.clock[0] = now - 2 * 3600  # sorter-4 last reported two hours ago
         self.report(server, "sorter-4", active_release=1, restarts=0, rollbacks=0, service=window(1, 0.9, 0.05))
         self.clock[0] = now
-        self.report(server, "sorter-1", active_release=2, previous_release=1, rollbacks=0, restarts=1,
+        self.report(server, "sorter-1", active_release=2, active_sha256=self.stable_2_sha, previous_release=1, rollbacks=0, restarts=1,
                     install={"release": 2, "result": "activated", "smoke_test": "passed", "time": _iso(now - 500)},
                     service=window(2, 0.9, 0.05, 4.0, 6.0), previous_service=window(1, 0.91, 0.04, 4.2, 6.2))
         self.report(server, "sorter-2", active_release=1, rollbacks=0, restarts=0,
@@ -102,7 +108,8 @@ class PageFleet:
                              "detail": "NaN in the output for 2 of 5 samples"},
                     last_error="smoke test failed on release 2", service=window(1, 0.89, 0.06),
                     refusals=[{"time": _iso(now - 400), "what": "release 2: smoke test failed"}])
-        self.report(server, "sorter-3", active_release=2, previous_release=1, rollbacks=0, restarts=0,
+        self.report(server, "sorter-3", active_release=2, active_sha256=self.stable_2_sha, previous_release=1, rollbacks=0,
+                    restarts=0,
                     install={"release": 2, "result": "activated", "smoke_test": "passed", "time": _iso(now - 450)},
                     service=window(2, 0.55, 0.41), previous_service=window(1, 0.91, 0.04))
         self.report(server, "beta-1", channel="beta", active_release=3, previous_release=2, rollbacks=0, restarts=0,

@@ -22,8 +22,10 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeopt.device import agent as agent_module
-from edgeopt.device.agent import FAULT_POINTS, FAULT_REPORT_ENV, FAULT_STOP_ENV, Agent, AgentConfig
+from edgeopt.device import report as report_module
+from edgeopt.device import update as update_module
+from edgeopt.device.agent import Agent, AgentConfig
+from edgeopt.device.faults import FAULT_POINTS, FAULT_REPORT_ENV, FAULT_STOP_ENV
 from edgeopt.device.fetch import Limits
 from edgeopt.device.smoke import SmokeLimits
 from edgeopt.device.sort import sort_frames
@@ -35,7 +37,7 @@ from edgeopt.release import repository as repository_module
 from edgeopt.release.keys import generate_keys
 from edgeopt.release.repository import Repository, release_custom
 from edgeopt.results import load_results
-from tests.delivery_helpers import CuttingProxy, HostileServer, ServerThread, StaticServer
+from tests.delivery_helpers import Clock, CuttingProxy, HostileServer, ServerThread, StaticServer, run_loop
 from tests.fleet_helpers import enroll_device
 from tests.test_images import png_bytes
 
@@ -346,7 +348,8 @@ def test_7_the_device_keeps_few_releases_checks_space_and_drops_oversize_parts(s
                 setup.publish(i)
             assert str(agent.check_once()) == f"activated release {i + 1}"
         assert len(list((setup.state / "releases").iterdir())) == 3  # active, previous and one more
-        setup.publish(0)
+        model, labels, custom = release_custom(setup.runs[0][0], "f4_float16")  # a model it does not hold: a download
+        setup.repo.publish_release(setup.keys, "stable", model, labels, custom)
         sha = setup.repo.current_release("stable")["sha256"]
         (setup.state / "staging" / sha).mkdir(parents=True)
         oversize = setup.state / "staging" / sha / "model.tflite.zst.part"
@@ -469,19 +472,25 @@ def test_the_accuracy_floor_and_the_input_contract_are_enforced(setup):
     assert setup.active() is None
 
 
-def test_server_down_backs_off_and_the_device_keeps_sorting(setup, tmp_path):
+def test_server_down_backs_off_and_the_device_keeps_its_release(setup):
+    """The loop `device run` runs, against a repository that does not answer: every check is
+    'unreachable', each wait is a back-off (doubling, capped), never the end of the loop."""
     setup.publish(0)
     with ServerThread(setup.repo_path) as server:
         assert str(setup.agent(server.url).check_once()) == "activated release 1"
-    agent = setup.agent("http://127.0.0.1:9", interval_s=0.01, max_backoff_s=0.04)
-    sleeps = []
-    real_sleep = time.sleep
-    agent_module.time.sleep = lambda s: sleeps.append(s)
-    try:
-        agent.run(max_checks=4)
-    finally:
-        agent_module.time.sleep = real_sleep
-    assert sleeps == [0.02, 0.04, 0.04]  # doubling, capped
+    agent = setup.agent("http://127.0.0.1:9")
+    clock, checks = Clock(), []
+    check = agent.check_once
+
+    def noted():
+        checks.append((clock(), check()))
+        return checks[-1][1]
+
+    agent.check_once = noted
+    run_loop(agent, 5, clock, interval_s=3600.0, backoff_base_s=4.0, max_backoff_s=16.0, min_fault_s=1.0)
+    assert [outcome.kind for _, outcome in checks] == ["unreachable"] * 5
+    gaps = [b - a for (a, _), (b, _) in zip(checks, checks[1:], strict=False)]
+    assert all(1.0 <= gap <= ceiling for gap, ceiling in zip(gaps, [4.0, 8.0, 16.0, 16.0], strict=True)), gaps
     assert setup.active() == 1
 
 
@@ -554,6 +563,11 @@ def test_10_kill_9_at_every_point_of_an_update_never_leaves_a_partial_active_mod
         for trial in range(30):
             before = setup.active()
             active = DeviceState.complete(setup.state / "active")
+            # the device keeps only its active release here: a model it holds would be reused from
+            # releases/ (nothing downloaded, no download to kill), and every update below downloads
+            for folder in (setup.state / "releases").glob("*"):  # none before the first check
+                if os.path.realpath(folder) != os.path.realpath(setup.state / "active"):
+                    shutil.rmtree(folder)
             # always a model other than the active one: every point of an update is on its way
             other = 1 if active and active["model"]["sha256"] == setup.model_sha(0) else 0
             published = setup.publish(other)["release"]
@@ -679,8 +693,8 @@ def test_a_server_that_trickles_its_headers_cannot_hold_the_agent(setup, tmp_pat
 
     threading.Thread(target=serve, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    monkeypatch.setattr(agent_module, "METADATA_BUDGET_BYTES", 0)
-    monkeypatch.setattr(agent_module, "REPORT_S", 2.0)
+    monkeypatch.setattr(update_module, "METADATA_BUDGET_BYTES", 0)
+    monkeypatch.setattr(report_module, "REPORT_S", 2.0)
     generate_device_key(tmp_path / "device.key")
     # a minimum rate the trickle keeps up with: the deadline, counted from the first byte, cuts it
     agent = setup.agent(url, limits=Limits(timeout_s=5, min_rate_bps=1, rate_window_s=1.0, deadline_base_s=2),

@@ -22,7 +22,7 @@ from edgeopt.device.state import DeviceState
 from edgeopt.fleet.auth import generate_device_key
 from edgeopt.release.keys import generate_keys
 from edgeopt.release.repository import Repository, release_custom
-from tests.delivery_helpers import HostileServer, ServerThread, StaticServer, TrickledHeaders
+from tests.delivery_helpers import HostileServer, ServerThread, StaticServer, TrickledHeaders, run_loop
 from tests.test_delivery import Setup, log_events, runs  # noqa: F401  (runs: the fixture Setup needs)
 
 # The agent's whole memory, peak resident set, under any hostile answer (issue 28).
@@ -153,15 +153,16 @@ def fill_the_disk_under_the_download(setup: Setup) -> Path:
 def test_a_disk_that_fills_during_a_download_is_retried_and_the_loop_goes_on(setup):
     setup.publish(0)
     with ServerThread(setup.repo_path) as server:
-        agent = setup.agent(server.url, interval_s=0.01, max_backoff_s=0.02)
+        agent = setup.agent(server.url)
         assert str(agent.check_once()) == "activated release 1"
         setup.publish(1)
         staging = fill_the_disk_under_the_download(setup)
-        agent.run(max_checks=2)  # the first check hits the full disk; the loop goes on
+        run_loop(agent, 2)  # the loop `device run` runs: the first check hits the full disk; the loop goes on
         assert not staging.exists()  # the partial download gave its space back
     assert setup.active() == 2
     retries = [e for e in log_events(setup) if e["event"] == "retry"]
     assert len(retries) == 1 and "No space left on device" in retries[0]["reason"], retries
+    assert not [e for e in log_events(setup) if e["event"] == "internal-error"]
 
 
 def test_once_exits_with_the_retry_code_when_the_disk_is_full(setup):
@@ -218,15 +219,16 @@ def test_a_signed_release_with_malformed_labels_or_contract_is_refused_for_good(
     else:
         custom["input"] = {**custom["input"], **BAD_CONTRACTS[fault]}
     with ServerThread(setup.repo_path) as server:
-        agent = setup.agent(server.url, interval_s=0.01, max_backoff_s=0.02)
+        agent = setup.agent(server.url)
         assert str(agent.check_once()) == "activated release 1"
         setup.repo.publish_release(setup.keys, "stable", model, labels, custom)
         first = agent.check_once()
         assert first.kind == "refused" and ("its labels.json" in str(first) or "its signed metadata" in str(first)), first
         again = agent.check_once()  # refused for good, from its own signed bytes: not fetched again
         assert again.kind == "skipped", again
-        agent.run(max_checks=2)  # and the loop goes on
+        run_loop(agent, 2)  # and the loop `device run` runs goes on
     assert setup.active() == 1
+    assert not [e for e in log_events(setup) if e["event"] == "internal-error"]
     assert len(json.loads((setup.state / "rejected.json").read_text())) == 1
 
 

@@ -111,3 +111,35 @@ def test_a_missing_repository_or_an_unreachable_database_is_one_line(tmp_path, d
     code, _, err = run(capsys, "device", "run", "--server", "http://127.0.0.1:1", "--state", str(tmp_path / "d"),
                        "--root", str(tmp_path), "--key-file", str(tmp_path / "missing.key"))
     assert code == 2 and "'edgeopt device keygen'" in err
+
+
+def test_a_database_that_is_not_one_is_one_line_and_show_takes_repo_as_the_others_do(tmp_path, capsys):
+    from edgeopt.release.keys import generate_keys
+    from edgeopt.release.repository import Repository
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"not": "a database"}' * 100)
+    for command in (("fleet", "show"), ("fleet", "revoke", "sorter-1"), ("fleet", "prune", "--older-than-days", "1")):
+        code, _, err = run(capsys, *command, "--db", str(notes))
+        assert code == 2 and "file is not a database" in err and len(err.strip().splitlines()) == 1, err
+    generate_keys(tmp_path / "keys", ("stable",))
+    Repository(tmp_path / "repo").init(tmp_path / "keys", ("stable",))
+    code, out, _ = run(capsys, "fleet", "show", "--repo", str(tmp_path / "repo"), "--json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = run(capsys, "fleet", "show", str(tmp_path / "repo"), "--repo", str(tmp_path / "other"))
+    assert code == 2 and "pass one" in err
+
+
+def test_device_run_refuses_spinning_intervals_and_names_reports_cannot_carry(tmp_path, capsys, monkeypatch):
+    base = ("device", "run", "--server", "http://127.0.0.1:1", "--state", str(tmp_path / "d"), "--root", str(tmp_path),
+            "--once")
+    for option, fragment in ((("--interval", "0"), "--interval"), (("--max-backoff", "0.5"), "--max-backoff"),
+                             (("--device-class", "x" * 201), "--device-class must be 1 to 200 characters"),
+                             (("--device-id", "sorter 1"), "--device-id 'sorter 1' must be letters")):
+        code, _, err = run(capsys, *base, *option)
+        assert code == 2 and fragment in err and "Traceback" not in err, err
+    monkeypatch.setattr("socket.gethostname", lambda: "raspberrypi")
+    code, _, err = run(capsys, *base, "--key-file", str(tmp_path / "missing.key"))
+    assert "no --device-id, and the host name 'raspberrypi' is one an OS image gives every machine" in err
+    code, _, err = run(capsys, *base, "--device-id", "sorter-1", "--key-file", str(tmp_path / "missing.key"))
+    assert code == 2 and "host name" not in err

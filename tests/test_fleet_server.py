@@ -166,3 +166,78 @@ def test_an_agent_whose_reports_are_refused_says_so_in_its_log_and_keeps_going(s
     events = [json.loads(line) for line in (tmp_path / "device" / "agent.log").read_text().splitlines()]
     assert {"event": "report-refused", "status": 401}.items() <= events[-1].items()
     assert served.store.count_reports() == 0
+
+
+def _bench(machine: dict, variants: int = 1, run: str = "a" * 64) -> bytes:
+    """A device benchmark upload as `edgeopt device bench` writes one (trimmed to what the server reads)."""
+    variant = {"name": "f0_float32", "backend": "onnxruntime", "summary": "float32", "file": "variants/f0.onnx",
+               "sha256": "0" * 64, "size_bytes": 1000}
+    return json.dumps({
+        "schema": "edgeopt.results/2", "kind": "device-bench", "created": "2026-12-01T00:00:00Z", "edgeopt_version": "0",
+        "model": {"source": "x", "kind": "onnx", "classes": ["a", "b"], "image_size": 8},
+        "data": {"root": ".", "synthetic": False, "test_items": [], "train_images": 0, "train_total": 0},
+        "machine": machine, "measure": {}, "variants": [variant] * variants, "source_results_sha256": run}).encode()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_benchmark_is_kept_under_its_signer_and_the_class_it_last_reported(served):
+    from edgeopt.choose import fleet_results
+    from edgeopt.release.server import MAX_BENCH_FILES
+
+    def post(path: str, body: bytes) -> httpx.Response:
+        return served.client.post(path, content=body, headers=sign_request(served.key, "sorter-1", "POST", path, body, NOW))
+
+    report = json.dumps({"device_id": "sorter-1", "channel": "stable", "device_class": "pi5-belt"}).encode()
+    assert post("/status", report).status_code == 200
+    forged = post("/bench", _bench({"device_id": "sorter-2", "device_class": "pi5-fleet-a"}))
+    assert forged.status_code == 401 and "names sorter-2 but is signed by sorter-1" in forged.json()["error"]
+    empty = post("/bench", _bench({"device_class": "pi5-belt"}, variants=0))
+    assert empty.status_code == 400 and "at least one variant" in empty.json()["error"]
+    assert post("/bench", _bench({"device_class": "a-class-it-never-reported"})).status_code == 200
+    repo = served.tmp / "repo"
+    kept = json.loads((repo / "fleet" / "bench" / "sorter-1" / f"{'a' * 64}.json").read_text())
+    assert kept["machine"] == {"device_id": "sorter-1", "device_class": "pi5-belt"}
+    # an upload kept before the signer was bound, naming another device, is read as its folder's device
+    old = repo / "fleet" / "bench" / "sorter-1" / f"{'b' * 64}.json"
+    old.write_bytes(_bench({"device_id": "sorter-2", "device_class": "pi5-belt"}, run="b" * 64))
+    assert [d.machine["device_id"] for d in fleet_results(repo, "b" * 64)["pi5-belt"]] == ["sorter-1"]
+    for i in range(MAX_BENCH_FILES + 3):  # one device cannot fill the disk with uploads
+        assert post("/bench", _bench({}, run=f"{i:064x}")).status_code == 200
+    files = {f.name for f in (repo / "fleet" / "bench" / "sorter-1").glob("*.json")}
+    assert len(files) == MAX_BENCH_FILES and f"{MAX_BENCH_FILES + 2:064x}.json" in files
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_full_disk_is_answered_503_with_retry_after_and_the_server_recovers(served, caplog):
+    import sqlalchemy as sa
+
+    engine = served.store.engine
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+    def tiny(dbapi_connection, _record):  # SQLite's own "database or disk is full", without filling a disk
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+    sa.event.listen(engine, "connect", tiny)
+    engine.dispose()
+    answers = []
+    with caplog.at_level("WARNING", logger="edgeopt.serve"):
+        for i in range(60):
+            body = json.dumps({"device_id": "sorter-1", "channel": "stable", "last_error": f"{i}" + "x" * 490}).encode()
+            answers.append(served.client.post("/status", content=body,
+                                              headers=sign_request(served.key, "sorter-1", "POST", "/status", body, NOW)))
+    codes = {a.status_code for a in answers}
+    assert codes == {200, 503}, codes
+    full = next(a for a in answers if a.status_code == 503)
+    assert full.headers["retry-after"] == "60" and "try again later" in full.json()["error"]
+    assert len([r for r in caplog.records if "answering 503" in r.getMessage()]) == 1  # one line, not one per request
+    sa.event.remove(engine, "connect", tiny)
+    engine.dispose()
+    body = _report(release=9)
+    assert served.client.post("/status", content=body, headers=sign_request(served.key, "sorter-1", "POST", "/status",
+                                                                             body, NOW)).status_code == 200
+    (served.tmp / "repo" / "fleet").mkdir(parents=True, exist_ok=True)
+    (served.tmp / "repo" / "fleet" / "bench").write_text("not a folder")  # where uploads go cannot be written
+    body = _bench({})
+    answer = served.client.post("/bench", content=body, headers=sign_request(served.key, "sorter-1", "POST", "/bench", body, NOW))
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "60"

@@ -273,3 +273,61 @@ def test_database_urls(tmp_path):
         FleetStore("sqlite://")
     with pytest.raises(ConfigError, match="cannot open the fleet database .*check --db"):
         FleetStore("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_a_revoked_devices_reports_can_be_left_out(store):
+    for device in ("sorter-1", "sorter-2"):
+        store.record_report(report(device, 2), T0)
+    store.revoke("sorter-2", T0)
+    assert [s.device_id for s in store.latest("stable")] == ["sorter-1", "sorter-2"]  # fleet show lists it, as revoked
+    assert [s.device_id for s in store.latest("stable", enrolled_only=True)] == ["sorter-1"]  # a rollout does not count it
+
+
+def test_a_reader_opens_the_database_while_a_writer_holds_it(tmp_path):
+    """`fleet show` on a database another process is writing to (or one it may not write to): opening
+    no longer takes the write lock when the schema is current."""
+    import sqlite3
+
+    path = tmp_path / "fleet.db"
+    with FleetStore(f"sqlite:///{path}") as first:
+        first.enroll("sorter-1", os.urandom(32), T0)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock until the end of the test
+    try:
+        with FleetStore(f"sqlite:///{path}") as reader:
+            assert [d.device_id for d in reader.devices()] == ["sorter-1"]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_file_that_is_not_a_database_or_is_missing_is_one_line(tmp_path):
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"not": "a database"}' * 100)
+    with pytest.raises(ConfigError, match="cannot open the fleet database .*notes.json: file is not a database; check --db"):
+        FleetStore(f"sqlite:///{notes}")
+    with pytest.raises(ConfigError, match="missing.db does not exist; check --db"):
+        FleetStore(f"sqlite:///{tmp_path / 'missing.db'}", must_exist=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_full_disk_is_said_in_one_line_and_the_store_works_again_when_there_is_room(tmp_path):
+    from edgeopt.fleet.store import StoreUnavailable
+
+    with FleetStore(f"sqlite:///{tmp_path / 'fleet.db'}") as full:
+        full.enroll("sorter-1", os.urandom(32), T0)
+        with full.engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+        @sa.event.listens_for(full.engine, "connect")
+        def _tiny(dbapi_connection, _record):  # SQLite's own "database or disk is full", without filling a disk
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+        full.engine.dispose()
+        with pytest.raises(StoreUnavailable, match="unavailable: database or disk is full"):
+            for i in range(1000):
+                full.record_report(report("sorter-1", 1, last_error="x" * 400 + str(i)), T0)
+        sa.event.remove(full.engine, "connect", _tiny)
+        full.engine.dispose()
+        full.record_report(report("sorter-1", 2), T0)
+        assert full.latest()[0].report.active_release == 2

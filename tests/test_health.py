@@ -3,7 +3,16 @@ what the agent reports validates as the fleet's report schema."""
 
 from __future__ import annotations
 
-from edgeopt.device.health import HealthRecorder, count_start, record_install, report_fields, service_window
+from edgeopt.device.health import (
+    KEEP_BUSY,
+    HealthRecorder,
+    busy_intervals,
+    count_start,
+    record_busy,
+    record_install,
+    report_fields,
+    service_window,
+)
 from edgeopt.fleet.report import DeviceReport
 
 OLD, NEW = "b" * 64, "a" * 64
@@ -57,3 +66,26 @@ def test_a_broken_health_file_costs_the_report_fields_not_the_device(tmp_path):
     recorder = HealthRecorder(tmp_path)  # and the sorting loop starts afresh
     recorder.record(OLD, 1, 2.0, 0.9, now=1.0)
     assert service_window(tmp_path, OLD)["frames"] == 1
+
+
+def test_frames_classified_while_an_install_is_busy_count_in_no_window(tmp_path):
+    """The model before classifies frames at 1000-1009 s, then at 1020-1024 s while an install runs
+    its smoke tests; the new one at 1025-1029 s (switched to, its post-switch check still running)
+    and from 1040 s. Each window holds only the frames outside the busy interval: the new release's
+    starts after its install, and neither is judged by the slow frames under the install's load."""
+    recorder = HealthRecorder(tmp_path)
+    for i in range(10):
+        recorder.record(OLD, 1, 2.0, 0.9, now=1000.0 + i)
+    for i in range(5):
+        recorder.record(OLD, 1, 20.0, 0.9, now=1020.0 + i)
+        recorder.record(NEW, 2, 20.0, 0.4, now=1025.0 + i)
+    for i in range(6):
+        recorder.record(NEW, 2, 2.5, 0.8, now=1040.0 + i)
+    recorder.flush(1100.0)
+    record_busy(tmp_path, start=1020.0004, end=1029.9996)  # the millisecond frames are stored in: widened
+    old, new = service_window(tmp_path, OLD), service_window(tmp_path, NEW)
+    assert old["frames"] == 10 and old["latency_p90_ms"] == 2.0
+    assert new["frames"] == 6 and new["start"] == "1970-01-01T00:17:20Z" and new["mean_confidence"] == 0.8
+    for i in range(30):  # the record stays small: the newest intervals are kept
+        record_busy(tmp_path, start=2000.0 + i, end=2000.5 + i)
+    assert busy_intervals(tmp_path) == [(2000.0 + i, 2000.5 + i) for i in range(30 - KEEP_BUSY, 30)]

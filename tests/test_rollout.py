@@ -195,6 +195,66 @@ def test_watch_halts_a_bad_release_and_every_device_converges_on_the_model_befor
     assert [e["event"] for e in log] == ["started", "halted"] and why in log[-1]["reason"]
 
 
+@pytest.mark.parametrize("kept", ["intact", "altered"])
+def test_a_device_going_back_to_the_model_before_reuses_it_only_when_its_bytes_match(fleet, kept):
+    """After a halt the model before is published again under a new release number (same sha256).
+    A device that still holds it in releases/ takes it from there -- nothing downloaded -- after
+    checking the bytes against the signed hash; when the kept file's bytes no longer match, whatever
+    its folder and release.json say, the model is downloaded again."""
+    new = sha256_of(write_release(fleet.tmp / "peek", "good", 1)[0])
+    name = pick(new, 500_000, True)[0]
+    with HostileServer(fleet.repo_path, lambda path, data, headers: None) as server:  # serves honestly, counts
+        agent = fleet.agent(server.url, name)
+        assert str(agent.check_once()) == "activated release 1"
+        fleet.start("good", 1, stages=(500_000, PPM))
+        assert str(agent.check_once()) == "activated release 2"
+        kept_model = agent.state.root / "previous" / "model.onnx"
+        if kept == "altered":  # same length, one bit off: its release.json still names the signed sha256
+            data = bytearray(kept_model.read_bytes())
+            data[-1] ^= 1
+            kept_model.write_bytes(bytes(data))
+        fleet.rollouts.abort(fleet.keys, "stable", now=2000.0)
+        server.requests.clear()
+        assert str(agent.check_once()) == "activated release 3"
+        downloads = [p for p in server.requests if p.startswith("/targets/")]
+    assert active_sha(agent) == fleet.good_sha  # record_of checks every file against its record: the bytes are right
+    reused = [json.loads(line) for line in (agent.state.root / "agent.log").read_text().splitlines()
+              if json.loads(line)["event"] == "reused"]
+    if kept == "intact":
+        assert downloads == [] and reused[-1]["files"] == ["model.onnx", "labels.json"]
+    else:
+        assert [p.rsplit(".", 1)[-1] for p in downloads] == ["model"] and reused[-1]["files"] == ["labels.json"]
+
+
+def test_the_new_releases_window_starts_once_its_install_is_done(fleet, monkeypatch):
+    """The sorting loop goes on while the agent installs: frames it classifies during the smoke
+    tests (the model before, under the install's load) and after the switch but before the
+    post-switch check has passed (the new model) count in neither model's window."""
+    from edgeopt.device import activate
+
+    real_smoke_test = activate.smoke_test
+
+    def sorting_meanwhile(*args, **kwargs):
+        sort_some(agent, 90, count=3)  # with whatever model is active at this moment
+        return real_smoke_test(*args, **kwargs)
+
+    with StaticServer(fleet.repo_path) as server:
+        agent = fleet.agent(server.url, "sorter-1")
+        assert str(agent.check_once()) == "activated release 1"
+        sort_some(agent, 90, count=6)
+        fleet.start("good", 1, stages=(PPM,))
+        monkeypatch.setattr(activate, "smoke_test", sorting_meanwhile)
+        assert str(agent.check_once()) == "activated release 2"
+        monkeypatch.undo()
+        health = json.loads((agent.state.root / "health.json").read_text())["models"]
+        assert [len(health[sha]["frames"]) for sha in (fleet.good_sha, active_sha(agent))] == [9, 3]  # all recorded
+        fields = report_fields(agent.state.root, agent.state.record_of("active"), agent.state.record_of("previous"))
+        assert fields["service"] is None and fields["previous_service"]["frames"] == 6
+        sort_some(agent, 90, count=4)
+        fields = report_fields(agent.state.root, agent.state.record_of("active"), agent.state.record_of("previous"))
+    assert fields["service"]["frames"] == 4 and fields["previous_service"]["frames"] == 6
+
+
 def edgeopt(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgeopt", *map(str, args)], capture_output=True, text=True, timeout=300)
 

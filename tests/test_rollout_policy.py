@@ -43,10 +43,13 @@ def devices_in(share_ppm: int, count: int, outside: bool = False) -> list[str]:
     return found
 
 
-def running(name: str, new: Window | None = None, old: Window | None = None, outcome: str = "activated") -> Evidence:
+def running(name: str, new: Window | None = None, old: Window | None = None, outcome: str = "activated",
+            reported_at: float = 0.0) -> Evidence:
     """A device of the stage: release 2 (NEW) installed, or its install failed and release 1 still runs."""
     windows = {2: new or window(), 1: old or window()}
-    return Evidence(name, 0.0, 2 if outcome == "activated" else 1, (2, outcome), windows)
+    if outcome == "activated":
+        return Evidence(name, reported_at, 2, (2, outcome), windows, active_sha256=NEW, previous_release=1)
+    return Evidence(name, reported_at, 1, (2, outcome), windows, active_sha256=OLD, previous_release=None)
 
 
 def test_buckets_are_stable_nested_and_drawn_afresh_for_each_release():
@@ -149,7 +152,7 @@ def test_the_last_stage_completes_and_a_finished_rollout_does_nothing():
 def test_min_frames_zero_promotes_on_installs_alone():
     s = state(criteria=Criteria(min_frames=0))
     names = devices_in(10_000, 3)
-    evidence = [Evidence(d, 0.0, 2, (2, "activated")) for d in names]
+    evidence = [Evidence(d, 0.0, 2, (2, "activated"), active_sha256=NEW, previous_release=1) for d in names]
     assert decide(s, evidence, now=61.0).action == "promote"
 
 
@@ -181,3 +184,92 @@ def test_state_round_trips_through_json():
 
     s = state(stage=2).moved(10.0, "promoted", "why")
     assert RolloutState.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+# --- evidence a verdict may rest on (hostile review, findings 1 and 5) ---------------------------------------------
+
+
+def test_a_stage_without_evidence_never_promotes_and_says_why():
+    """No device reported (endpoint down, clocks off, a mistyped --db, or none of the known devices in the
+    stage): the stage waits however long it soaked, instead of walking to 100 % on "0 of 0 healthy"."""
+    s = state(stage_started=100.0)
+    outside = devices_in(10_000, 30, outside=True)
+    before_the_stage = [Evidence(d, 50.0, 1, active_sha256=OLD, previous_release=1) for d in outside]
+    four_since = [Evidence(d, 150.0, 1, active_sha256=OLD, previous_release=1) for d in outside[:4]]
+    for evidence in ([], before_the_stage, four_since):  # nobody; nobody since the stage began; fewer than min_reports
+        decision = decide(s, evidence, now=10_000.0)
+        assert decision.action == "wait" and "no device of this stage has reported" in decision.reason, decision.reason
+    # reports do arrive (5 devices since the stage began), and the stage -- 1 % of a small fleet -- holds none of them
+    since = [Evidence(d, 150.0, 1, active_sha256=OLD, previous_release=1) for d in outside[:5]]
+    decision = decide(s, since, now=10_000.0)
+    assert decision.action == "promote" and "holding none of the 5 devices" in decision.reason, decision.reason
+    last = state(stage=3, stage_started=100.0)  # the last stage holds every device: an empty one is no evidence
+    assert decide(last, [], now=10_000.0).action == "wait" and decide(last, since, now=10_000.0).action != "complete"
+    # a fleet whose devices do not report says so explicitly
+    allowed = state(criteria=Criteria(allow_empty_stage=True))
+    assert decide(allowed, [], now=30.0).action == "wait"  # still soaks
+    assert decide(allowed, [], now=61.0).action == "promote"
+
+
+def test_a_stage_smaller_than_min_reports_needs_all_its_devices_reporting_since_it_began():
+    s = state(stage=1, stage_started=100.0)
+    names = devices_in(50_000, 2)
+    before = [running(d, reported_at=50.0) for d in names]  # healthy, but last heard of before this stage began
+    decision = decide(s, before, now=1000.0)
+    assert decision.action == "wait" and "0 of 2 have" in decision.reason, decision.reason
+    assert decide(s, [running(names[0], reported_at=150.0), before[1]], now=1000.0).action == "wait"
+    assert decide(s, [running(d, reported_at=150.0) for d in names], now=1000.0).action == "promote"
+
+
+def test_claims_from_devices_outside_the_share_do_not_count():
+    """The server places a device in the stage from the signed rollout's model hash and its id: a device
+    outside the share cannot halt a rollout by claiming a failed install, nor pass one by claiming to run it."""
+    s = state()
+    honest = [running(d) for d in devices_in(10_000, 6)]
+    liar = devices_in(10_000, 1, outside=True)[0]
+    failing = Evidence(liar, 0.0, 1, (2, "smoke-test-failed"), active_sha256=OLD, previous_release=1)
+    decision = decide(s, [*honest, failing], now=61.0)
+    assert decision.action == "promote" and decision.stats.population == 6 and decision.stats.failed == 0
+    crowd = [Evidence(d, 0.0, 2, (2, "activated"), {2: window(), 1: window()}, NEW, 1) for d in devices_in(10_000, 50, outside=True)]
+    assert decide(s, crowd, now=61.0).stats.population == 0
+    # a device that had no model at all installs any share above 0: its evidence counts
+    fresh = Evidence(liar, 0.0, None, (2, "smoke-test-failed"), previous_release=None)
+    assert decide(s, [*honest, fresh], now=61.0).stats.failed == 1
+
+
+def test_a_device_runs_the_release_only_when_it_reports_the_releases_model_hash():
+    s = state()
+    names = devices_in(10_000, 6)
+    claims = [Evidence(d, 0.0, 2, (2, "activated"), {2: window(), 1: window()}, active_sha256=OLD, previous_release=1)
+              for d in names]
+    decision = decide(s, claims, now=61.0)
+    assert decision.action == "wait" and decision.stats.running == 0 and decision.stats.healthy == 0
+
+
+def test_one_device_of_the_stage_can_neither_mask_an_in_service_regression_nor_fake_one():
+    """The paired changes are medians over the stage's devices, not means."""
+    s = state(stage=1)
+    names = devices_in(50_000, 6)
+    # five devices whose confidence fell 0.30, and one device of the stage that claims a huge gain
+    worse = [running(d, new=window(0.60, low=0.30), old=window(0.90)) for d in names[:5]]
+    masking = running(names[5], new=window(1.0, low=0.0), old=window(0.0, low=1.0))
+    decision = decide(s, [*worse, masking], now=1.0)
+    assert decision.action == "halt" and "fell by 0.300 (median)" in decision.reason, decision.reason
+    # and one device claiming a collapse among healthy ones does not halt
+    fine = [running(d) for d in names[:5]]
+    collapse = running(names[5], new=window(0.0, low=1.0), old=window(1.0, low=0.0))
+    assert decide(s, [*fine, collapse], now=1.0).action != "halt"
+
+
+@pytest.mark.parametrize("text", ["1e400,100", "nan,100", "1,inf", "-inf,100"])
+def test_stages_that_are_not_finite_numbers_are_refused(text):
+    with pytest.raises(ValueError, match="e.g. 1,5,25,100"):
+        parse_stages(text)
+
+
+@pytest.mark.parametrize("field", ["max_failure_rate", "max_confidence_drop", "max_low_confidence_rise",
+                                   "max_latency_ratio", "promote_share"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_criteria_that_are_not_finite_numbers_are_refused(field, value):
+    with pytest.raises(ValueError, match="finite numbers"):
+        Criteria(**{field: value}).check()

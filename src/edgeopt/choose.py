@@ -222,12 +222,15 @@ def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Re
 
 
 def fleet_results(repo: Path, run_sha256: str) -> dict[str, list[Results]]:
-    """The device benchmarks of one run that the fleet uploaded, by device class."""
+    """The device benchmarks of one run that the fleet uploaded, by device class. A device is the one
+    that signed the upload (its folder, fleet/bench/<device id>/), whatever the file says; the class is
+    the one `edgeopt serve` recorded (the device's last reported)."""
     from edgeopt.results import load_results
 
     classes: dict[str, list[Results]] = {}
     for path in sorted((Path(repo) / "fleet" / "bench").glob(f"*/{run_sha256}.json")):
         results = load_results(path)
+        results = results.model_copy(update={"machine": {**results.machine, "device_id": path.parent.name}})
         classes.setdefault(str(results.machine.get("device_class") or "unknown"), []).append(results)
     return classes
 

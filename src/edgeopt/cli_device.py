@@ -4,6 +4,7 @@ TensorFlow): numpy, Pillow, httpx, python-tuf and one inference runtime."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,11 @@ from edgeopt.console import EXIT_FAILED, EXIT_REFUSED, RichProgress, err_console
 from edgeopt.errors import ConfigError
 
 device_app = typer.Typer(help="What runs on the sorting machine.", no_args_is_help=True, rich_markup_mode=None)
+# Host names that OS images ship with: a fleet of them would share one name in reports and one bucket in rollouts.
+_IMAGE_HOSTNAMES = re.compile(r"^(raspberrypi|raspberry|localhost|ubuntu|debian|dietpi|armbian|alarm|pi|orangepi\w*|"
+                              r"bananapi\w*|nanopi\w*|rock\w*|odroid\w*|beaglebone\w*|jetson\w*|tinker\w*)$", re.IGNORECASE)
+# The longest --device-class a report carries (fleet.report.DeviceReport).
+MAX_DEVICE_CLASS = 200
 
 
 @device_app.command("run")
@@ -24,13 +30,14 @@ def device_run(
     root: Annotated[Path, typer.Option(
         help="Trusted root: the repository's newest root ('edgeopt repo trust-anchor REPO --out FILE'), copied to the device")],
     channel: Annotated[str, typer.Option(help="Release channel to follow")] = "stable",
-    device_id: Annotated[str | None, typer.Option(help="Name in fleet reports [default: host name]")] = None,
+    device_id: Annotated[str | None, typer.Option(
+        help="This device's own name, as enrolled: in its reports and its rollout buckets [default: host name]")] = None,
     key_file: Annotated[Path | None, typer.Option(
         help="The device's key, which signs its reports: from 'edgeopt fleet enroll --out' or 'edgeopt device keygen'")] = None,
     device_class: Annotated[str | None, typer.Option(help="Fleet class for benchmarks [default: from the profile]")] = None,
-    interval: Annotated[float, typer.Option(min=0.0, help="Mean seconds between checks")] = 30.0,
+    interval: Annotated[float, typer.Option(min=1.0, help="Mean seconds between checks")] = 30.0,
     jitter: Annotated[float, typer.Option(min=0.0, max=0.99, help="Each wait is drawn from interval x [1-j, 1+j]")] = 0.5,
-    max_backoff: Annotated[float, typer.Option(min=0.0, help="Longest wait, seconds, after faults")] = 600.0,
+    max_backoff: Annotated[float, typer.Option(min=1.0, help="Longest wait, seconds, after faults")] = 600.0,
     report_every: Annotated[float, typer.Option(min=0.0, help="Seconds between reports while nothing changes")] = 300.0,
     latency_budget_ms: Annotated[float, typer.Option(help="Smoke test: max median ms per image")] = 2000.0,
     min_accuracy: Annotated[float | None, typer.Option(help="Smoke test: accuracy floor on state/samples/<class>/")] = None,
@@ -43,7 +50,20 @@ def device_run(
     from edgeopt.device.agent import Agent, AgentConfig
     from edgeopt.device.fetch import Limits
     from edgeopt.device.smoke import SmokeLimits
+    from edgeopt.fleet.report import DEVICE_ID
 
+    if device_id is not None and not re.fullmatch(DEVICE_ID, device_id):
+        raise ConfigError(f"--device-id {device_id!r} must be letters, digits, '.', '_' or '-' (up to 64), starting "
+                          "with a letter or digit")
+    if device_class is not None and not 0 < len(device_class) <= MAX_DEVICE_CLASS:
+        raise ConfigError(f"--device-class must be 1 to {MAX_DEVICE_CLASS} characters (it has {len(device_class)})")
+    if device_id is None:
+        device_id = socket.gethostname()
+        if _IMAGE_HOSTNAMES.match(device_id) or not re.fullmatch(DEVICE_ID, device_id):
+            err_console.print(f"warning: no --device-id, and the host name {device_id!r} is one an OS image gives every "
+                              "machine (or unfit for reports): give each device its own --device-id (the name it was "
+                              "enrolled under), or devices sharing a name share its reports and its rollout bucket",
+                              highlight=False, markup=False, soft_wrap=True)
     if key_file is not None:
         from edgeopt.fleet.auth import load_device_key
 
@@ -53,7 +73,7 @@ def device_run(
         load_device_key(key_file)  # a wrong file is said now, not at the first report
     config = AgentConfig(
         server=server, state=state, root=root, channel=channel, device_id=device_id or socket.gethostname(),
-        key_file=key_file, device_class=device_class, interval_s=interval, max_backoff_s=max_backoff,
+        key_file=key_file, device_class=device_class,
         smoke=SmokeLimits(latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy),
         limits=Limits(min_rate_bps=min_rate, rate_window_s=rate_window), keep_releases=keep_releases,
     )

@@ -24,7 +24,9 @@ DbOption = Annotated[str | None, typer.Option(
     help="Fleet database URL (postgresql+psycopg://user@host/db) or SQLite file [default: REPO/fleet/fleet.db]")]
 
 
-def _store(repo: Path | None, db: str | None) -> FleetStore:
+def _store(repo: Path | None, db: str | None, reading: bool = False) -> FleetStore:
+    """The fleet database; `reading` (a command that only reads): a --db SQLite file that does not
+    exist is refused, not created empty."""
     from edgeopt.fleet.store import open_store
     from edgeopt.release.repository import Repository
 
@@ -34,7 +36,7 @@ def _store(repo: Path | None, db: str | None) -> FleetStore:
         if not Repository(repo).exists():
             raise ConfigError(f"{repo} is not a release repository; create it with 'edgeopt repo init {repo} --keys KEYS' "
                               "or pass --db URL")
-    return open_store(repo, db)
+    return open_store(repo, db, must_exist=reading and db is not None)
 
 
 def _now() -> dt.datetime:
@@ -67,7 +69,8 @@ def _health(row: dict[str, Any]) -> tuple[str, str, str]:
 
 @fleet_app.command("show")
 def fleet_show(
-    repo: Annotated[Path | None, typer.Argument(help="Release repository folder (its fleet/fleet.db)")] = None,
+    repo_path: Annotated[Path | None, typer.Argument(metavar="[REPO]", help="Release repository folder (its fleet/fleet.db)")] = None,
+    repo_option: Annotated[Path | None, typer.Option("--repo", help="The same as REPO, as the other fleet commands take it")] = None,
     db: DbOption = None,
     channel: Annotated[str | None, typer.Option(help="Only devices whose last report is on this channel")] = None,
     history: Annotated[str | None, typer.Option(help="A device's report history instead, newest first")] = None,
@@ -77,8 +80,11 @@ def fleet_show(
     """Each enrolled device: class, channel, release, last report, health, refusals, last error."""
     from edgeopt.fleet.overview import device_row, fleet_rows
 
+    if repo_path is not None and repo_option is not None and repo_path.resolve() != repo_option.resolve():
+        raise ConfigError(f"two repositories given ({repo_path} and --repo {repo_option}); pass one")
+    repo = repo_option or repo_path
     now = _now()
-    with _store(repo, db) as store:
+    with _store(repo, db, reading=True) as store:
         if history is not None:
             rows = [device_row(s.device_id, None, None, s, now) for s in store.history(device_id=history, limit=limit,
                                                                                        newest_first=True)]

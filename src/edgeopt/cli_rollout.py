@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edgeopt.console import out_console
+from edgeopt.console import err_console, out_console
 from edgeopt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgeopt.rollout.control import Rollouts
 
 rollout_app = typer.Typer(help="Staged rollouts: a release reaches 1, 5, 25, 100 % of devices, promoted or halted by their health.",
                           no_args_is_help=True, rich_markup_mode=None)
@@ -24,14 +28,16 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_durations(text: str) -> tuple[float, ...]:
+def parse_durations(text: str, option: str = "--soak") -> tuple[float, ...]:
     """'3600', '30m' or '10m,1h,1h,0' -> seconds."""
     values = []
     for part in text.split(","):
         match = _DURATION.match(part)
-        if not match:
-            raise ConfigError(f"--soak {text!r}: give seconds or 30m / 2h / 1d, one for all stages or one per stage, e.g. 10m,1h,1h,0")
-        values.append(float(match.group(1)) * _UNITS[match.group(2)])
+        value = float(match.group(1)) * _UNITS[match.group(2)] if match else math.inf
+        if not math.isfinite(value) or value > 10 * 365 * 86400:
+            raise ConfigError(f"{option} {text!r}: give seconds or 30m / 2h / 1d (up to 10 years)"
+                              + (", one for all stages or one per stage, e.g. 10m,1h,1h,0" if option == "--soak" else ""))
+        values.append(value)
     return tuple(values)
 
 
@@ -51,21 +57,30 @@ def rollout_start(
     max_low_confidence_rise: Annotated[float, typer.Option(help="Halt when the low-confidence share rises more")] = 0.15,
     max_latency_ratio: Annotated[float, typer.Option(help="Halt when in-service p90 latency grows past this multiple")] = 1.5,
     promote_share: Annotated[float, typer.Option(help="Share of a stage's devices that must run it healthy")] = 0.9,
+    allow_empty_stage: Annotated[bool, typer.Option(
+        help="Promote a stage none of whose devices reported once it soaked (devices that do not report)")] = False,
+    timestamp_expiry: Annotated[str, typer.Option(
+        help="Lifetime of the repository's timestamp while the rollout runs: how long a stale mirror can still serve "
+             "metadata from before a halt; 'rollout watch' must run more often than half of it")] = "2h",
 ) -> None:
     """Publish the run's model as the channel's next release, to the first stage's devices only."""
     from edgeopt.release.repository import release_custom
-    from edgeopt.rollout.control import Rollouts, describe
+    from edgeopt.rollout.control import Rollouts, check_timestamp_expiry, describe
     from edgeopt.rollout.policy import Criteria, parse_stages
 
     try:
         shares = parse_stages(stages)
         criteria = Criteria(max_failure_rate, min_reports, min_frames, max_confidence_drop, max_low_confidence_rise,
-                            max_latency_ratio, promote_share).check()
+                            max_latency_ratio, promote_share, allow_empty_stage).check()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     soak_s = parse_durations(soak)
+    expiry_s = parse_durations(timestamp_expiry, "--timestamp-expiry")
+    if len(expiry_s) != 1:
+        raise ConfigError(f"--timestamp-expiry {timestamp_expiry!r}: give one time, e.g. 2h")
+    check_timestamp_expiry(expiry_s[0])
     model, labels, custom = release_custom(run_dir, variant)
-    state = Rollouts(repo).start(keys, channel, model, labels, custom, shares, soak_s, criteria, time.time())
+    state = Rollouts(repo).start(keys, channel, model, labels, custom, shares, soak_s, criteria, time.time(), expiry_s[0])
     out_console.print(describe(state), highlight=False, markup=False)
     out_console.print(f"run 'edgeopt rollout watch --repo {repo} --keys {keys}' from cron (or with --loop) to promote it",
                       highlight=False, markup=False)
@@ -126,9 +141,13 @@ def rollout_resume(repo: RepoOption, channel: ChannelOption = "stable") -> None:
 def rollout_abort(repo: RepoOption, keys: KeysOption, channel: ChannelOption = "stable",
                   reason: Annotated[str, typer.Option(help="Why, for the log")] = "") -> None:
     """Stop the rollout and publish the release before it again (under a new release number)."""
-    from edgeopt.rollout.control import Rollouts, describe
+    from edgeopt.rollout.control import STOPPED, Rollouts, describe
 
-    out_console.print(describe(Rollouts(repo).abort(keys, channel, time.time(), reason)), highlight=False, markup=False)
+    rollouts = Rollouts(repo)
+    before = rollouts.state(channel)
+    state = rollouts.abort(keys, channel, time.time(), reason)
+    stopped = before is not None and before.status in STOPPED and before.history == state.history
+    out_console.print(("already stopped, nothing done: " if stopped else "") + describe(state), highlight=False, markup=False)
 
 
 @rollout_app.command("watch")
@@ -140,19 +159,31 @@ def rollout_watch(
     every: Annotated[float, typer.Option(min=1.0, help="Seconds between passes with --loop")] = 60.0,
     db: DbOption = None,
 ) -> None:
-    """Promote each running rollout's stage when its devices soaked healthy, halt it when they do not."""
-    from edgeopt.rollout.control import Rollouts, fleet_evidence
-    from edgeopt.rollout.policy import ACTIVE
+    """Promote each running rollout's stage when its devices soaked healthy, halt it when they do not.
+    With --loop, a pass that fails (the database or the repository unavailable) is logged in one line
+    and retried, waiting longer each time; only the first pass's failure ends the command (exit 2)."""
+    from edgeopt.rollout.control import Rollouts, keep_watching
 
     rollouts = Rollouts(repo)
-    while True:
-        for state in rollouts.states():
-            if state.status not in ACTIVE or channel not in (None, state.channel):
-                continue
-            now = time.time()
-            after, decision = rollouts.watch(keys, state.channel, fleet_evidence(repo, state.channel, db), now)
-            out_console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} {state.channel} release "
-                              f"{state.release}: {decision.action}: {after.reason}", highlight=False, markup=False)
-        if not loop:
-            return
-        time.sleep(every)
+    if not loop:
+        _watch_pass(rollouts, repo, keys, channel, db)
+        return
+
+    def failed(message: str) -> None:
+        err_console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {message}", highlight=False, markup=False,
+                          soft_wrap=True)
+
+    keep_watching(lambda: _watch_pass(rollouts, repo, keys, channel, db), every, time.sleep, failed)
+
+
+def _watch_pass(rollouts: Rollouts, repo: Path, keys: Path, channel: str | None, db: str | None) -> None:
+    from edgeopt.rollout.control import fleet_evidence
+    from edgeopt.rollout.policy import ACTIVE
+
+    for state in rollouts.states():
+        if state.status not in (*ACTIVE, "starting") or channel not in (None, state.channel):
+            continue
+        now = time.time()
+        after, decision = rollouts.watch(keys, state.channel, fleet_evidence(repo, state.channel, db), now)
+        out_console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} {state.channel} release "
+                          f"{after.release}: {decision.action}: {after.reason}", highlight=False, markup=False)

@@ -10,6 +10,14 @@ side compares the two on the same device, belt and camera.
 <state>/installs.json keeps the agent's last install attempt (activated, smoke-test-failed,
 rolled-back, refused) and counts rollbacks, and <state>/starts.<process> counts the starts of each process (agent, sort):
 restarts are reported too.
+
+A window holds frames of normal service only. While an install does its work on the device (the
+smoke tests, the switch and the check after it: from the staged release's smoke test until the
+install is done, activated or rolled back) the agent competes with the sorting loop for the CPU,
+and the new model's first frames are classified before it has passed its post-switch check: the
+agent records that interval (installs.json, "busy") and frames classified within it count in no
+window. So a new release's window starts once its install is complete, and the model before is not
+judged by frames taken under an install's load either.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ KEEP_MODELS = 3
 LOW_CONFIDENCE = 0.5
 # Seconds between writes of health.json while frames come in.
 FLUSH_S = 5.0
+# Intervals an install was busy, kept: more than the installs (failed attempts included) that the
+# windows of KEEP_MODELS models span.
+KEEP_BUSY = 10
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -105,12 +116,41 @@ def summarize(frames: list[list[float]], release: int, model_sha256: str,
 
 
 def service_window(state: Path, model_sha256: str, low_confidence: float = LOW_CONFIDENCE) -> dict[str, Any] | None:
-    """The in-service window of one model, as a report carries it (fleet.report.ServiceWindow), or None."""
+    """The in-service window of one model, as a report carries it (fleet.report.ServiceWindow), or
+    None: its frames outside the intervals an install was busy (see module doc)."""
     models = _read_json(Path(state) / HEALTH_FILE).get("models", {})
     entry = models.get(model_sha256) if isinstance(models, dict) else None
     if not isinstance(entry, dict) or not isinstance(entry.get("release"), int):
         return None
-    return summarize(entry.get("frames", []), entry["release"], model_sha256, low_confidence)
+    frames = entry.get("frames", [])
+    busy = busy_intervals(state)
+    if busy and isinstance(frames, list):
+        frames = [f for f in frames if not (isinstance(f, list) and f and isinstance(f[0], (int, float))
+                                            and any(start <= f[0] <= end for start, end in busy))]
+    return summarize(frames, entry["release"], model_sha256, low_confidence)
+
+
+def record_busy(state: Path, start: float, end: float) -> None:
+    """Frames classified from `start` to `end` (an install's work on the device) count in no window.
+    Widened to the millisecond frames are stored in, so none rounds its way out. Best effort."""
+    path = Path(state) / INSTALLS_FILE
+    value = _read_json(path)
+    value["busy"] = [*_busy(value), (math.floor(start * 1000) / 1000, math.ceil(end * 1000) / 1000)][-KEEP_BUSY:]
+    with contextlib.suppress(OSError):
+        _write_json(path, value)
+
+
+def busy_intervals(state: Path) -> list[tuple[float, float]]:
+    """The intervals an install was busy, oldest first (the last KEEP_BUSY)."""
+    return _busy(_read_json(Path(state) / INSTALLS_FILE))
+
+
+def _busy(installs: dict[str, Any]) -> list[tuple[float, float]]:
+    busy = installs.get("busy")
+    if not isinstance(busy, list):
+        return []
+    return [(float(b[0]), float(b[1])) for b in busy
+            if isinstance(b, list) and len(b) == 2 and all(isinstance(v, (int, float)) for v in b)]
 
 
 def count_start(state: Path, process: str) -> int:

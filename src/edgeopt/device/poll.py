@@ -10,6 +10,11 @@ trusted metadata comes within EXPIRY_MARGIN_S of expiring (so a frozen mirror is
 TUF's expiry), and at least every `full_every_s`.
 
 A 429 or 503 answer's Retry-After is honoured by the schedule (see schedule.py).
+
+The loop never ends on one bad answer, file or disk event: the agent turns what it foresees into
+an outcome (unreachable, retry, refused, ...), and anything else a check raises -- a bug, a state
+file in a shape nobody expected -- is logged with its traceback ("internal-error" in agent.log) and
+taken as a fault: the schedule backs off and the next check tries again.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import json
 import math
 import random
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeopt.device.fetch import Limits, paced
 from edgeopt.device.health import count_start
 from edgeopt.device.schedule import PollPolicy, RandomSource, Schedule, parse_retry_after
 
@@ -60,8 +67,9 @@ class ServerSignals:
 class IdleCheck:
     """One conditional GET of timestamp.json against the copy the device trusts."""
 
-    def __init__(self, client: Any, base: str, tuf_dir: Path, channel: str) -> None:
+    def __init__(self, client: Any, base: str, tuf_dir: Path, channel: str, limits: Limits | None = None) -> None:
         self.client, self.url, self.tuf_dir, self.channel = client, f"{base}/metadata/timestamp.json", tuf_dir, channel
+        self.limits = limits or Limits()  # the request is held to the deadline and minimum rate of any other fetch
         self.validators: dict[str, str] = {}  # describe the trusted timestamp.json, byte for byte
 
     def _trusted(self) -> bytes | None:
@@ -93,7 +101,8 @@ class IdleCheck:
             headers["If-None-Match"] = self.validators["etag"]
         if "last-modified" in self.validators:
             headers["If-Modified-Since"] = self.validators["last-modified"]
-        with self.client.stream("GET", self.url, headers=headers) as response:
+        with paced(self.limits, TIMESTAMP_MAX_BYTES, "timestamp.json"), \
+                self.client.stream("GET", self.url, headers=headers) as response:
             if response.status_code == 304:
                 return bool(self.validators)
             if response.status_code != 200:
@@ -135,7 +144,7 @@ def run_agent(agent: Any, config: LoopConfig = LoopConfig(), *, clock: Callable[
     schedule = Schedule(config.policy.check())
     signals = ServerSignals()
     agent.client.event_hooks = {**agent.client.event_hooks, "response": [*agent.client.event_hooks.get("response", []), signals]}
-    idle = IdleCheck(agent.client, agent.base, agent.state.root / "tuf", agent.config.channel)
+    idle = IdleCheck(agent.client, agent.base, agent.state.root / "tuf", agent.config.channel, agent.config.limits)
     count_start(agent.state.root, "agent")
     next_at = schedule.first(clock(), rng)
     last_full = last_report = -math.inf
@@ -171,4 +180,8 @@ def check(agent: Any, idle: IdleCheck, may_idle: bool, now: float) -> str:
         except Exception as exc:  # any fault of the small request: logged, backed off, never fatal
             agent.state.log("unreachable", error=f"timestamp.json: {type(exc).__name__}: {exc}"[:200])
             return "idle-fault"
-    return str(agent.check_once().kind)
+    try:
+        return str(agent.check_once().kind)
+    except Exception:  # a bug must not end the device's updates: logged, then retried with back-off
+        agent.state.log("internal-error", error=traceback.format_exc()[-3000:])
+        return "retry"

@@ -18,6 +18,7 @@ Time-driven and pure: every call takes `now` (seconds) and a random source, so t
 from __future__ import annotations
 
 import email.utils
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,15 +80,19 @@ class Schedule:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date, against `now`), or None."""
-    if value is None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date, against `now`), or None
+    for anything else. Whatever a hostile server sends, this returns or gives None: ten ASCII digits
+    at most (a longer number is cut at the policy's cap anyway), never int() of an unbounded string."""
+    if value is None or len(value) > 64:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if re.fullmatch(r"[0-9]{1,10}", value):
+        return float(value)
+    if value.isascii() and value.isdigit():  # more than ten digits: longer than any cap
+        return float("inf")
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:
         return None

@@ -148,10 +148,8 @@ class FleetData:
             row = device_row(device.device_id, device.enrolled, device.revoked, stored, moment)
             received = stored.received.timestamp() if stored else None
             evidence = None
-            if received is not None and row["channel"] in criteria:  # the report's fields evidence_from reads
-                report = {"device_id": row["device_id"], "active_release": row["release"], "install": row["install"],
-                          "service": row["service"], "previous_service": row["previous_service"]}
-                evidence = evidence_from(report, received)
+            if stored is not None and received is not None and row["channel"] in criteria and device.revoked is None:
+                evidence = evidence_from(stored.report.model_dump(), received)  # as `rollout watch` reads it
             entry = Entry(row, judge(row, criteria.get(row["channel"], Criteria())), received)
             self._known[device.device_id] = _Known(stored.id if stored else None, device.enrolled, device.revoked, entry,
                                                    evidence)

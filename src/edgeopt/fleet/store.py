@@ -70,8 +70,21 @@ def database_url(repo: Path | None = None, db: str | None = None) -> str:
     return f"sqlite:///{(Path(repo) / DEFAULT_DB).resolve()}"
 
 
-def open_store(repo: Path | None = None, db: str | None = None) -> FleetStore:
-    return FleetStore(database_url(repo, db))
+def open_store(repo: Path | None = None, db: str | None = None, must_exist: bool = False) -> FleetStore:
+    """The fleet database; with `must_exist` (commands that only read), a SQLite file that is not
+    there is refused instead of created: a mistyped --db would otherwise read as an empty fleet."""
+    return FleetStore(database_url(repo, db), must_exist)
+
+
+class StoreUnavailable(ConfigError):
+    """The database cannot be reached, read or written now (server down, disk full, a file that is
+    not a database): one line, not a driver traceback."""
+
+    def __init__(self, url: str, exc: BaseException) -> None:
+        orig = getattr(exc, "orig", None)
+        lines = str(orig if orig is not None else exc).strip().splitlines()
+        self.detail = lines[0] if lines else type(exc).__name__
+        super().__init__(f"the fleet database {url} is unavailable: {self.detail}")
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -79,7 +92,7 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, must_exist: bool = False) -> Engine:
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -87,6 +100,9 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ConfigError("the fleet database must be a file (an in-memory SQLite database is lost with its process)")
+        if must_exist and not Path(parsed.database).is_file():
+            raise ConfigError(f"the fleet database {parsed.database} does not exist; check --db (devices' reports are "
+                              "where 'edgeopt serve' keeps them: REPO/fleet/fleet.db unless it was given --db)")
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"timeout": 30})
 
@@ -115,8 +131,8 @@ def _engine(url: str) -> Engine:
 class FleetStore:
     """The fleet database of one URL. Open it with open_store(); it migrates the schema on open."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = _engine(url)
+    def __init__(self, url: str, must_exist: bool = False) -> None:
+        self.engine = _engine(url, must_exist)
         self.url = self.engine.url.render_as_string(hide_password=True)
         self.backend = self.engine.dialect.name
         self._nonces_pruned_at = float("-inf")
@@ -131,10 +147,9 @@ class FleetStore:
             set_={c.name: latest.excluded[c.name] for c in t.latest.columns if c.name != "device_id"})
         try:
             self._migrate()
-        except sa.exc.OperationalError as exc:
+        except StoreUnavailable as exc:
             self.engine.dispose()
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise ConfigError(f"cannot open the fleet database {self.url}: {first}; check --db") from None
+            raise ConfigError(f"cannot open the fleet database {self.url}: {exc.detail}; check --db") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -157,6 +172,8 @@ class FleetStore:
         config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
         script = ScriptDirectory.from_config(config)
         head = script.get_current_head()
+        if self.revision() == head:  # the usual case: no write lock, so a read-only database opens too
+            return
         with self._write() as conn:
             if self.backend == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
@@ -178,15 +195,26 @@ class FleetStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._unavailable(), self.engine.connect() as conn:
             conn.execution_options(edgeopt_write=True)
             with conn.begin():
                 yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self._unavailable(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """The database's own failures as StoreUnavailable; a broken constraint (IntegrityError)
+        and a wrong statement (a bug) stay what they are."""
+        try:
+            yield
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.DataError):
+            raise
+        except sa.exc.DBAPIError as exc:  # OperationalError (down, locked, disk full), "file is not a database", ...
+            raise StoreUnavailable(self.url, exc) from None
 
     def _insert(self, table: sa.Table) -> Any:
         """The backend's INSERT, which has ON CONFLICT (SQLite and PostgreSQL alike)."""
@@ -305,12 +333,15 @@ class FleetStore:
     def _stored(row: Any) -> StoredReport:
         return StoredReport(int(row.id), row.device_id, _utc(row.received_at), DeviceReport.model_validate(row.report))
 
-    def latest(self, channel: str | None = None, devices: Collection[str] | None = None) -> list[StoredReport]:
+    def latest(self, channel: str | None = None, devices: Collection[str] | None = None,
+               enrolled_only: bool = False) -> list[StoredReport]:
         """Each device's latest report (profile included), by device id; `id` is its history id.
-        With `devices`, only theirs."""
+        With `devices`, only theirs; with `enrolled_only`, none of a revoked device."""
         query = sa.select(t.latest.c.report_id.label("id"), t.latest.c.device_id, t.latest.c.received_at, t.latest.c.report)
         if channel is not None:
             query = query.where(t.latest.c.channel == channel)
+        if enrolled_only:
+            query = query.join(t.devices, t.devices.c.device_id == t.latest.c.device_id).where(t.devices.c.revoked_at.is_(None))
         if devices is None:
             with self._read() as conn:
                 return [self._stored(r) for r in conn.execute(query.order_by(t.latest.c.device_id))]

@@ -17,12 +17,16 @@ OUTPUT_NAME = "scores"
 
 def add_signature(path: Path) -> bool:
     """Give the .tflite file at `path` a serving_default signature naming its one input and one
-    output, unless it already has a signature. True when the file was rewritten."""
+    output, unless it already has a signature. True when the file was rewritten; a file that is no
+    flatbuffer is left as it is, for the check that opens it to name it (runtimes.litert)."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
-    if model.signatureDefs:
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    except Exception:  # noqa: BLE001 -- the flatbuffer reader raises struct.error, IndexError, ... on garbage
+        return False
+    if model.signatureDefs or not model.subgraphs:
         return False
     graph = model.subgraphs[0]
     signature = schema.SignatureDefT()

@@ -8,12 +8,14 @@ static files, so any web server (or a CDN, or S3) can serve it.
                                               <channel>/labels.json, with the model's input
                                               contract, metrics and release number as custom data
     REPO/metadata/N.snapshot.json             the versions of all targets metadata
-    REPO/metadata/timestamp.json              the snapshot's version; expires in a day: a frozen
-                                              repository is noticed (renew with `edgeopt refresh`)
+    REPO/metadata/timestamp.json              the snapshot's version; expires in a day (2 h while a
+                                              staged rollout runs): a frozen repository is noticed
+                                              (renew with `edgeopt refresh`)
     REPO/targets/<channel>/<sha256>.<name>    target files under their hash (consistent snapshots):
                                               a file never changes under a name a device fetches
     REPO/targets/jobs/<job>/<sha256>.<name>   fleet benchmark jobs (signed by the targets role)
     REPO/fleet/                               device reports; never served as a file
+    REPO/rollouts/                            staged rollouts (rollout.control); never served either
 
 Every file a device fetches is checked against length and hash in signed metadata, every
 metadata file against its role's keys, version (no rollback) and expiry (no freeze).
@@ -40,6 +42,7 @@ from edgeopt.release.keys import TOP_LEVEL_ROLES, channel_role, check_channel, g
 METADATA = "metadata"
 TARGETS = "targets"
 FLEET = "fleet"
+ROLLOUTS = "rollouts"
 # How long each role's signature holds. Root and targets change rarely and are signed by keys kept
 # offline; the timestamp is re-signed by `publish` and `refresh` (run refresh at least daily).
 EXPIRY = {"root": dt.timedelta(days=365), "targets": dt.timedelta(days=365), "channel": dt.timedelta(days=90),
@@ -135,9 +138,22 @@ class Repository:
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot_version)
         self._bump(timestamp, "timestamp", keys)
 
+    def timestamp_expiry(self) -> dt.timedelta:
+        """The next timestamp's lifetime: a day, or what a running staged rollout asks for (its
+        REPO/rollouts/<channel>.json), so metadata a stale mirror kept from before a halt expires soon."""
+        lifetime = EXPIRY["timestamp"]
+        for path in (self.path / ROLLOUTS).glob("*.json"):
+            try:
+                state = json.loads(path.read_text())
+                if state.get("status") in ("starting", "running", "paused"):
+                    lifetime = min(lifetime, dt.timedelta(seconds=max(60.0, float(state.get("timestamp_expiry_s", 7200)))))
+            except (OSError, ValueError, TypeError, AttributeError, OverflowError):
+                continue  # a damaged file is said by rollout.control; the timestamp keeps the day
+        return lifetime
+
     def _bump(self, md: Any, role: str, keys: Path, sign_as: str | None = None, expiry: str | None = None) -> None:
         md.signed.version += 1
-        md.signed.expires = _now() + EXPIRY[expiry or role]
+        md.signed.expires = _now() + (self.timestamp_expiry() if role == "timestamp" else EXPIRY[expiry or role])
         self._sign(md, sign_as or role, keys)
         self._write(md, role)
 

@@ -9,20 +9,23 @@ GET  /targets/<channel>/<sha256>.<name>, /targets/jobs/<job>/<sha256>.<name>
 POST /status   a device's report (fleet.DeviceReport, at most 16 KB), signed with the device's key
                (fleet/auth.py); kept in the fleet database (history, and each device's latest)
 POST /bench    a device's benchmark of a fleet job (a results file, at most 4 MB), signed likewise;
-               kept in fleet/bench/<device>/<run sha256>.json
+               kept in fleet/bench/<device>/<run sha256>.json under the signer's id and the class it
+               last reported (the newest MAX_BENCH_FILES of each device)
 GET  /fleet.json   every device's latest state (or one page of them) and each channel's rollout, for an
                    operator's token (Authorization: Bearer) or a signed-in operator's session
 GET  /fleet        the fleet page, for operators who signed in at /fleet/login (fleet/page.py)
 
 A signed request is checked from its headers -- enrollment, freshness, signature, nonce -- before
 a byte of its body is read; then at most the endpoint's cap is read and checked against its
-signed sha256.
+signed sha256. When the fleet database or the disk fails (down, full), a device is answered 503
+with Retry-After, and the server logs one line a minute about it, not a traceback per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import threading
 import time
@@ -40,10 +43,16 @@ from starlette.routing import Route
 from edgeopt.fleet import auth
 from edgeopt.fleet.page import fleet_routes
 from edgeopt.fleet.report import MAX_BENCH_BYTES, MAX_REPORT_BYTES, DeviceReport
-from edgeopt.fleet.store import FleetStore, open_store
+from edgeopt.fleet.store import FleetStore, StoreUnavailable, open_store
 from edgeopt.release.repository import FLEET, METADATA, TARGETS
 
 CHUNK = 16 * 1024
+# Benchmark uploads kept per device (the newest); an older one is deleted when a new job's arrives.
+MAX_BENCH_FILES = 16
+# What a device is told to wait when the database or the disk fails, and how often that is logged (s).
+RETRY_AFTER_S = 60
+LOG_EVERY_S = 60.0
+log = logging.getLogger("edgeopt.serve")
 _METADATA_NAME = re.compile(r"^(\d+\.)?[a-z][a-z0-9-]*\.json$")
 _TARGET_PATH = re.compile(r"^([a-z][a-z0-9-]{0,31}|jobs/[A-Za-z0-9][A-Za-z0-9._-]{0,63})/[0-9a-f]{64}\.[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -150,6 +159,21 @@ def create_app(repo: Path, rate_kbps: float | None = None, db: str | None = None
 
         return get
 
+    failing = {"logged": float("-inf"), "since": 0}
+
+    def unavailable(what: str) -> JSONResponse:
+        """503 with Retry-After; one log line a minute, however many requests fail."""
+        now = time.monotonic()
+        failing["since"] += 1
+        if now - failing["logged"] >= LOG_EVERY_S:
+            log.warning("answering 503 to device requests (%d since the last line): %s", failing["since"], what)
+            failing["logged"], failing["since"] = now, 0
+        return JSONResponse({"error": "the server's database or disk is unavailable now; try again later"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        return unavailable(str(exc))
+
     def refused(exc: Exception, limit: int) -> JSONResponse:
         if isinstance(exc, TooLarge):
             return JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)
@@ -189,15 +213,33 @@ def create_app(repo: Path, rate_kbps: float | None = None, db: str | None = None
             return JSONResponse({"error": f"not a device benchmark: {exc.errors()[0]['msg']}"}, status_code=400)
         if results.kind != "device-bench" or not re.fullmatch(r"[0-9a-f]{64}", results.source_results_sha256):
             return JSONResponse({"error": "not a device benchmark"}, status_code=400)
+        if not results.variants:
+            return JSONResponse({"error": "a device benchmark measures at least one variant"}, status_code=400)
+        named = results.machine.get("device_id")
+        if named is not None and named != signed.device_id:
+            return JSONResponse({"error": f"the benchmark names {named} but is signed by {signed.device_id}"}, status_code=401)
         try:
             await run_in_threadpool(store.use_nonce, signed.device_id, signed.nonce, signed.time_s,
                                     dt.datetime.fromtimestamp(now, dt.UTC))
         except auth.Replayed as exc:
             return refused(exc, MAX_BENCH_BYTES)
+        # who measured is the signer, of the class it last reported (what `fleet show` shows), not what the body says
+        latest = await run_in_threadpool(store.latest, None, [signed.device_id])
+        reported = latest[0].report.device_class if latest else None
+        machine = {**results.machine, "device_id": signed.device_id,
+                   "device_class": reported or results.machine.get("device_class")}
+        kept = results.model_copy(update={"machine": machine}).to_json().encode()
         folder = repo / FLEET / "bench" / signed.device_id
-        with lock:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{results.source_results_sha256}.json").write_bytes(body)
+        try:
+            with lock:
+                folder.mkdir(parents=True, exist_ok=True)
+                name = f"{results.source_results_sha256}.json"
+                (folder / name).write_bytes(kept)
+                others = sorted((f for f in folder.glob("*.json") if f.name != name), key=lambda f: f.stat().st_mtime_ns)
+                for file in others[:max(0, len(others) - (MAX_BENCH_FILES - 1))]:
+                    file.unlink(missing_ok=True)
+        except OSError as exc:  # a full disk, a read-only folder: the device tries again later
+            return unavailable(f"cannot keep a benchmark in {folder}: {exc}")
         return JSONResponse({"ok": True})
 
     app = Starlette(routes=[
@@ -206,7 +248,7 @@ def create_app(repo: Path, rate_kbps: float | None = None, db: str | None = None
         *fleet_routes(store, repo, clock, page_refresh_s),
         Route(f"/{METADATA}/{{path:path}}", serve(METADATA), methods=["GET"]),
         Route(f"/{TARGETS}/{{path:path}}", serve(TARGETS), methods=["GET"]),
-    ])
+    ], exception_handlers={StoreUnavailable: store_unavailable})
     app.state.store = store
     return app
 

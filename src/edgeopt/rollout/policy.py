@@ -1,106 +1,64 @@
-"""Staged rollout policy: which devices a stage reaches, and when a stage is promoted or the whole
-rollout halted.
+"""Staged rollout policy: what counts as a stage's evidence, and when a stage is promoted or the
+whole rollout halted.
 
 Pure functions of (device evidence, rollout state, now): no I/O, no clock, no randomness, so
 `edgeopt rollout watch`, the tests and the 10,000-device simulation of bench/fleet.py run the same
 code. Shares are whole parts per million (signed TUF metadata holds no floats).
 
-A device's bucket is a stable hash of its id and the release's model sha256, in [0, 1): it is in a
-stage when its bucket is below the stage's share. The same device stays in every later stage of the
-release, and each release draws a different first 1 %.
+Who a stage reaches (buckets, the signed share, stages) is rollout.shares, re-exported here.
+
+What counts as a stage's evidence is decided here, not by the devices: a device's report counts
+when the server places the device in the stage (its bucket, computed from the signed rollout's
+model hash and the device's id) -- or, outside it, when it had no model before (it installs any
+share above 0) -- and it runs the release only when the model hash it reports is the release's.
+(The caller drops reports of devices that are not enrolled or were revoked.)
 
 A stage is promoted when it has soaked for its time and enough of its devices run the release
 healthy: installed, smoke-tested, and (when `min_frames` > 0) classified at least `min_frames`
 frames in service with a mean top-1 confidence, share of low-confidence frames and p90 latency
-within bounds of the model the same device ran before. The rollout halts when a breach is shown by
-at least `min_reports` devices (or the whole stage, when it has fewer): installs or smoke tests
-failing above `max_failure_rate`, or the devices' paired in-service figures worse than allowed.
+within bounds of the model the same device ran before. The rollout halts when installs or smoke
+tests fail above `max_failure_rate`, or the medians of the devices' paired in-service changes are
+worse than allowed. Every verdict -- promote or halt -- rests on at least `min_reports` devices; a
+stage that holds fewer gets one only from all of its devices, each reporting since the stage
+began. A stage none of whose devices reported waits -- unless `allow_empty_stage`, or at least
+`min_reports` devices outside it reported since it began (the reports arrive; the stage, a small
+share of a small fleet, holds none of the devices): then it is promoted on its soak time. The last
+stage holds every device, so a rollout never completes on no evidence but by `allow_empty_stage`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-PPM = 1_000_000
-DEFAULT_STAGES_PPM = (10_000, 50_000, 250_000, PPM)
+from edgeopt.rollout.shares import (  # noqa: F401  (re-exported: callers read them from the policy)
+    DEFAULT_STAGES_PPM,
+    PPM,
+    bucket,
+    bucket_ppm,
+    held_back,
+    in_share,
+    model_sha256,
+    parse_stages,
+    percent,
+    signed_share_ppm,
+)
+
 # Install results a device reports (fleet.report.InstallOutcome) that count against the release; a
 # failed download does not: a device cannot tell a bad network from a bad upload.
 FAILED_OUTCOMES = frozenset({"smoke-test-failed", "rolled-back", "refused"})
-Status = Literal["running", "paused", "halted", "aborted", "complete", "superseded"]
+Status = Literal["starting", "running", "paused", "halted", "aborted", "complete", "superseded"]
 ACTIVE: frozenset[str] = frozenset({"running", "paused"})
-
-
-def bucket_ppm(device_id: str, model_sha256: str) -> int:
-    """The device's place in the rollout of this model, in whole parts per million [0, PPM)."""
-    digest = hashlib.sha256(f"{model_sha256}/{device_id}".encode()).digest()
-    return (int.from_bytes(digest[:8], "big") * PPM) >> 64
-
-
-def bucket(device_id: str, model_sha256: str) -> float:
-    """The same place as a fraction in [0, 1), for people."""
-    return bucket_ppm(device_id, model_sha256) / PPM
-
-
-def in_share(device_id: str, model_sha256: str, share_ppm: int) -> bool:
-    return share_ppm >= PPM or bucket_ppm(device_id, model_sha256) < share_ppm
-
-
-def model_sha256(target: Any) -> str:
-    """The model's own sha256 (the uncompressed one of a zstd target): what identifies a release on a device."""
-    custom = target.custom or {}
-    plain = custom.get("uncompressed") if custom.get("compression") else None
-    return str(plain.get("sha256", "")) if isinstance(plain, dict) else str(target.hashes.get("sha256", ""))
-
-
-def signed_share_ppm(custom: dict[str, Any] | None) -> int:
-    """The share a target's signed custom data grants: PPM without a rollout; 0 (nobody new) when
-    the field is malformed, so a broken rollout holds devices rather than widening."""
-    rollout = (custom or {}).get("rollout")
-    if rollout is None:
-        return PPM
-    share = rollout.get("share_ppm") if isinstance(rollout, dict) else None
-    return share if isinstance(share, int) and not isinstance(share, bool) and 0 <= share <= PPM else 0
-
-
-def held_back(device_id: str, target: Any, has_model: bool) -> str | None:
-    """Why this device does not install the channel's release yet (its signed share does not reach
-    the device's bucket), or None. A device without any model is held only by a share of 0: it has
-    nothing to keep running."""
-    share = signed_share_ppm(target.custom)
-    sha = model_sha256(target)
-    if share >= PPM or (not has_model and share > 0) or in_share(device_id, sha, share):
-        return None
-    return (f"release {(target.custom or {}).get('release')} is rolling out to {percent(share)} of devices; this "
-            f"device's bucket is {percent(bucket_ppm(device_id, sha))}: it keeps its model until the share reaches it")
-
-
-def percent(ppm: int) -> str:
-    return f"{ppm / 10_000:g} %"
-
-
-def parse_stages(text: str) -> tuple[int, ...]:
-    """'1,5,25,100' (percent) -> shares in ppm; increasing, ending at 100. ValueError says why not."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"stages {text!r} must be percentages separated by commas, e.g. 1,5,25,100") from None
-    stages = tuple(round(v * 10_000) for v in values)
-    if not stages or stages[-1] != PPM or any(not 0 < s <= PPM for s in stages) \
-            or any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
-        raise ValueError(f"stages {text!r} must increase, each above 0, and end at 100, e.g. 1,5,25,100")
-    return stages
 
 
 @dataclass(frozen=True)
 class Criteria:
     # Share of the stage's installs that may fail (smoke test, post-switch check, refusal) before it halts.
     max_failure_rate: float = 0.10
-    # Devices whose evidence a verdict needs (the whole stage when it has fewer).
+    # Devices whose evidence a verdict needs (a stage that holds fewer: all of them, reporting since it began).
     min_reports: int = 5
     # In-service frames a device's window needs before its health counts; 0: health is not required.
     min_frames: int = 50
@@ -112,8 +70,16 @@ class Criteria:
     max_latency_ratio: float = 1.5
     # Share of the stage's devices that must run the release healthy before it is promoted.
     promote_share: float = 0.9
+    # Promote a stage none of whose devices reported once it soaked (fleets whose devices do not
+    # report); False: such a stage waits, and says so.
+    allow_empty_stage: bool = False
 
     def check(self) -> Criteria:
+        figures = (self.max_failure_rate, self.max_confidence_drop, self.max_low_confidence_rise, self.max_latency_ratio,
+                   self.promote_share)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in figures):
+            raise ValueError("--max-failure-rate, --max-confidence-drop, --max-low-confidence-rise, --max-latency-ratio "
+                             "and --promote-share must be finite numbers, e.g. 0.1")
         if not 0 <= self.max_failure_rate < 1:
             raise ValueError("--max-failure-rate must be in [0, 1), e.g. 0.1")
         if self.min_reports < 1 or self.min_frames < 0:
@@ -149,6 +115,10 @@ class Evidence:
     install: tuple[int, str] | None = None
     # In-service windows per release: the active one's, and the one before it on the same device.
     windows: Mapping[int, Window] = field(default_factory=dict)
+    # The sha256 of the model the device runs: it runs the rollout's release only when this is its hash.
+    active_sha256: str | None = None
+    # The release active before; None when the device had none (or did not say).
+    previous_release: int | None = None
 
     def outcome(self, release: int) -> str | None:
         return self.install[1] if self.install is not None and self.install[0] == release else None
@@ -176,6 +146,9 @@ class RolloutState:
     # The channel metadata version that held the previous release (its target files are kept).
     previous_version: int | None = None
     history: tuple[dict[str, Any], ...] = ()
+    # Lifetime of every timestamp signed while the rollout runs (seconds): how long a stale mirror can
+    # still serve metadata from before a halt (docs/rollout.md).
+    timestamp_expiry_s: float = 7200.0
 
     @property
     def share_ppm(self) -> int:
@@ -203,7 +176,7 @@ class RolloutState:
 
 @dataclass(frozen=True)
 class StageStats:
-    # Known devices in the stage's share, plus any outside it that tried the release.
+    # Reporting devices of the stage: inside its share, or outside it with no model before and an attempt.
     population: int
     attempted: int
     failed: int
@@ -215,6 +188,11 @@ class StageStats:
     low_confidence_rise: float | None = None
     latency_ratio: float | None = None
     failed_devices: tuple[str, ...] = ()
+    # Devices of the stage whose latest report came after the stage began.
+    reported_since_start: int = 0
+    # Devices whose evidence was given, in the stage or not, and those of them reporting since the stage began.
+    known: int = 0
+    known_since_start: int = 0
 
     @property
     def failure_rate(self) -> float:
@@ -245,9 +223,24 @@ def _paired(evidence: Evidence, state: RolloutState) -> tuple[Window, Window] | 
     return new, before
 
 
+def runs(evidence: Evidence, state: RolloutState) -> bool:
+    """Whether the device runs the rollout's release: its number, and the model hash it reports."""
+    return evidence.active_release == state.release and evidence.active_sha256 == state.model_sha256
+
+
+def member(evidence: Evidence, state: RolloutState) -> bool:
+    """Whether the device's evidence counts for the current stage: the server places it inside the
+    share; outside it, only a device that had no model before (it installs any share above 0) and
+    says it tried the release. A device that merely claims the release cannot join the stage."""
+    if in_share(evidence.device_id, state.model_sha256, state.share_ppm):
+        return True
+    return (evidence.previous_release is None and evidence.active_release in (None, state.release)
+            and evidence.outcome(state.release) is not None)
+
+
 def _healthy(evidence: Evidence, state: RolloutState) -> bool:
     c = state.criteria
-    if evidence.active_release != state.release:
+    if not runs(evidence, state):
         return False
     if c.min_frames == 0:
         return True
@@ -264,59 +257,81 @@ def _healthy(evidence: Evidence, state: RolloutState) -> bool:
 
 
 def measure_stage(state: RolloutState, evidence: Iterable[Evidence]) -> StageStats:
-    population = attempted = failed = running = healthy = 0
+    population = attempted = failed = running = healthy = since = known = known_since = 0
     pairs: list[tuple[Window, Window]] = []
     failed_devices = []
     for e in evidence:
-        outcome = e.outcome(state.release)
-        runs = e.active_release == state.release
-        if not in_share(e.device_id, state.model_sha256, state.share_ppm) and outcome is None and not runs:
+        known += 1
+        known_since += e.reported_at >= state.stage_started
+        if not member(e, state):
             continue
+        outcome = e.outcome(state.release)
+        running_it = runs(e, state)
         population += 1
-        if outcome not in (None, "download-failed") or runs:
+        since += e.reported_at >= state.stage_started
+        if outcome not in (None, "download-failed") or running_it:
             attempted += 1
         if outcome in FAILED_OUTCOMES:
             failed += 1
             failed_devices.append(e.device_id)
             continue
-        if runs:
+        if running_it:
             running += 1
             healthy += _healthy(e, state)
             if (pair := _paired(e, state)) is not None:
                 pairs.append(pair)
-    stats = StageStats(population, attempted, failed, running, healthy, len(pairs), failed_devices=tuple(sorted(failed_devices)))
-    if pairs:
+    stats = StageStats(population, attempted, failed, running, healthy, len(pairs), failed_devices=tuple(sorted(failed_devices)),
+                       reported_since_start=since, known=known, known_since_start=known_since)
+    if pairs:  # medians: a device or two with figures far off cannot move them, nor hide the rest
+        ratios = [n.latency_ms_p90 / b.latency_ms_p90 for n, b in pairs if b.latency_ms_p90 > 0]
         stats = replace(
             stats,
-            confidence_drop=statistics.fmean(b.mean_confidence - n.mean_confidence for n, b in pairs),
-            low_confidence_rise=statistics.fmean(n.low_confidence_share - b.low_confidence_share for n, b in pairs),
-            latency_ratio=statistics.median(n.latency_ms_p90 / b.latency_ms_p90 for n, b in pairs if b.latency_ms_p90 > 0)
-            if any(b.latency_ms_p90 > 0 for _, b in pairs) else None,
+            confidence_drop=statistics.median(b.mean_confidence - n.mean_confidence for n, b in pairs),
+            low_confidence_rise=statistics.median(n.low_confidence_share - b.low_confidence_share for n, b in pairs),
+            latency_ratio=statistics.median(ratios) if ratios else None,
         )
     return stats
 
 
-def enough(state: RolloutState, count: int, population: int) -> bool:
-    """A verdict needs min_reports devices, or the whole stage when it has fewer (and at least one)."""
-    return count >= max(1, min(state.criteria.min_reports, population))
+def enough(state: RolloutState, count: int, stats: StageStats) -> bool:
+    """A verdict rests on min_reports devices; a stage that holds fewer gets one only from all of
+    them (at least one), each reporting since the stage began."""
+    if count >= state.criteria.min_reports:
+        return True
+    return 0 < count == stats.population == stats.reported_since_start
 
 
 def breach(state: RolloutState, stats: StageStats) -> str | None:
     """Why the rollout must halt, or None."""
     c = state.criteria
-    if enough(state, stats.attempted, stats.population) and stats.failed and stats.failure_rate > c.max_failure_rate:
+    if stats.failed and stats.failure_rate > c.max_failure_rate and enough(state, stats.attempted, stats):
         return (f"install or smoke test failed on {stats.failed} of {stats.attempted} devices "
                 f"({stats.failure_rate:.0%}, more than {c.max_failure_rate:.0%} allowed)")
-    if stats.paired and enough(state, stats.paired, stats.population):
+    if stats.paired and enough(state, stats.paired, stats):
         if stats.confidence_drop is not None and stats.confidence_drop > c.max_confidence_drop:
-            return (f"mean top-1 confidence in service fell by {stats.confidence_drop:.3f} against the model before "
-                    f"on the same {stats.paired} devices (more than {c.max_confidence_drop:g} allowed)")
+            return (f"mean top-1 confidence in service fell by {stats.confidence_drop:.3f} (median) against the model "
+                    f"before on the same {stats.paired} devices (more than {c.max_confidence_drop:g} allowed)")
         if stats.low_confidence_rise is not None and stats.low_confidence_rise > c.max_low_confidence_rise:
-            return (f"the share of low-confidence frames rose by {stats.low_confidence_rise:.3f} against the model "
-                    f"before on the same {stats.paired} devices (more than {c.max_low_confidence_rise:g} allowed)")
+            return (f"the share of low-confidence frames rose by {stats.low_confidence_rise:.3f} (median) against the "
+                    f"model before on the same {stats.paired} devices (more than {c.max_low_confidence_rise:g} allowed)")
         if stats.latency_ratio is not None and stats.latency_ratio > c.max_latency_ratio:
-            return (f"in-service p90 latency is {stats.latency_ratio:.2f}x the model before's on the same "
+            return (f"in-service p90 latency is {stats.latency_ratio:.2f}x the model before's (median) on the same "
                     f"{stats.paired} devices (more than {c.max_latency_ratio:g}x allowed)")
+    return None
+
+
+def _short_of_promotion(state: RolloutState, stats: StageStats) -> str | None:
+    """Why a soaked stage cannot be promoted yet, or None."""
+    c = state.criteria
+    if stats.population == 0:  # decide() waits on an empty stage unless allow_empty_stage
+        return None
+    needed = math.ceil(c.promote_share * stats.population)
+    if stats.healthy < needed:
+        return f"{stats.healthy} of {stats.population} devices run it healthy; {needed} needed"
+    if not enough(state, stats.healthy, stats):
+        return (f"{stats.healthy} of {stats.population} devices run it healthy; {c.min_reports} needed (--min-reports), "
+                f"or every device of the stage reporting since it began ({stats.reported_since_start} of "
+                f"{stats.population} have)")
     return None
 
 
@@ -331,14 +346,23 @@ def decide(state: RolloutState, evidence: Iterable[Evidence], now: float) -> Dec
     stage = f"stage {state.stage + 1} of {len(state.stages_ppm)} ({percent(state.share_ppm)})"
     if state.status == "paused":
         return Decision("wait", f"paused at {stage}", stats)
+    last = state.stage + 1 == len(state.stages_ppm)
+    if stats.population == 0 and not state.criteria.allow_empty_stage \
+            and (last or stats.known_since_start < state.criteria.min_reports):
+        return Decision("wait", f"{stage}: no device of this stage has reported ({stats.known_since_start} devices "
+                                "reported on the channel since it began, none in its share); it waits for one. A fleet "
+                                "that does not report: --allow-empty-stage", stats)
     left = state.soak_s[state.stage] - (now - state.stage_started)
     if left > 0:
         return Decision("wait", f"{stage} soaks {math.ceil(left)} s more; {stats.healthy} of {stats.population} devices healthy", stats)
-    needed = max(math.ceil(state.criteria.promote_share * stats.population), min(state.criteria.min_reports, stats.population))
-    if stats.healthy < needed:
-        return Decision("wait", f"{stage}: {stats.healthy} of {stats.population} devices run it healthy; {needed} needed", stats)
-    if state.stage + 1 == len(state.stages_ppm):
+    short = _short_of_promotion(state, stats)
+    if short is not None:
+        return Decision("wait", f"{stage}: {short}", stats)
+    if last:
         return Decision("complete", f"{stats.healthy} of {stats.population} devices run release {state.release} healthy", stats)
+    if stats.population == 0:
+        return Decision("promote", f"{stage} soaked, holding none of the {stats.known_since_start} devices that reported "
+                                   "on the channel since it began (none of them installed it)", stats)
     return Decision("promote", f"{stage} soaked: {stats.healthy} of {stats.population} devices healthy", stats)
 
 
@@ -365,4 +389,5 @@ def evidence_from(report: Mapping[str, Any], reported_at: float) -> Evidence:
         entry = report.get(key)
         if isinstance(entry, Mapping) and isinstance(entry.get("release"), int) and (w := window_from(entry)):
             windows[entry["release"]] = w
-    return Evidence(str(report["device_id"]), reported_at, report.get("active_release"), last, windows)
+    return Evidence(str(report["device_id"]), reported_at, report.get("active_release"), last, windows,
+                    report.get("active_sha256"), report.get("previous_release"))

@@ -5,19 +5,23 @@ The share travels as a custom field of the channel's model target, signed by the
     "custom": {..., "rollout": {"stage": 1, "share_ppm": 50000, "stages_ppm": [10000, 50000, 250000, 1000000]}}
 
 A mirror or CDN that widens it breaks the channel key's signature and the device refuses the whole
-metadata (TUF), and one that serves an older, narrower share is refused as a rollback. A target
-without "rollout" reaches every device, as releases published with `edgeopt publish` always did.
+metadata (TUF). One that serves an older share is refused as a rollback by a device that has seen
+newer metadata; a device that has not can be served metadata from before a halt until its
+timestamp expires -- hence the short timestamp while a rollout runs (Repository.timestamp_expiry,
+renewed by renew_timestamp on every `rollout watch` pass). A target without "rollout" reaches every
+device, as releases published with `edgeopt publish` always did.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ConfigError
 from edgeopt.release.keys import channel_role
 from edgeopt.release.repository import TARGETS, Repository, _now
-from edgeopt.rollout.policy import model_sha256
+from edgeopt.rollout.shares import model_sha256, signed_share_ppm
 
 
 def rollout_field(stage: int, stages_ppm: tuple[int, ...]) -> dict[str, Any]:
@@ -98,3 +102,24 @@ def withdraw(repository: Repository, keys: Path, channel: str, sha256: str, stag
         repository._bump(role, channel, keys, sign_as=channel_role(channel), expiry="channel")
         repository._snapshot_and_timestamp(keys, {channel: role.signed.version})
         return int(role.signed.version)
+
+
+def may_go_back_to(target: Any) -> bool:
+    """Whether a halt may publish this release again: not when its own rollout was halted or aborted
+    with nothing before it (its signed share is 0: withdrawn, proven bad)."""
+    return target is not None and signed_share_ppm(target.custom) > 0
+
+
+def renew_timestamp(repository: Repository, keys: Path) -> bool:
+    """Re-sign the timestamp when what is left of it falls below its lifetime (Repository.timestamp_expiry)
+    less 45 minutes (or half of it, if shorter) -- 75 min of 2 h: a device's copy keeps more than the
+    agent's hour of expiry margin, so its idle checks stay small -- or exceeds the lifetime (it was
+    signed before a rollout shortened it). True when it did."""
+    lifetime = repository.timestamp_expiry()
+    renew_below = lifetime - min(lifetime / 2, dt.timedelta(minutes=45))
+    with repository._locked():
+        left = repository.load("timestamp").signed.expires - _now()
+        if renew_below <= left <= lifetime + dt.timedelta(minutes=1):
+            return False
+        repository._new_timestamp(keys, repository.load("snapshot").signed.version)
+    return True
