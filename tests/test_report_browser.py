@@ -123,6 +123,25 @@ def test_the_device_choice_report_shows_the_targets_side_by_side(tiny_optimized,
     print("screenshot:", visit.screenshot("report-device-choice"))
 
 
+def test_a_search_report_draws_every_variant_and_each_trial(open_page, tmp_path):
+    from edgeopt.report import write_report
+    from tests.report_helpers import search_results
+
+    results = search_results(tmp_path / "photos")
+    write_report(results, tmp_path)
+    visit = open_page((tmp_path / HTML_FILE).as_uri())
+    assert visit.problems() == []
+    search = visit.page.locator("#search")
+    assert search.is_visible() and search.locator("#chart-search .main-svg").first.is_visible()
+    # the markers plotly drew in the left panel: every measured variant, and the chosen one's star
+    drawn = visit.page.evaluate("() => document.getElementById('chart-search').data"
+                                ".filter(t => t.mode === 'markers').reduce((n, t) => n + t.x.length, 0)")
+    assert drawn == len(chart_points(results)) + 1
+    assert search.locator("#trials-table tbody tr").count() == len(results.search.trials)
+    assert "r32_a0.35: its best variant r32_a0.35.f3_int8_uint8io was excluded" in search.inner_text()
+    print("screenshot:", visit.screenshot("report-search"))
+
+
 def test_a_browser_named_but_absent_is_no_browser(monkeypatch):
     from tests import browser_helpers
 

@@ -102,7 +102,7 @@ def _candidate(v: Variant, baseline: Variant, labels: Sequence[int], objective: 
         latency_ratio_interval=interval if None not in interval else None,  # type: ignore[arg-type]
         metric_delta_interval=(paired.low, paired.high) if paired else None,
         discordant=paired.discordant if paired else None, latency_ratios=ratios, correct=correct,
-        transfer_bytes=v.transfer_bytes, input_dtype=v.graph.input.dtype if v.graph is not None else "",
+        transfer_bytes=v.transfer_bytes, file_bytes=v.size_bytes, input_dtype=v.graph.input.dtype if v.graph is not None else "",
         fidelity=(fidelity.test_changed, fidelity.test_images, fidelity.changed, fidelity.images) if fidelity else None,
     )
 
@@ -142,7 +142,7 @@ def decide(results: Results, objective: Objective, target: tuple[str, ...] | Non
                 L=s.L, L_low=s.L_low, L_high=s.L_high, L_other_form=o.L, delta_size=s.delta_size,
                 delta_time=s.delta_time, delta_metric=s.delta_metric, metric_loss=s.metric_loss,
                 metric_loss_low=s.metric_loss_low, metric_loss_high=s.metric_loss_high, eligible=s.eligible,
-                excluded_because=s.excluded_because, pareto=s.on_pareto_front, guard=s.guard,
+                excluded_because=s.excluded_because, pareto=s.on_pareto_front, guard=s.guard, over_budget=s.over_budget,
             )
             scored.append(v.model_copy(update={"score": verdict}))
         else:
@@ -205,8 +205,10 @@ def _carry_exclusions(run: Results, device: Results, objective: Objective) -> Re
     objective's tolerance) or the race found so there stays out on the device."""
     if objective.max_metric_loss is None or run.choice is None:
         return device
+    # The budgets are the device's to apply, on its own latencies; here they would only hide verdicts.
+    unbudgeted = objective.replaced(max_latency_ms=None, max_file_kb=None, max_transfer_kb=None)
     try:
-        judged = decide(run.model_copy(update={"choice": None}), objective, tuple(run.choice.target))
+        judged = decide(run.model_copy(update={"choice": None}), unbudgeted, tuple(run.choice.target))
     except ConfigError:  # nothing of the run passes this objective on its own runtime: no verdicts to carry
         return device
     n = len(run.data.test_items)

@@ -439,10 +439,12 @@ def _register_subcommands() -> None:
     from edgeopt.cli_device import device_app
     from edgeopt.cli_release import register
     from edgeopt.cli_rollout import rollout_app
+    from edgeopt.cli_search import search
 
     register(app)
     app.add_typer(device_app, name="device")
     app.add_typer(rollout_app, name="rollout")
+    app.command()(search)
 
 
 _register_subcommands()

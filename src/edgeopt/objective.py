@@ -11,6 +11,10 @@ L(f) = w_s*dS + w_t*dT + w_m*dM, every term a relative change against the baseli
 The "paper" form reproduces the study's arithmetic, dM = (M - M0)/M0, which rewards a loss
 of accuracy; it exists to reproduce the study's table, not to choose models.
 
+Budgets a team states (latency, file and transfer size: Objective.max_*) are constraints applied
+before the objective: a candidate over one is not eligible, whatever its L or the guard's word, so it
+is never the winner nor part of a tie. The baseline has to fit them too.
+
 Measurement noise is part of the choice:
 - the guard (edgeopt.guard): each variant's paired interval of metric loss against the baseline
   decides whether it may be chosen, in one of three modes ("bounded" by default);
@@ -40,6 +44,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from edgeopt.budgets import has_budget, over_budget
 from edgeopt.errors import ConfigError
 from edgeopt.guard import EXCLUDED_BY_GUARD, GuardMode, GuardWord, in_words, judge
 from edgeopt.reasons import Decision, render_guard_rule, render_reasons
@@ -94,6 +99,13 @@ class Objective(Settings):
     # sends: the file compressed with zstd).
     size: Literal["file", "transfer"] = "file"
     metric: Metric = ACCURACY
+    # Budgets a team states, constraints before the objective (edgeopt.budgets): a variant slower
+    # than this (median ms per image, on the machine whose figures are used), or whose file or
+    # transfer (zstd) is larger than this many KB (1024 bytes), is not eligible -- the baseline too.
+    # None: no budget.
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_file_kb: float | None = Field(None, gt=0)
+    max_transfer_kb: float | None = Field(None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,9 @@ class Candidate:
     correct: tuple[bool, ...] | None = None
     # The bytes a delivery sends (None: size_bytes), and the input tensor's dtype ("" unknown): ties.
     transfer_bytes: float | None = None
+    # The model file's bytes, for a file budget (None: size_bytes, which is the file's unless the
+    # objective's size is "transfer").
+    file_bytes: float | None = None
     input_dtype: str = ""
     # Answers that differ from the baseline's: (on the test images, test images, on every image
     # decoded, images decoded). None: not known.
@@ -147,6 +162,8 @@ class Score:
     # The guard's word on it (GuardWord), and its loss against the tolerance in words (guard.in_words).
     guard: GuardWord
     words: str = ""
+    # Which of the objective's budgets it breaks, in words ("" when it fits them): then not eligible.
+    over_budget: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,11 +267,15 @@ def _score(cand: Candidate, baseline: Candidate, objective: Objective, front: se
         words = _words(cand, baseline, loss_low, loss_high, limit, objective)
     if target_backends is not None and cand.backend and cand.backend not in target_backends:
         excluded = excluded or f"runs on {cand.backend}, and the target runtime is {', '.join(target_backends)}"
+    # The budgets are constraints: a variant over one is out before L, the guard or a tie is weighed
+    # (the guard's word on it stays, for the report).
+    over = over_budget(objective, cand.latency_ms, cand.file_bytes or cand.size_bytes, cand.transfer_bytes)
+    excluded = ", and ".join(why for why in (over, excluded) if why)
     return Score(
         name=cand.name, delta_size=d_size, delta_time=d_time, delta_metric=d_metric, L=total,
         L_low=min(L_low, total), L_high=max(L_high, total), metric_loss=loss, metric_loss_low=loss_low,
         metric_loss_high=loss_high, eligible=not excluded, excluded_because=excluded,
-        on_pareto_front=cand.name in front, guard=guard, words=words,
+        on_pareto_front=cand.name in front, guard=guard, words=words, over_budget=over,
     )
 
 
@@ -282,7 +303,8 @@ def select(
     """Score every candidate against the baseline and choose (see module doc).
 
     `target_backends`: the runtimes the target runs; a candidate for another runtime is not
-    eligible (None: any). The baseline is always eligible, so there is always a winner.
+    eligible (None: any). The baseline is always eligible, unless it breaks a budget (then, when
+    nothing fits the budgets, there is no winner: ConfigError).
     """
     by_name = {c.name: c for c in candidates}
     if baseline_name not in by_name:
@@ -296,9 +318,10 @@ def select(
     eligible = sorted((s for s in scores if s.eligible), key=lambda s: (s.L, by_name[s.name].size_bytes))
     if not eligible:
         raise ConfigError(
-            f"no variant can be chosen for {', '.join(target_backends or ())}: "
+            "no variant can be chosen" + (f" for {', '.join(target_backends)}" if target_backends else "") + ": "
             + "; ".join(f"{s.name} {s.excluded_because}" for s in scores)
             + ". Build variants for that runtime, or relax --max-accuracy-drop"
+            + (" or the budgets (--max-latency-ms, --max-kb, --max-transfer-kb)" if has_budget(objective) else "")
         )
     best = eligible[0]
     tied = [best] + [s for s in eligible[1:] if _difference_low(by_name[s.name], s, by_name[best.name], best,

@@ -41,16 +41,21 @@ def _umask() -> int:
     return mask
 
 
-def check_output(out: Path, force: bool, reads: Iterable[Path] = ()) -> None:
-    """Refuse, before any work, an output that may not be written (see module doc)."""
-    out = Path(out)
-    target = out.resolve()
+def check_reads(out: Path, reads: Iterable[Path] = ()) -> None:
+    """Refuse an output that is, or holds, a folder or file the command reads."""
+    target = Path(out).resolve()
     for source in reads:
         source = Path(source).resolve()
         if source == target or target in source.parents:
             raise ConfigError(
                 f"--out {out} would replace {source}, which this command reads; choose another --out"
             )
+
+
+def check_output(out: Path, force: bool, reads: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, an output that may not be written (see module doc)."""
+    out = Path(out)
+    check_reads(out, reads)
     if out.exists() or out.is_symlink():
         if not force:
             raise OutputExistsError(f"{out} already exists; choose another --out or pass --force to replace it")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,15 @@ def resolve_methods(config: OptimizeConfig, source: Source, converted: bool = Fa
     return methods, notes
 
 
+def load_model_source(model: Path, config: OptimizeConfig, data_dir: Path | None = None, test_data: Path | None = None,
+                      calibration_data: Path | None = None, labels: Path | None = None) -> Source:
+    """The model as optimize reads it, with optimize's settings and options (edgeopt.sources)."""
+    return load_source(Path(model), SourceOptions(
+        data_dir=data_dir, test_dir=test_data, calibration_dir=calibration_data, labels_file=labels,
+        custom_objects=tuple(config.custom_objects or ()), transform=config.given_transform(), resize=config.resize,
+    ))
+
+
 def optimize(
     model: Path,
     out: Path,
@@ -115,6 +125,7 @@ def optimize(
     test_data: Path | None = None,
     calibration_data: Path | None = None,
     labels: Path | None = None,
+    more_methods: Sequence[Method] = (),
 ) -> Results:
     """Build, measure, score and choose; write variants/, results.json, report.md, report.html, the plot,
     selected.<ext> and labels.json to `out`. Returns the results as written.
@@ -122,13 +133,11 @@ def optimize(
     `model` is any kind edgeopt.sources accepts, detected from its content: a folder written by
     `edgeopt train`, a .keras / .h5 file, a SavedModel folder, a .tflite or an .onnx file (the
     foreign kinds need `data_dir` or `test_data`). `labels` gives their output order.
+    `more_methods` are built after the configured ones, e.g. a search's candidates (edgeopt.search).
     """
     progress = progress or NullProgress()
     started = time.perf_counter()
-    source = load_source(Path(model), SourceOptions(
-        data_dir=data_dir, test_dir=test_data, calibration_dir=calibration_data, labels_file=labels,
-        custom_objects=tuple(config.custom_objects or ()), transform=config.given_transform(), resize=config.resize,
-    ))
+    source = load_model_source(model, config, data_dir, test_data, calibration_data, labels)
     reads = tuple(p for p in (source.path, source.data_root, source.test_root,
                               source.calibration[0] if source.calibration else None) if p is not None)
     check_output(out, force, reads)
@@ -139,6 +148,7 @@ def optimize(
     if source.kind == "onnx" and converter is None:
         method_notes.append(f"The LiteRT variants (the study's f0..f4) were not built: converting ONNX to TensorFlow "
                             f"needs onnx2tf in an environment of its own; create it once with '{SETUP_COMMAND}'.")
+    methods += list(more_methods)
     runtimes = {m.backend: get_runtime(m.backend) for m in methods}
     split, root, size = source.split, source.data_root, source.image_size
     test_root = source.test_root or root

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgeopt.budgets import describe_budgets, has_budget
 from edgeopt.guard import rule_in_words
 
 if TYPE_CHECKING:  # objective imports this module: its types are needed for annotations only
@@ -94,6 +95,10 @@ def render_reasons(
         reasons.append(f"Ties: candidates whose L differ by less than the margin, {objective.margin:g}, are tied "
                        "(--margin); a tie goes to the variant shown closer to the baseline in accuracy, then the smaller "
                        "transfer, then the simpler input contract (uint8).")
+    if has_budget(objective):
+        over = [s.name for s in ranking if s.over_budget]
+        reasons.append(f"Budgets ({describe_budgets(objective)}), constraints before the objective: "
+                       + (f"{len(over)} variant(s) over them ({', '.join(over)})." if over else "every variant fits them."))
     for s in ranking:
         if s.guard == "loss unproven" and s.eligible:
             reasons.append(

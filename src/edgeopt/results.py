@@ -161,6 +161,16 @@ class Verdict(Record):
     excluded_because: str
     pareto: bool
     guard: GuardWord
+    # The budgets it breaks, in words (edgeopt.budgets; "" when it fits them or none was set:
+    # then left out of the file, which older readers know without it).
+    over_budget: str = ""
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_budget(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("over_budget") == "":
+            del data["over_budget"]
+        return data
 
     @field_validator("guard", mode="before")
     @classmethod
@@ -297,6 +307,43 @@ class Choice(Record):
     other_form_selected: str = ""
 
 
+class Trial(Record):
+    """One candidate a search trained (edgeopt.search): its shape, how far it got and its
+    validation figures (train split only; never the test photos)."""
+
+    # The candidate's name, the prefix of its variants' names (r160_a1.0 -> r160_a1.0.f3_int8_uint8io).
+    name: str
+    resolution: int
+    alpha: float
+    keep: float  # share of the expanded channels kept
+    init: str  # "teacher" or "backbone"
+    # "completed" (every epoch), "stopped" (by successive halving), "cut" (by the time budget), "failed".
+    status: Literal["completed", "stopped", "cut", "failed"]
+    epochs: int
+    # The last epoch's validation figures (fractions; loss: cross-entropy to the labels).
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    val_agreement: float | None = None  # share of validation images on which it answers as the teacher
+    history: list[dict[str, float]] = Field(default_factory=list)
+    seconds: float = 0.0
+    parameters: int = 0
+    # Where it ran (the Ray node's IP address and id), and why it stopped or failed.
+    node_ip: str = ""
+    node_id: str = ""
+    note: str = ""
+
+
+class Search(Record):
+    """What `edgeopt search` tried: every trial, how they were scheduled and what bounded the choice."""
+
+    teacher: str  # the teacher's float variant (the baseline)
+    validation: str  # where the validation images came from
+    scheduler: str
+    trials: list[Trial]
+    ray: str = ""  # Ray's version and the cluster (nodes, CPUs)
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
 class Results(Record):
     schema_version: Literal["edgeopt.results/2"] = Field(SCHEMA, alias="schema")
     # "optimize" on the build machine; "device-bench" measured on a device.
@@ -316,8 +363,18 @@ class Results(Record):
     timings: dict[str, float] = Field(default_factory=dict)
     # device-bench: the optimize run (results sha256) its variants came from.
     source_results_sha256: str = ""
+    # A search's trials (None for optimize, and then left out of the file, so that a device on an
+    # older edgeopt still reads an optimize run's results).
+    search: Search | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_search(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("search", 0) is None:
+            del data["search"]
+        return data
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:

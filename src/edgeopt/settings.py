@@ -20,7 +20,7 @@ from edgeopt.errors import ConfigError
 
 S = TypeVar("S", bound="Settings")
 # The sections a config file may have; a file without any of them is one command's settings.
-SECTIONS = ("train", "optimize")
+SECTIONS = ("train", "optimize", "search")
 
 
 class Settings(BaseModel):

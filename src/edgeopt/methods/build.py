@@ -200,10 +200,13 @@ class _Worker:
         self._conn = Connection(read, writable=False)
 
     def send(self, ctx: BuildContext, out_dir: Path) -> None:
-        """The job: the method names (the worker's registry has the same methods), the context
-        without the parent's live objects, and without the train split unless a method retrains."""
+        """The job: the method names (the worker's registry has the same methods; a method made
+        outside it, e.g. a search candidate's, goes whole), the context without the parent's live
+        objects, and without the train split unless a method retrains."""
+        from edgeopt.methods.registry import METHODS
+
         retrains = any(m.retrains for m in self.chain)
-        job = ([m.name for m in self.chain],
+        job = ([m.name if METHODS.get(m.name) is m else m for m in self.chain],
                replace(ctx, built=dict(ctx.built), held_out_answers={}, _cache={},
                        train_pixels=ctx.train_pixels if retrains else None,
                        train_labels=ctx.train_labels if retrains else None),
@@ -267,7 +270,7 @@ def run_build_worker() -> None:
     try:
         try:
             for name in names:
-                conn.send(("built", _build_one(get_method(name), ctx, out_dir)))
+                conn.send(("built", _build_one(name if isinstance(name, Method) else get_method(name), ctx, out_dir)))
         except BaseException as exc:  # every failure goes back to the parent, which raises it
             conn.send(("error", _portable(exc)))
         conn.close()

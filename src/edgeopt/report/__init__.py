@@ -1,8 +1,9 @@
 """The report of an optimize run or of a device choice, rendered from the results only.
 
 report.md and its PNG (markdown.py, png.py), report.html (html.py: one self-contained page with
-an interactive chart, charts.py), all from the typed results (edgeopt.results); nothing here
-measures or decides. Plotting libraries are imported only when a picture is drawn.
+an interactive chart, charts.py), a search's trials in both (search.py), all from the typed
+results (edgeopt.results); nothing here measures or decides. Plotting libraries are imported only
+when a picture is drawn.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def write_report(results: Results, folder: Path) -> None:
 
     write_results(results, folder)
     render_png(results, folder / PLOT_FILE)
+    if results.search is not None:
+        from edgeopt.report.search import SEARCH_PLOT_FILE, render_search_png
+
+        render_search_png(results, folder / SEARCH_PLOT_FILE)
     try:
         from edgeopt.report.html import render_html
 

@@ -24,6 +24,7 @@ from edgeopt.report.markdown import (
 )
 from edgeopt.report.page import esc, inline, page, table, unordered
 from edgeopt.report.points import not_drawn
+from edgeopt.report.search import search_section_html
 from edgeopt.report.table import TABLE_HEADER, guard_words, pct, table_rows, verdict, verdict_detail
 from edgeopt.results import PairedClass, Results
 
@@ -177,6 +178,7 @@ its latency ratio to the baseline (same interleaved rounds), times the baseline'
 that panel's Pareto front: no variant left of it is as accurate. Hover a point for its figures; click a legend entry to
 hide it.{missing}</p>
 </section>
+{search_section_html(results)}
 <section id="variants"><h2>Variants</h2>{_variants_table(results)}
 <p class="caption"><em>Δ pp</em>: test accuracy minus the baseline's on the same images, with its paired interval
 (Tango's score interval); <em>disc.</em>: images on which exactly one of the two is right; <em>changed %</em>: the share of

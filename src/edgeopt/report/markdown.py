@@ -210,6 +210,10 @@ def render_markdown(results: Results, plot_name: str | None = PLOT_FILE, html_na
         lines += ["", timing_line(results)]
     if plot_name:
         lines += ["", f"![accuracy change against latency and file size]({plot_name})"]
+    if results.search is not None:
+        from edgeopt.report.search import SEARCH_PLOT_FILE, search_markdown
+
+        lines += search_markdown(results, SEARCH_PLOT_FILE if plot_name else None)
     lines += ["", libraries_line(results), ""]
     return "\n".join(lines)
 

@@ -64,6 +64,8 @@ def verdict(v: Variant) -> str:
     if s.guard == "baseline":
         return "baseline"
     if not s.eligible:
+        if s.over_budget:  # a constraint, applied before the guard
+            return "over budget"
         if s.guard in EXCLUDED_BY_GUARD:
             return s.guard
         return "other runtime" if "runtime" in s.excluded_because else "excluded"
