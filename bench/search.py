@@ -159,9 +159,9 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search.json").write_text(json.dumps(record, indent=1))
+    provenance.write_json(args.out / "search.json", record)
     text = render(record, results)
-    (args.out / "search.md").write_text(text)
+    provenance.write_text(args.out / "search.md", text)
     print(text)
     return 0
 
