@@ -107,7 +107,7 @@ def test_the_device_choice_report_shows_the_targets_side_by_side(tiny_optimized,
         return real(path, threads, delegates)
 
     monkeypatch.setattr(litert_runtime, "_interpreter", old_runtime)
-    device = bench_run(run, QUICK)
+    device = bench_run(run, QUICK, isolate=False)  # measured in this process, where the patch is
     write_results(device, tmp_path)
     out = tmp_path / "choice"
     assert main(["choose", str(run), "--device-results", str(tmp_path / "results.json"), "--out", str(out)]) == 0
